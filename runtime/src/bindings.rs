@@ -1,0 +1,8 @@
+//! The one `bindgen!` invocation: host-side bindings of `wit/`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "sinkbox:sink/sink-world",
+});
+
+pub use sinkbox::sink::types::{Batch, Level, Rejection, SinkError as GuestError};

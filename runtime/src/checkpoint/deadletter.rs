@@ -1,0 +1,215 @@
+//! The dead-letter queue: a JSON-lines file of records no sink could take.
+//!
+//! Each line: `{"time", "sink", "reason", "topic", "partition", "offset",
+//! "timestamp", "key", "value", "headers"}`. `key`, `value` and header values
+//! are strings when they are UTF-8 and `{"base64": "..."}` otherwise. Entries
+//! are synced before the checkpoint's offsets are committed, so a record is
+//! never lost; after a crash an entry may appear twice.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use sinkbox_format::Record;
+
+use crate::error::{Error, Result};
+
+/// Appends dead-letter entries to a file.
+pub struct DeadLetters {
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+    written: u64,
+}
+
+impl DeadLetters {
+    /// A queue at `path`; the file is created on the first entry.
+    pub fn new(path: impl Into<PathBuf>) -> DeadLetters {
+        DeadLetters {
+            path: path.into(),
+            file: None,
+            written: 0,
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Entries written by this run.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn fail(&self, e: std::io::Error) -> Error {
+        Error::io(
+            format!("cannot write the dead-letter queue {}", self.path.display()),
+            e,
+        )
+    }
+
+    /// Appends an entry for a record `sink` refused or trapped on.
+    pub fn push(
+        &mut self,
+        sink: &str,
+        reason: &str,
+        topic: &str,
+        partition: u32,
+        record: &Record<'_>,
+    ) -> Result<()> {
+        let headers: Vec<Value> = record
+            .headers()
+            .flatten()
+            .map(|(name, value)| json!([String::from_utf8_lossy(name), bytes_value(value)]))
+            .collect();
+        self.write(json!({
+            "time": rfc3339_now(),
+            "sink": sink,
+            "reason": reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+            "key": record.key.map(bytes_value),
+            "value": bytes_value(record.value),
+            "headers": headers,
+        }))
+    }
+
+    /// Appends an entry for input the source could not parse; `raw` is the
+    /// input as read.
+    pub fn push_malformed(
+        &mut self,
+        reason: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        raw: &[u8],
+    ) -> Result<()> {
+        self.write(json!({
+            "time": rfc3339_now(),
+            "sink": "source",
+            "reason": reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "timestamp": null,
+            "key": null,
+            "value": bytes_value(raw),
+            "headers": [],
+        }))
+    }
+
+    fn write(&mut self, entry: Value) -> Result<()> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| self.fail(e))?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| self.fail(e))?;
+            self.file = Some(BufWriter::new(file));
+        }
+        let Some(file) = self.file.as_mut() else {
+            unreachable!("opened just above")
+        };
+        let written = serde_json::to_writer(&mut *file, &entry)
+            .map_err(std::io::Error::from)
+            .and_then(|()| file.write_all(b"\n"));
+        written.map_err(|e| self.fail(e))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Makes every entry durable; called before offsets are committed.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(file) = self.file.as_mut() {
+            let synced = file.flush().and_then(|()| file.get_ref().sync_data());
+            synced.map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+}
+
+fn bytes_value(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_string()),
+        Err(_) => json!({ "base64": base64(bytes) }),
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The current UTC time as `2026-11-21T23:04:05.123Z`.
+fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = rfc3339_now();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! `sinkbox inspect`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use sinkbox::{Engine, Grants, SandboxLimits, SinkInstance, SinkMetrics};
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// A component file, or `builtin:NAME`.
+    component: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let bytes: Vec<u8> = match args.component.strip_prefix("builtin:") {
+        Some(name) => sinkbox::builtins::get(name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no built-in sink \"{name}\"; built-ins are: {}",
+                    sinkbox::builtins::names().join(", ")
+                )
+            })?
+            .to_vec(),
+        None => std::fs::read(Path::new(&args.component))
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.component))?,
+    };
+    let info = engine.describe(&bytes, &args.component)?;
+    let version = info
+        .exports
+        .iter()
+        .find_map(|e| e.strip_prefix("sinkbox:sink/sink@"))
+        .map(str::to_string);
+    let (is_sink, problem, schema) = match &info.sink {
+        Ok(component) => {
+            let mut metrics = SinkMetrics::new("inspect");
+            let schema = SinkInstance::new(
+                engine,
+                component,
+                "inspect",
+                SandboxLimits::default(),
+                &Grants::default(),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|mut i| {
+                i.config_schema(&mut metrics).map_err(|e| {
+                    e.into_failure("inspect", sinkbox::Phase::ConfigSchema)
+                        .to_string()
+                })
+            });
+            match schema {
+                Ok(schema) => (true, None, schema),
+                Err(e) => (true, Some(e), None),
+            }
+        }
+        Err(e) => (false, Some(sinkbox_error_chain(e)), None),
+    };
+    if args.json {
+        let value = serde_json::json!({
+            "component": args.component,
+            "bytes": bytes.len(),
+            "implements_sink_world": is_sink,
+            "sink_version": version,
+            "problem": problem,
+            "imports": info.imports,
+            "exports": info.exports,
+            "config_schema": schema.as_deref().map(serde_json::from_str::<serde_json::Value>).transpose().ok().flatten(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("component   {} ({} bytes)", args.component, bytes.len());
+        println!(
+            "sink world  {}",
+            if is_sink {
+                "yes (sinkbox:sink/sink-world)"
+            } else {
+                "no"
+            }
+        );
+        println!("version     {}", version.as_deref().unwrap_or("-"));
+        if let Some(problem) = &problem {
+            println!("problem     {problem}");
+        }
+        println!("imports");
+        for import in &info.imports {
+            println!("  {import}");
+        }
+        println!("exports");
+        for export in &info.exports {
+            println!("  {export}");
+        }
+        match &schema {
+            Some(schema) => println!("config schema\n{}", pretty(schema)),
+            None => println!("config schema  none"),
+        }
+    }
+    Ok(if is_sink && problem.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn pretty(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| json.to_string())
+}
+
+fn sinkbox_error_chain(e: &sinkbox::Error) -> String {
+    sinkbox::error::chain(e)
+}

@@ -1,0 +1,86 @@
+//! Subcommands, one file each.
+
+mod inspect;
+mod run;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sinkbox::{Engine, EngineOptions};
+
+/// Run sandboxed WebAssembly sinks over a stream of records.
+#[derive(Parser)]
+#[command(name = "sinkbox", version, about)]
+pub struct Args {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of every subcommand.
+#[derive(clap::Args)]
+pub struct Global {
+    /// Log filter, e.g. `info`, `debug`, `sinkbox=debug` (or set RUST_LOG).
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    /// Where compiled components are cached (default: ~/.cache/sinkbox).
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Do not cache compiled components.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Do not meter guests with fuel (wall-clock deadlines still apply).
+    #[arg(long, global = true)]
+    no_fuel: bool,
+    /// Allocate instances on demand instead of from a pool.
+    #[arg(long, global = true)]
+    no_pooling: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file, or one sink over one input (quick form).
+    Run(run::RunArgs),
+    /// Show what a component imports and exports, and its config schema.
+    Inspect(inspect::InspectArgs),
+    /// Check a pipeline file and each sink's config without running.
+    Validate(validate::ValidateArgs),
+}
+
+pub fn init_logging(global: &Global) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| global.log.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("warning: invalid log filter \"{filter}\" ({e}); using \"info\"");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let engine = engine(&args.global)?;
+    match args.command {
+        Command::Run(a) => run::run(&engine, a),
+        Command::Inspect(a) => inspect::inspect(&engine, a),
+        Command::Validate(a) => validate::validate(&engine, a),
+    }
+}
+
+fn engine(global: &Global) -> anyhow::Result<Engine> {
+    let mut options = EngineOptions::default().fuel(!global.no_fuel);
+    if global.no_pooling {
+        options = options.pooling(None);
+    }
+    if global.no_cache {
+        options = options.cache_dir(None);
+    } else if let Some(dir) = &global.cache_dir {
+        options = options.cache_dir(Some(dir.clone()));
+    }
+    Ok(Engine::new(options)?)
+}

@@ -1,0 +1,263 @@
+//! `sinkbox run`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use sinkbox::config::{
+    DirMode, DirSection, GrantsSection, HumanBytes, HumanDuration, LimitsSection, PipelineSection,
+    RetrySection, SinkSection, SourceSection,
+};
+use sinkbox::{Control, Engine, LineFormat, PipelineFile, Status};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The pipeline file. Omit it to run one sink with --sink.
+    #[arg(required_unless_present = "sink")]
+    pipeline: Option<PathBuf>,
+    /// Quick form: the sink component, a .wasm file or `builtin:NAME`.
+    #[arg(long, conflicts_with = "pipeline")]
+    sink: Option<String>,
+    /// Quick form: the sink's JSON config.
+    #[arg(long, requires = "sink", default_value = "{}")]
+    config: String,
+    /// Quick form: the JSON-lines input; `-` or absent reads stdin.
+    #[arg(long, requires = "sink")]
+    input: Option<PathBuf>,
+    /// Quick form: how lines become records: auto, envelope or raw.
+    #[arg(long, requires = "sink", default_value = "auto", value_parser = parse_format)]
+    format: LineFormat,
+    /// Quick form: grant a directory, `HOST:GUEST` (read-only) or `HOST:GUEST:rw`.
+    #[arg(long = "dir", requires = "sink", value_name = "HOST:GUEST[:rw]")]
+    dirs: Vec<String>,
+    /// Quick form: give the sink an environment variable.
+    #[arg(long, requires = "sink", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Quick form: keep committed offsets here and resume from them.
+    #[arg(long, requires = "sink")]
+    offsets: Option<PathBuf>,
+    /// Quick form: dead-letter file (default .sinkbox/NAME.dead-letter.jsonl).
+    #[arg(long, requires = "sink")]
+    dead_letter: Option<PathBuf>,
+    /// Quick form: records per add call.
+    #[arg(long, requires = "sink")]
+    batch_size: Option<usize>,
+    /// Quick form: records per checkpoint.
+    #[arg(long, requires = "sink")]
+    commit_every: Option<u64>,
+    /// Quick form: linear memory limit, e.g. 64MiB.
+    #[arg(long, requires = "sink")]
+    memory: Option<String>,
+    /// Quick form: wall-clock limit per call, e.g. 10s.
+    #[arg(long, requires = "sink")]
+    timeout: Option<String>,
+    /// Print the final status as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn parse_format(text: &str) -> Result<LineFormat, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("unknown format \"{text}\"; expected auto, envelope or raw"))
+}
+
+pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (file, base, name) = match &args.pipeline {
+        Some(path) => {
+            let file = PipelineFile::load(path)?;
+            let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let name = path
+                .file_stem()
+                .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            (file, base, name)
+        }
+        None => quick_form(&args)?,
+    };
+    let pipeline = file.build(engine, &base, &name)?;
+    for spec in &pipeline.sinks {
+        sinkbox::schema::check_config(engine, spec)?;
+    }
+    let control = Arc::new(Control::default());
+    watch_signals(control.clone());
+    let size = pipeline.source.size_hint();
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = (!args.no_progress && !args.json)
+        .then(|| spawn_progress(control.clone(), done.clone(), size));
+    let (status, result) = pipeline.run(&control);
+    done.store(true, Ordering::SeqCst);
+    if let Some(handle) = progress {
+        let _ = handle.join();
+    }
+    report(&status, args.json)?;
+    match result {
+        Ok(()) if status.outcome == "interrupted" => Ok(ExitCode::from(130)),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn report(status: &Status, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(status)?);
+    } else {
+        print!("{status}");
+    }
+    Ok(())
+}
+
+/// Builds the pipeline file the quick form stands for.
+fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)> {
+    let Some(component) = args.sink.clone() else {
+        bail!("give a pipeline file or --sink")
+    };
+    let name = component
+        .strip_prefix("builtin:")
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            Path::new(&component)
+                .file_stem()
+                .map_or_else(|| "sink".into(), |s| s.to_string_lossy().into_owned())
+        });
+    let source = match &args.input {
+        Some(path) if path.as_os_str() != "-" => SourceSection::File {
+            path: path.clone(),
+            format: args.format,
+        },
+        _ => SourceSection::Stdin {
+            format: args.format,
+        },
+    };
+    let mut dirs = Vec::new();
+    for grant in &args.dirs {
+        let parts: Vec<&str> = grant.split(':').collect();
+        let (host, guest, mode) = match parts.as_slice() {
+            [host, guest] => (host, guest, DirMode::Ro),
+            [host, guest, "rw"] => (host, guest, DirMode::Rw),
+            [host, guest, "ro"] => (host, guest, DirMode::Ro),
+            _ => bail!("--dir {grant}: expected HOST:GUEST or HOST:GUEST:rw"),
+        };
+        dirs.push(DirSection {
+            host: PathBuf::from(host),
+            guest: guest.to_string(),
+            mode,
+        });
+    }
+    let mut env = std::collections::BTreeMap::new();
+    for pair in &args.env {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--env {pair}: expected KEY=VALUE")
+        };
+        env.insert(key.to_string(), value.to_string());
+    }
+    let limits = LimitsSection {
+        memory: args
+            .memory
+            .as_deref()
+            .map(sinkbox::config::parse_bytes)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("--memory")?
+            .map(HumanBytes),
+        timeout: args
+            .timeout
+            .as_deref()
+            .map(sinkbox::config::parse_duration)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("--timeout")?
+            .map(HumanDuration),
+        ..Default::default()
+    };
+    let file = PipelineFile {
+        pipeline: PipelineSection {
+            name: Some(name.clone()),
+            batch_size: args.batch_size,
+            commit_every: args.commit_every,
+            offsets: args.offsets.clone(),
+            resume: Some(args.offsets.is_some()),
+            dead_letter: args.dead_letter.clone(),
+            ..Default::default()
+        },
+        source,
+        retry: RetrySection::default(),
+        sinks: vec![SinkSection {
+            name: name.clone(),
+            component,
+            config: Some(toml::Value::String(args.config.clone())),
+            on_error: Default::default(),
+            limits,
+            grants: GrantsSection { dirs, env },
+        }],
+    };
+    Ok((file, PathBuf::new(), name))
+}
+
+/// First Ctrl-C (or SIGTERM): finish the open checkpoint and stop. Second:
+/// abort it. Third: exit at once.
+fn watch_signals(control: Arc<Control>) {
+    let spawned = std::thread::Builder::new().name("sinkbox-signals".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return tracing::warn!("cannot watch for Ctrl-C: {e}"),
+        };
+        runtime.block_on(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            for round in 1.. {
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+                }
+                match round {
+                    1 => eprintln!("stopping: finishing the current checkpoint (again to abort it)"),
+                    2 => eprintln!("aborting the current checkpoint (again to exit at once)"),
+                    _ => std::process::exit(130),
+                }
+                control.stop();
+            }
+        });
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot watch for Ctrl-C: {e}");
+    }
+}
+
+fn spawn_progress(
+    control: Arc<Control>,
+    done: Arc<AtomicBool>,
+    size: Option<u64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let bar = match size {
+            Some(size) => {
+                let bar = ProgressBar::new(size);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar
+            }
+            None => ProgressBar::new_spinner(),
+        };
+        // Short runs finish before the bar would be useful.
+        std::thread::sleep(Duration::from_millis(500));
+        while !done.load(Ordering::SeqCst) {
+            bar.set_position(control.bytes.load(Ordering::Relaxed));
+            bar.set_message(format!(
+                "{} read, {} committed",
+                control.read.load(Ordering::Relaxed),
+                control.committed.load(Ordering::Relaxed)
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bar.finish_and_clear();
+    })
+}

@@ -1,0 +1,369 @@
+//! The one place that configures wasmtime.
+//!
+//! An [`Engine`] owns a `wasmtime::Engine` set up for sinks (fuel, epoch
+//! interruption driven by a ticker thread, optionally the pooling
+//! allocator), the linker with WASI and the host interface, and an on-disk
+//! cache of compiled components. `wasmtime::Config` never leaves this file.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use crate::bindings::{SinkWorld, SinkWorldPre};
+use crate::error::{Error, Result};
+use crate::sandbox::StoreState;
+
+/// How often the ticker advances the epoch; wall-clock deadlines are
+/// counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Engine-wide settings. Defaults: fuel on, pooling on (1,000 instances of
+/// up to 4 GiB of linear memory each), cache in `$XDG_CACHE_HOME/sinkbox` (or
+/// `~/.cache/sinkbox`).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub(crate) fuel: bool,
+    pub(crate) epochs: bool,
+    pub(crate) pooling: Option<Pooling>,
+    pub(crate) cache_dir: Option<PathBuf>,
+}
+
+/// Pooling allocator sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Pooling {
+    /// Instances alive at once. Default 1,000.
+    pub instances: u32,
+    /// Largest linear memory any instance may grow to. Default 4 GiB.
+    pub max_memory: usize,
+}
+
+impl Default for Pooling {
+    fn default() -> Self {
+        Pooling {
+            instances: 1_000,
+            max_memory: 4 << 30,
+        }
+    }
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            fuel: true,
+            epochs: true,
+            pooling: Some(Pooling::default()),
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sinkbox"))
+}
+
+impl EngineOptions {
+    /// Meter guest execution with fuel (default on). Off, only the
+    /// wall-clock deadline bounds a call.
+    pub fn fuel(mut self, on: bool) -> Self {
+        self.fuel = on;
+        self
+    }
+
+    /// Interrupt guests at wall-clock deadlines (default on). Turning it off
+    /// is for benchmarks only: with fuel off too, a looping guest hangs.
+    pub fn epochs(mut self, on: bool) -> Self {
+        self.epochs = on;
+        self
+    }
+
+    /// Use the pooling allocator with these sizes, or on-demand allocation.
+    pub fn pooling(mut self, pooling: Option<Pooling>) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// Where compiled components are cached; `None` disables the cache.
+    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache_dir = dir;
+        self
+    }
+}
+
+/// A configured wasmtime engine, linker and component cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: wasmtime::Engine,
+    linker: Linker<StoreState>,
+    options: EngineOptions,
+    /// Hash of the engine settings that compiled code depends on.
+    settings_hash: u64,
+}
+
+/// A compiled, pre-linked sink component, ready to instantiate.
+#[derive(Clone)]
+pub struct SinkComponent {
+    pub(crate) pre: SinkWorldPre<StoreState>,
+    /// Where the component came from, for messages.
+    pub origin: String,
+    /// How it was obtained.
+    pub load: LoadInfo,
+}
+
+/// A component's interface, as `sinkbox inspect` shows it.
+pub struct ComponentInfo {
+    /// Imported interface names, e.g. `wasi:cli/stdout@0.2.6`.
+    pub imports: Vec<String>,
+    /// Exported interface names, e.g. `sinkbox:sink/sink@0.1.0`.
+    pub exports: Vec<String>,
+    /// The component ready to run, or why it cannot be linked as a sink.
+    pub sink: Result<SinkComponent>,
+}
+
+/// How a component was loaded, for status and benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadInfo {
+    /// Whether it came from the compiled-component cache.
+    pub cached: bool,
+    /// Time to compile or deserialize it.
+    pub elapsed: Duration,
+}
+
+impl Engine {
+    /// Builds an engine. The pooling allocator reserves address space up
+    /// front; when the machine refuses that, the engine falls back to
+    /// on-demand allocation and logs a warning.
+    pub fn new(options: EngineOptions) -> Result<Engine> {
+        let engine = match build(&options) {
+            Ok(engine) => engine,
+            Err(e) if options.pooling.is_some() => {
+                tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
+                let options = options.clone().pooling(None);
+                build(&options).map_err(|e| Error::Engine(e.into()))?
+            }
+            Err(e) => return Err(Error::Engine(e.into())),
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine(e.into()))?;
+        SinkWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| Error::Engine(e.into()))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let settings_hash = hasher.finish();
+        if options.epochs {
+            spawn_ticker(&engine);
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                options,
+                settings_hash,
+            }),
+        })
+    }
+
+    pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn options(&self) -> &EngineOptions {
+        &self.inner.options
+    }
+
+    /// Loads a component from a file, through the cache.
+    pub fn load_file(&self, path: &Path) -> Result<SinkComponent> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            what: format!("cannot read component {}", path.display()),
+            source: e,
+        })?;
+        self.load(&bytes, &path.display().to_string())
+    }
+
+    /// Loads a component from its bytes, through the cache. `origin` names
+    /// it in messages.
+    pub fn load(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
+        let started = Instant::now();
+        let (component, cached) = self.compile_cached(bytes, origin)?;
+        let pre = self.instantiate_pre(&component, origin)?;
+        Ok(SinkComponent {
+            pre,
+            origin: origin.to_string(),
+            load: LoadInfo {
+                cached,
+                elapsed: started.elapsed(),
+            },
+        })
+    }
+
+    /// What a component imports and exports, and whether it is a sink; for
+    /// `sinkbox inspect`. Fails only if the bytes are not a component.
+    pub fn describe(&self, bytes: &[u8], origin: &str) -> Result<ComponentInfo> {
+        let (component, _) = self.compile_cached(bytes, origin)?;
+        let ty = component.component_type();
+        let engine = &self.inner.engine;
+        let imports = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let exports = ty
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let sink = self
+            .instantiate_pre(&component, origin)
+            .map(|pre| SinkComponent {
+                pre,
+                origin: origin.to_string(),
+                load: LoadInfo {
+                    cached: true,
+                    elapsed: Duration::ZERO,
+                },
+            });
+        Ok(ComponentInfo {
+            imports,
+            exports,
+            sink,
+        })
+    }
+
+    /// Compiles without the cache, for benchmarks of cold starts.
+    pub fn compile_uncached(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
+        let started = Instant::now();
+        let component = self.compile(bytes, origin)?;
+        let pre = self.instantiate_pre(&component, origin)?;
+        Ok(SinkComponent {
+            pre,
+            origin: origin.to_string(),
+            load: LoadInfo {
+                cached: false,
+                elapsed: started.elapsed(),
+            },
+        })
+    }
+
+    fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component> {
+        Component::new(&self.inner.engine, bytes).map_err(|e| Error::Component {
+            origin: origin.to_string(),
+            source: e.into(),
+        })
+    }
+
+    fn instantiate_pre(
+        &self,
+        component: &Component,
+        origin: &str,
+    ) -> Result<SinkWorldPre<StoreState>> {
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| Error::Component {
+                origin: origin.to_string(),
+                source: e.into(),
+            })?;
+        SinkWorldPre::new(pre).map_err(|e| Error::NotASink {
+            origin: origin.to_string(),
+            source: e.into(),
+        })
+    }
+
+    /// The cache key: the component's content hash and the engine settings
+    /// hash (target, tunables, wasmtime version), so a changed setting or a
+    /// wasmtime upgrade never loads stale code.
+    fn cache_path(&self, bytes: &[u8]) -> Option<PathBuf> {
+        let dir = self.inner.options.cache_dir.as_ref()?;
+        let digest = Sha256::digest(bytes);
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        Some(dir.join(format!("{hex}-{:016x}.cwasm", self.inner.settings_hash)))
+    }
+
+    fn compile_cached(&self, bytes: &[u8], origin: &str) -> Result<(Component, bool)> {
+        let Some(path) = self.cache_path(bytes) else {
+            return Ok((self.compile(bytes, origin)?, false));
+        };
+        if path.exists() {
+            // SAFETY: the file was written by `Engine::precompile_component`
+            // of an engine with the same settings hash, in a directory this
+            // user owns; wasmtime also checks the header's version and
+            // settings and refuses a mismatch, which we treat as a miss.
+            match unsafe { Component::deserialize_file(&self.inner.engine, &path) } {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => tracing::warn!("ignoring unusable cache entry {}: {e}", path.display()),
+            }
+        }
+        let component = self.compile(bytes, origin)?;
+        if let Err(e) = write_cache(&path, &component) {
+            tracing::warn!("cannot write the component cache {}: {e}", path.display());
+        }
+        Ok((component, false))
+    }
+}
+
+/// Writes a cache entry atomically, so a crash or a concurrent writer never
+/// leaves a torn file that a later run would try to load.
+fn write_cache(path: &Path, component: &Component) -> std::io::Result<()> {
+    let bytes = component.serialize().map_err(std::io::Error::other)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn build(options: &EngineOptions) -> wasmtime::Result<wasmtime::Engine> {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(options.fuel);
+    config.epoch_interruption(options.epochs);
+    // Sinks are built from untrusted sources: keep Spectre mitigations and
+    // guard pages at their defaults, and let copy-on-write images make
+    // instantiation cheap.
+    config.memory_init_cow(true);
+    if let Some(pooling) = options.pooling {
+        let mut p = wasmtime::PoolingAllocationConfig::default();
+        p.total_component_instances(pooling.instances);
+        p.total_core_instances(pooling.instances.saturating_mul(4));
+        p.total_memories(pooling.instances.saturating_mul(2));
+        p.total_tables(pooling.instances.saturating_mul(4));
+        p.max_memory_size(pooling.max_memory);
+        // Keep a little of each memory resident between instances so reuse
+        // does not fault pages in again.
+        p.linear_memory_keep_resident(64 << 10);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(p));
+    }
+    wasmtime::Engine::new(&config)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is
+/// dropped.
+fn spawn_ticker(engine: &wasmtime::Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("sinkbox-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(
+            "cannot start the epoch ticker thread ({e}); wall-clock deadlines will not fire"
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The library's error type.
+//!
+//! Three layers stay apart: what a sink returned (a [`Fault::Fatal`] or an
+//! exhausted [`Fault::Retryable`]), what trapped inside the sandbox (a
+//! guest bug or an exceeded limit), and what failed on the host (loading,
+//! I/O, configuration).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A boxed error cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A sink call, for messages and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Creating the instance (runs the guest's start code).
+    Instantiate,
+    /// `config-schema`.
+    ConfigSchema,
+    /// `open`.
+    Open,
+    /// `add`.
+    Add,
+    /// `flush`.
+    Flush,
+    /// `abort`.
+    Abort,
+    /// `close`.
+    Close,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Instantiate => "instantiate",
+            Phase::ConfigSchema => "config-schema",
+            Phase::Open => "open",
+            Phase::Add => "add",
+            Phase::Flush => "flush",
+            Phase::Abort => "abort",
+            Phase::Close => "close",
+        })
+    }
+}
+
+/// What went wrong in one sink call.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// The call used up its fuel budget.
+    #[error("ran out of fuel (budget {budget})")]
+    OutOfFuel {
+        /// The budget it had.
+        budget: u64,
+    },
+    /// The call hit its wall-clock deadline.
+    #[error("exceeded its time limit of {limit:?}")]
+    Timeout {
+        /// The deadline.
+        limit: Duration,
+    },
+    /// The guest tried to grow its memory past the limit.
+    #[error("exceeded its memory limit of {}", Bytes(*limit))]
+    Memory {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Any other trap: a panic, a stack overflow, an unreachable.
+    #[error("trapped")]
+    Trap(#[source] BoxError),
+    /// The sink returned `fatal`.
+    #[error("failed: {0}")]
+    Fatal(String),
+    /// The sink returned `retryable`.
+    #[error("failed, retryably: {0}")]
+    Retryable(String),
+    /// The sink returned `backpressure`.
+    #[error("asked to back off for {0} ms")]
+    Backpressure(u32),
+    /// The sink returned `rejected` where rejections are not allowed (open).
+    #[error("rejected {0} records")]
+    Rejected(usize),
+}
+
+impl Fault {
+    /// Whether the instance can no longer be used: a trap of any kind
+    /// (limits included) or a fatal error.
+    pub fn kills_instance(&self) -> bool {
+        !matches!(self, Fault::Retryable(_) | Fault::Backpressure(_))
+    }
+
+    /// Whether this is a trap (as opposed to an error the sink returned).
+    pub fn is_trap(&self) -> bool {
+        matches!(
+            self,
+            Fault::OutOfFuel { .. } | Fault::Timeout { .. } | Fault::Memory { .. } | Fault::Trap(_)
+        )
+    }
+}
+
+/// A sink call that failed, naming the sink and the phase.
+#[derive(Debug, thiserror::Error)]
+#[error("sink \"{sink}\" {fault} in {phase}")]
+pub struct SinkFailure {
+    /// The sink's name in the pipeline.
+    pub sink: String,
+    /// The call.
+    pub phase: Phase,
+    /// What happened.
+    #[source]
+    pub fault: Fault,
+}
+
+/// The library's error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// wasmtime could not be configured.
+    #[error("cannot set up the wasm engine")]
+    Engine(#[source] BoxError),
+    /// A component could not be compiled or linked.
+    #[error("cannot load component {origin}")]
+    Component {
+        /// File or built-in name.
+        origin: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A component does not export the sink contract.
+    #[error("component {origin} does not implement the sinkbox:sink/sink-world@0.1.0 world")]
+    NotASink {
+        /// File or built-in name.
+        origin: String,
+        /// What is missing.
+        #[source]
+        source: BoxError,
+    },
+    /// A host I/O operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done, and on which path.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pipeline or sink configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// A source could not be read.
+    #[error("source {source_name}: {what}")]
+    Source {
+        /// The source's description.
+        source_name: String,
+        /// What went wrong, and where.
+        what: String,
+    },
+    /// A sink call failed in a way the pipeline does not recover from.
+    #[error(transparent)]
+    Sink(#[from] SinkFailure),
+    /// A sink kept failing a checkpoint until its attempts ran out.
+    #[error(
+        "sink \"{sink}\" still failing after {attempts} attempts; offsets from {from} stay uncommitted"
+    )]
+    GaveUp {
+        /// The sink's name.
+        sink: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The first uncommitted position, as the source describes it.
+        from: String,
+        /// The last failure.
+        #[source]
+        last: SinkFailure,
+    },
+    /// The offset store is unusable.
+    #[error("offset store {}: {what}", path.display())]
+    Offsets {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The pipeline was interrupted before it could finish its checkpoint.
+    #[error("interrupted; offsets from {from} stay uncommitted")]
+    Interrupted {
+        /// The first uncommitted position.
+        from: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// An error and its causes, joined by `: `, as one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// Formats a byte count in binary units: `64 MiB`, `1.5 KiB`, `17 bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+        let mut value = self.0 as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit < UNITS.len() - 1 {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if unit == 0 || value.fract() == 0.0 {
+            write!(f, "{} {}", value as u64, UNITS[unit])
+        } else {
+            write!(f, "{value:.1} {}", UNITS[unit])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        for (n, text) in [
+            (0, "0 bytes"),
+            (17, "17 bytes"),
+            (1536, "1.5 KiB"),
+            (64 << 20, "64 MiB"),
+            (5 << 30, "5 GiB"),
+        ] {
+            assert_eq!(Bytes(n).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn sink_failures_name_sink_limit_and_phase() {
+        let e = SinkFailure {
+            sink: "orders".into(),
+            phase: Phase::Add,
+            fault: Fault::Memory { limit: 64 << 20 },
+        };
+        assert_eq!(
+            e.to_string(),
+            "sink \"orders\" exceeded its memory limit of 64 MiB in add"
+        );
+        let e = SinkFailure {
+            sink: "s".into(),
+            phase: Phase::Flush,
+            fault: Fault::OutOfFuel { budget: 10 },
+        };
+        assert_eq!(
+            e.to_string(),
+            "sink \"s\" ran out of fuel (budget 10) in flush"
+        );
+    }
+}

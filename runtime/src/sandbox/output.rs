@@ -1,0 +1,130 @@
+//! Guest stdout and stderr, turned into host log lines.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Longest line kept before it is logged in pieces; bounds what a guest
+/// that never writes a newline can make the host buffer.
+const MAX_LINE: usize = 16 << 10;
+
+/// A guest output stream that logs each line, attributed to the sink.
+#[derive(Clone)]
+pub(super) struct GuestOutput {
+    sink: Arc<str>,
+    stream: &'static str,
+    partial: Arc<Mutex<Vec<u8>>>,
+}
+
+impl GuestOutput {
+    pub(super) fn new(sink: Arc<str>, stream: &'static str) -> Self {
+        GuestOutput {
+            sink,
+            stream,
+            partial: Arc::default(),
+        }
+    }
+
+    fn write_bytes(&self, mut bytes: &[u8]) {
+        // A poisoned lock only means another write panicked mid-line; the
+        // bytes in it are still fine to log.
+        let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+            partial.extend_from_slice(&bytes[..newline]);
+            self.emit(&mut partial);
+            bytes = &bytes[newline + 1..];
+        }
+        partial.extend_from_slice(bytes);
+        if partial.len() >= MAX_LINE {
+            self.emit(&mut partial);
+        }
+    }
+
+    fn emit(&self, line: &mut Vec<u8>) {
+        let text = String::from_utf8_lossy(line);
+        tracing::info!(target: "sinkbox::guest", sink = &*self.sink, stream = self.stream, "{}", text.trim_end_matches('\r'));
+        line.clear();
+    }
+
+    fn flush_partial(&self) {
+        let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
+        if !partial.is_empty() {
+            self.emit(&mut partial);
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.flush_partial();
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_LINE)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.flush_partial();
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.flush_partial();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Structured log fields, rendered as ` key=value` pairs.
+pub(super) struct Fields<'a>(pub(super) &'a [(String, String)]);
+
+impl fmt::Display for Fields<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (key, value) in self.0 {
+            write!(f, " {key}={value:?}")?;
+        }
+        Ok(())
+    }
+}
