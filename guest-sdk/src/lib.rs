@@ -114,18 +114,11 @@ pub trait Sink: Sized + 'static {
             let record = record.map_err(|e| Error::Fatal(e.to_string()))?;
             match self.add(record) {
                 Ok(()) => {}
-                Err(Error::Reject(reason)) => rejected.push(Rejection {
-                    offset: record.offset(),
-                    reason,
-                }),
+                Err(Error::Reject(reason)) => rejected.push(Rejection { offset: record.offset(), reason }),
                 Err(other) => return Err(other),
             }
         }
-        if rejected.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Rejected(rejected))
-        }
+        if rejected.is_empty() { Ok(()) } else { Err(Error::Rejected(rejected)) }
     }
 
     /// Makes everything added since the last successful flush durable.
@@ -299,10 +292,7 @@ pub use types::Level;
 
 /// Writes a structured log line to the host log, attributed to this sink.
 pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
-    let fields: Vec<(String, String)> = fields
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     host::log(level, message, &fields);
 }
 
@@ -392,8 +382,8 @@ pub mod __rt {
     }
 
     pub fn open<S: Sink>(state: &State<S>, config: String) -> Result {
-        let config: S::Config = serde_json::from_str(&config)
-            .map_err(|e| types::SinkError::Fatal(format!("invalid sink config: {e}")))?;
+        let config: S::Config =
+            serde_json::from_str(&config).map_err(|e| types::SinkError::Fatal(format!("invalid sink config: {e}")))?;
         *state.borrow_mut() = Some(S::open(config).map_err(lower)?);
         Ok(())
     }
@@ -405,12 +395,7 @@ pub mod __rt {
     }
 
     pub fn flush<S: Sink>(state: &State<S>) -> Result {
-        state
-            .borrow_mut()
-            .as_mut()
-            .ok_or_else(not_open)?
-            .flush()
-            .map_err(lower)
+        state.borrow_mut().as_mut().ok_or_else(not_open)?.flush().map_err(lower)
     }
 
     pub fn abort<S: Sink>(state: &State<S>) {
@@ -428,22 +413,15 @@ pub mod __rt {
 
     fn lower(error: Error) -> types::SinkError {
         match error {
-            Error::Backpressure { retry_after } => types::SinkError::Backpressure(
-                u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
-            ),
+            Error::Backpressure { retry_after } => {
+                types::SinkError::Backpressure(u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX))
+            }
             Error::Retryable(m) => types::SinkError::Retryable(m),
             // A bare `Reject` outside `add` has no record to name; it means
             // the call failed for good, which the runtime handles as fatal.
-            Error::Reject(m) => {
-                types::SinkError::Fatal(format!("record rejected outside add: {m}"))
-            }
+            Error::Reject(m) => types::SinkError::Fatal(format!("record rejected outside add: {m}")),
             Error::Rejected(list) => types::SinkError::Rejected(
-                list.into_iter()
-                    .map(|r| types::Rejection {
-                        offset: r.offset,
-                        reason: r.reason,
-                    })
-                    .collect(),
+                list.into_iter().map(|r| types::Rejection { offset: r.offset, reason: r.reason }).collect(),
             ),
             Error::Fatal(m) => types::SinkError::Fatal(m),
         }

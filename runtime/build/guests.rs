@@ -7,13 +7,8 @@ use std::process::Command;
 
 /// The workspace root, from a crate directly below it or two levels down.
 pub fn workspace_root() -> PathBuf {
-    let manifest =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .find(|dir| dir.join("wit").is_dir())
-        .expect("the workspace has a wit/ folder")
-        .to_path_buf()
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    manifest.ancestors().find(|dir| dir.join("wit").is_dir()).expect("the workspace has a wit/ folder").to_path_buf()
 }
 
 /// Runs `cargo build --release --target wasm32-wasip2` with `args` (package
@@ -26,13 +21,7 @@ pub fn build(args: &[&str]) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
         .arg(&target_dir)
         .args(args)
         // The outer build's flags are for the host, not for wasm.
@@ -42,9 +31,7 @@ pub fn build(args: &[&str]) -> PathBuf {
         .env_remove("CARGO_TARGET_DIR")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");
-    let status = cmd
-        .status()
-        .expect("cannot run cargo to build the wasm guests");
+    let status = cmd.status().expect("cannot run cargo to build the wasm guests");
     assert!(
         status.success(),
         "building the wasm guests failed ({status}); is the target installed? run: rustup target add wasm32-wasip2"

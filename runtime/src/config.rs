@@ -40,9 +40,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::checkpoint::{
-    Batching, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec,
-};
+use crate::checkpoint::{Batching, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
 use crate::engine::{Engine, SinkComponent};
 use crate::error::{Error, Result};
 use crate::sandbox::{DirGrant, Grants, SandboxLimits};
@@ -201,9 +199,7 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        parse_duration(&text).map(HumanDuration).map_err(serde::de::Error::custom)
     }
 }
 
@@ -212,17 +208,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("invalid duration \"{text}\": expected e.g. \"500ms\", \"5s\", \"2m\"")
-    })?;
+    let n: u64 =
+        number.parse().map_err(|_| format!("invalid duration \"{text}\": expected e.g. \"500ms\", \"5s\", \"2m\""))?;
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "invalid duration \"{text}\": the unit must be ms, s, m or h"
-        )),
+        _ => Err(format!("invalid duration \"{text}\": the unit must be ms, s, m or h")),
     }
 }
 
@@ -240,9 +233,7 @@ impl<'de> Deserialize<'de> for HumanBytes {
         }
         match Raw::deserialize(d)? {
             Raw::Number(n) => Ok(HumanBytes(n)),
-            Raw::Text(t) => parse_bytes(&t)
-                .map(HumanBytes)
-                .map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse_bytes(&t).map(HumanBytes).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -252,48 +243,38 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size \"{text}\": expected e.g. \"64MiB\""))?;
+    let n: u64 = number.parse().map_err(|_| format!("invalid size \"{text}\": expected e.g. \"64MiB\""))?;
     let shift = match unit.trim() {
         "" | "B" => 0,
         "KiB" => 10,
         "MiB" => 20,
         "GiB" => 30,
         _ => {
-            return Err(format!(
-                "invalid size \"{text}\": the unit must be KiB, MiB or GiB"
-            ));
+            return Err(format!("invalid size \"{text}\": the unit must be KiB, MiB or GiB"));
         }
     };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size \"{text}\" is too large"))
+    n.checked_mul(1 << shift).ok_or_else(|| format!("size \"{text}\" is too large"))
 }
 
 impl PipelineFile {
     /// Reads and parses a pipeline file.
     pub fn load(path: &Path) -> Result<PipelineFile> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses pipeline TOML; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<PipelineFile> {
-        let file: PipelineFile = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+        let file: PipelineFile =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
         if file.sinks.is_empty() {
-            return Err(Error::Config(format!(
-                "{origin}: a pipeline needs at least one [[sink]]"
-            )));
+            return Err(Error::Config(format!("{origin}: a pipeline needs at least one [[sink]]")));
         }
         let mut names = std::collections::HashSet::new();
         for sink in &file.sinks {
             if !names.insert(sink.name.as_str()) {
-                return Err(Error::Config(format!(
-                    "{origin}: two sinks are named \"{}\"",
-                    sink.name
-                )));
+                return Err(Error::Config(format!("{origin}: two sinks are named \"{}\"", sink.name)));
             }
         }
         Ok(file)
@@ -306,16 +287,13 @@ impl SinkSection {
         match &self.config {
             None => Ok("{}".into()),
             Some(toml::Value::String(text)) => {
-                serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
-                    Error::Config(format!(
-                        "sink \"{}\": config is not valid JSON: {e}",
-                        self.name
-                    ))
-                })?;
+                serde_json::from_str::<serde_json::Value>(text)
+                    .map_err(|e| Error::Config(format!("sink \"{}\": config is not valid JSON: {e}", self.name)))?;
                 Ok(text.clone())
             }
-            Some(value) => serde_json::to_string(value)
-                .map_err(|e| Error::Config(format!("sink \"{}\": config: {e}", self.name))),
+            Some(value) => {
+                serde_json::to_string(value).map_err(|e| Error::Config(format!("sink \"{}\": config: {e}", self.name)))
+            }
         }
     }
 
@@ -341,14 +319,7 @@ impl SinkSection {
             let host = base.join(&dir.host);
             if dir.mode == DirMode::Rw {
                 std::fs::create_dir_all(&host).map_err(|e| {
-                    Error::io(
-                        format!(
-                            "sink \"{}\": cannot create granted directory {}",
-                            self.name,
-                            host.display()
-                        ),
-                        e,
-                    )
+                    Error::io(format!("sink \"{}\": cannot create granted directory {}", self.name, host.display()), e)
                 })?;
             }
             if !host.is_dir() {
@@ -358,18 +329,9 @@ impl SinkSection {
                     host.display()
                 )));
             }
-            dirs.push(DirGrant {
-                host,
-                guest: dir.guest.clone(),
-                writable: dir.mode == DirMode::Rw,
-            });
+            dirs.push(DirGrant { host, guest: dir.guest.clone(), writable: dir.mode == DirMode::Rw });
         }
-        let env = self
-            .grants
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let env = self.grants.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         Ok(SinkSpec {
             name: self.name.clone(),
             config: self.config_json()?,
@@ -432,16 +394,14 @@ impl PipelineFile {
         }
         let state_dir = base.join(".sinkbox");
         let offsets = OffsetStore::new(
-            p.offsets.as_ref().map_or_else(
-                || state_dir.join(format!("{name}.offsets.json")),
-                |o| base.join(o),
-            ),
+            p.offsets.as_ref().map_or_else(|| state_dir.join(format!("{name}.offsets.json")), |o| base.join(o)),
             &name,
         );
-        let dead_letters = DeadLetters::new(p.dead_letter.as_ref().map_or_else(
-            || state_dir.join(format!("{name}.dead-letter.jsonl")),
-            |d| base.join(d),
-        ));
+        let dead_letters = DeadLetters::new(
+            p.dead_letter
+                .as_ref()
+                .map_or_else(|| state_dir.join(format!("{name}.dead-letter.jsonl")), |d| base.join(d)),
+        );
         let offsets = p.resume.unwrap_or(true).then_some(offsets);
         let start = match &offsets {
             Some(store) => store.load()?.unwrap_or_default(),
@@ -453,22 +413,8 @@ impl PipelineFile {
             }
             SourceSection::Stdin { format } => Box::new(LineSource::stdin(*format, Some(&start))?),
         };
-        let sinks = self
-            .sinks
-            .iter()
-            .map(|s| s.resolve(engine, base))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Pipeline {
-            name,
-            engine: engine.clone(),
-            source,
-            sinks,
-            batching,
-            retry,
-            offsets,
-            dead_letters,
-            start,
-        })
+        let sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
+        Ok(Pipeline { name, engine: engine.clone(), source, sinks, batching, retry, offsets, dead_letters, start })
     }
 }
 
@@ -480,8 +426,7 @@ mod tests {
         PipelineFile::parse(text, "p.toml").unwrap_err().to_string()
     }
 
-    const MINIMAL: &str =
-        "[source]\nkind = \"stdin\"\n[[sink]]\nname = \"a\"\ncomponent = \"builtin:blackhole\"\n";
+    const MINIMAL: &str = "[source]\nkind = \"stdin\"\n[[sink]]\nname = \"a\"\ncomponent = \"builtin:blackhole\"\n";
 
     #[test]
     fn minimal_file_parses() {
@@ -507,9 +452,7 @@ mod tests {
 
     #[test]
     fn structural_errors() {
-        assert!(
-            parse_err("[source]\nkind = \"stdin\"\nsink = []\n").contains("at least one [[sink]]")
-        );
+        assert!(parse_err("sink = []\n[source]\nkind = \"stdin\"\n").contains("at least one [[sink]]"));
         let twice = format!("{MINIMAL}[[sink]]\nname = \"a\"\ncomponent = \"builtin:file\"\n");
         assert!(parse_err(&twice).contains("two sinks are named \"a\""));
         assert!(parse_err("[source]\nkind = \"kafka\"\n").contains("unknown variant `kafka`"));
@@ -519,23 +462,11 @@ mod tests {
     fn durations_and_sizes() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(
-            parse_duration("5 parsecs")
-                .unwrap_err()
-                .contains("the unit must be")
-        );
-        assert!(
-            parse_duration("s")
-                .unwrap_err()
-                .contains("invalid duration")
-        );
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("the unit must be"));
+        assert!(parse_duration("s").unwrap_err().contains("invalid duration"));
         assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert!(parse_bytes("1PiB").is_err());
-        assert!(
-            parse_bytes("99999999999GiB")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(parse_bytes("99999999999GiB").unwrap_err().contains("too large"));
     }
 }

@@ -43,21 +43,13 @@ pub struct Pooling {
 
 impl Default for Pooling {
     fn default() -> Self {
-        Pooling {
-            instances: 1_000,
-            max_memory: 4 << 30,
-        }
+        Pooling { instances: 1_000, max_memory: 4 << 30 }
     }
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            fuel: true,
-            epochs: true,
-            pooling: Some(Pooling::default()),
-            cache_dir: default_cache_dir(),
-        }
+        EngineOptions { fuel: true, epochs: true, pooling: Some(Pooling::default()), cache_dir: default_cache_dir() }
     }
 }
 
@@ -155,22 +147,14 @@ impl Engine {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine(e.into()))?;
-        SinkWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| Error::Engine(e.into()))?;
+        SinkWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| Error::Engine(e.into()))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let settings_hash = hasher.finish();
         if options.epochs {
             spawn_ticker(&engine);
         }
-        Ok(Engine {
-            inner: Arc::new(Inner {
-                engine,
-                linker,
-                options,
-                settings_hash,
-            }),
-        })
+        Ok(Engine { inner: Arc::new(Inner { engine, linker, options, settings_hash }) })
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
@@ -183,10 +167,8 @@ impl Engine {
 
     /// Loads a component from a file, through the cache.
     pub fn load_file(&self, path: &Path) -> Result<SinkComponent> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Io {
-            what: format!("cannot read component {}", path.display()),
-            source: e,
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Io { what: format!("cannot read component {}", path.display()), source: e })?;
         self.load(&bytes, &path.display().to_string())
     }
 
@@ -196,14 +178,7 @@ impl Engine {
         let started = Instant::now();
         let (component, cached) = self.compile_cached(bytes, origin)?;
         let pre = self.instantiate_pre(&component, origin)?;
-        Ok(SinkComponent {
-            pre,
-            origin: origin.to_string(),
-            load: LoadInfo {
-                cached,
-                elapsed: started.elapsed(),
-            },
-        })
+        Ok(SinkComponent { pre, origin: origin.to_string(), load: LoadInfo { cached, elapsed: started.elapsed() } })
     }
 
     /// What a component imports and exports, and whether it is a sink; for
@@ -212,29 +187,14 @@ impl Engine {
         let (component, _) = self.compile_cached(bytes, origin)?;
         let ty = component.component_type();
         let engine = &self.inner.engine;
-        let imports = ty
-            .imports(engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let exports = ty
-            .exports(engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let sink = self
-            .instantiate_pre(&component, origin)
-            .map(|pre| SinkComponent {
-                pre,
-                origin: origin.to_string(),
-                load: LoadInfo {
-                    cached: true,
-                    elapsed: Duration::ZERO,
-                },
-            });
-        Ok(ComponentInfo {
-            imports,
-            exports,
-            sink,
-        })
+        let imports = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+        let exports = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+        let sink = self.instantiate_pre(&component, origin).map(|pre| SinkComponent {
+            pre,
+            origin: origin.to_string(),
+            load: LoadInfo { cached: true, elapsed: Duration::ZERO },
+        });
+        Ok(ComponentInfo { imports, exports, sink })
     }
 
     /// Compiles without the cache, for benchmarks of cold starts.
@@ -245,37 +205,22 @@ impl Engine {
         Ok(SinkComponent {
             pre,
             origin: origin.to_string(),
-            load: LoadInfo {
-                cached: false,
-                elapsed: started.elapsed(),
-            },
+            load: LoadInfo { cached: false, elapsed: started.elapsed() },
         })
     }
 
     fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component> {
-        Component::new(&self.inner.engine, bytes).map_err(|e| Error::Component {
-            origin: origin.to_string(),
-            source: e.into(),
-        })
+        Component::new(&self.inner.engine, bytes)
+            .map_err(|e| Error::Component { origin: origin.to_string(), source: e.into() })
     }
 
-    fn instantiate_pre(
-        &self,
-        component: &Component,
-        origin: &str,
-    ) -> Result<SinkWorldPre<StoreState>> {
+    fn instantiate_pre(&self, component: &Component, origin: &str) -> Result<SinkWorldPre<StoreState>> {
         let pre = self
             .inner
             .linker
             .instantiate_pre(component)
-            .map_err(|e| Error::Component {
-                origin: origin.to_string(),
-                source: e.into(),
-            })?;
-        SinkWorldPre::new(pre).map_err(|e| Error::NotASink {
-            origin: origin.to_string(),
-            source: e.into(),
-        })
+            .map_err(|e| Error::Component { origin: origin.to_string(), source: e.into() })?;
+        SinkWorldPre::new(pre).map_err(|e| Error::NotASink { origin: origin.to_string(), source: e.into() })
     }
 
     /// The cache key: the component's content hash and the engine settings
@@ -352,18 +297,14 @@ fn build(options: &EngineOptions) -> wasmtime::Result<wasmtime::Engine> {
 /// dropped.
 fn spawn_ticker(engine: &wasmtime::Engine) {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("sinkbox-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        });
+    let spawned = std::thread::Builder::new().name("sinkbox-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    });
     if let Err(e) = spawned {
-        tracing::error!(
-            "cannot start the epoch ticker thread ({e}); wall-clock deadlines will not fire"
-        );
+        tracing::error!("cannot start the epoch ticker thread ({e}); wall-clock deadlines will not fire");
     }
 }

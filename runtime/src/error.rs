@@ -71,7 +71,14 @@ pub enum Fault {
     },
     /// Any other trap: a panic, a stack overflow, an unreachable.
     #[error("trapped")]
-    Trap(#[source] BoxError),
+    Trap {
+        /// What the guest wrote to stderr in the failing call (a panic
+        /// message, usually).
+        stderr: Option<String>,
+        /// The trap.
+        #[source]
+        source: BoxError,
+    },
     /// The sink returned `fatal`.
     #[error("failed: {0}")]
     Fatal(String),
@@ -95,24 +102,39 @@ impl Fault {
 
     /// Whether this is a trap (as opposed to an error the sink returned).
     pub fn is_trap(&self) -> bool {
-        matches!(
-            self,
-            Fault::OutOfFuel { .. } | Fault::Timeout { .. } | Fault::Memory { .. } | Fault::Trap(_)
-        )
+        matches!(self, Fault::OutOfFuel { .. } | Fault::Timeout { .. } | Fault::Memory { .. } | Fault::Trap { .. })
     }
 }
 
-/// A sink call that failed, naming the sink and the phase.
-#[derive(Debug, thiserror::Error)]
-#[error("sink \"{sink}\" {fault} in {phase}")]
+/// A sink call that failed, naming the sink and the phase:
+/// `sink "orders" exceeded its memory limit of 64 MiB in add`. A trap's
+/// message ends with what the guest wrote to stderr in that call (usually
+/// its panic message); its source is the trap itself.
+#[derive(Debug)]
 pub struct SinkFailure {
     /// The sink's name in the pipeline.
     pub sink: String,
     /// The call.
     pub phase: Phase,
     /// What happened.
-    #[source]
     pub fault: Fault,
+}
+
+impl fmt::Display for SinkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sink \"{}\" {} in {}", self.sink, self.fault, self.phase)?;
+        if let Fault::Trap { stderr: Some(stderr), .. } = &self.fault {
+            write!(f, " (guest stderr: {stderr})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SinkFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The fault is already in this message; its own cause is next.
+        std::error::Error::source(&self.fault)
+    }
 }
 
 /// The library's error.
@@ -163,9 +185,7 @@ pub enum Error {
     #[error(transparent)]
     Sink(#[from] SinkFailure),
     /// A sink kept failing a checkpoint until its attempts ran out.
-    #[error(
-        "sink \"{sink}\" still failing after {attempts} attempts; offsets from {from} stay uncommitted"
-    )]
+    #[error("sink \"{sink}\" still failing after {attempts} attempts; offsets from {from} stay uncommitted")]
     GaveUp {
         /// The sink's name.
         sink: String,
@@ -195,10 +215,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io {
-            what: what.into(),
-            source,
-        }
+        Error::Io { what: what.into(), source }
     }
 }
 
@@ -245,36 +262,17 @@ mod tests {
 
     #[test]
     fn byte_counts_read_naturally() {
-        for (n, text) in [
-            (0, "0 bytes"),
-            (17, "17 bytes"),
-            (1536, "1.5 KiB"),
-            (64 << 20, "64 MiB"),
-            (5 << 30, "5 GiB"),
-        ] {
+        for (n, text) in [(0, "0 bytes"), (17, "17 bytes"), (1536, "1.5 KiB"), (64 << 20, "64 MiB"), (5 << 30, "5 GiB")]
+        {
             assert_eq!(Bytes(n).to_string(), text);
         }
     }
 
     #[test]
     fn sink_failures_name_sink_limit_and_phase() {
-        let e = SinkFailure {
-            sink: "orders".into(),
-            phase: Phase::Add,
-            fault: Fault::Memory { limit: 64 << 20 },
-        };
-        assert_eq!(
-            e.to_string(),
-            "sink \"orders\" exceeded its memory limit of 64 MiB in add"
-        );
-        let e = SinkFailure {
-            sink: "s".into(),
-            phase: Phase::Flush,
-            fault: Fault::OutOfFuel { budget: 10 },
-        };
-        assert_eq!(
-            e.to_string(),
-            "sink \"s\" ran out of fuel (budget 10) in flush"
-        );
+        let e = SinkFailure { sink: "orders".into(), phase: Phase::Add, fault: Fault::Memory { limit: 64 << 20 } };
+        assert_eq!(e.to_string(), "sink \"orders\" exceeded its memory limit of 64 MiB in add");
+        let e = SinkFailure { sink: "s".into(), phase: Phase::Flush, fault: Fault::OutOfFuel { budget: 10 } };
+        assert_eq!(e.to_string(), "sink \"s\" ran out of fuel (budget 10) in flush");
     }
 }

@@ -56,12 +56,10 @@ pub mod source;
 pub mod status;
 
 pub use bindings::Batch;
-pub use checkpoint::{
-    Batching, Control, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec,
-};
+pub use checkpoint::{Batching, Control, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
 pub use config::PipelineFile;
 pub use engine::{Engine, EngineOptions, Pooling, SinkComponent};
 pub use error::{Error, Fault, Phase, Result, SinkFailure};
-pub use sandbox::{DirGrant, Grants, SandboxLimits, SinkInstance};
+pub use sandbox::{DirGrant, Failure, Grants, SandboxLimits, SinkInstance};
 pub use source::{LineFormat, LineSource, Position, Source};
 pub use status::{SinkMetrics, Status};

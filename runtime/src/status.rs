@@ -69,20 +69,10 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 impl SinkMetrics {
     /// Metrics for a sink named `name`.
     pub fn new(name: &str) -> Self {
-        SinkMetrics {
-            name: name.to_string(),
-            ..Default::default()
-        }
+        SinkMetrics { name: name.to_string(), ..Default::default() }
     }
 
-    pub(crate) fn record_call(
-        &mut self,
-        phase: Phase,
-        elapsed: Duration,
-        fuel: u64,
-        memory: u64,
-        ok: bool,
-    ) {
+    pub(crate) fn record_call(&mut self, phase: Phase, elapsed: Duration, fuel: u64, memory: u64, ok: bool) {
         self.calls += 1;
         self.calls_ok += u64::from(ok);
         self.fuel += fuel;
@@ -96,11 +86,7 @@ impl SinkMetrics {
 
     /// Share of calls that returned `ok`, in percent (100 with no calls).
     pub fn success_percent(&self) -> f64 {
-        if self.calls == 0 {
-            100.0
-        } else {
-            self.calls_ok as f64 * 100.0 / self.calls as f64
-        }
+        if self.calls == 0 { 100.0 } else { self.calls_ok as f64 * 100.0 / self.calls as f64 }
     }
 }
 
@@ -108,11 +94,7 @@ impl fmt::Display for Status {
     /// The status table printed at the end of `sinkbox run`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
-        writeln!(
-            f,
-            "pipeline \"{}\" {} in {:.2}s",
-            self.pipeline, self.outcome, secs
-        )?;
+        writeln!(f, "pipeline \"{}\" {} in {:.2}s", self.pipeline, self.outcome, secs)?;
         writeln!(
             f,
             "  read {}  committed {}  malformed {}  checkpoints {}  ({:.0} records/s)",
@@ -126,16 +108,7 @@ impl fmt::Display for Status {
         writeln!(
             f,
             "  {:<16} {:>10} {:>8} {:>7} {:>6} {:>14} {:>10} {:>9} {:>9} {:>8}",
-            "sink",
-            "added",
-            "rejected",
-            "retries",
-            "traps",
-            "fuel",
-            "peak mem",
-            "add s",
-            "flush s",
-            "ok %"
+            "sink", "added", "rejected", "retries", "traps", "fuel", "peak mem", "add s", "flush s", "ok %"
         )?;
         for s in &self.sinks {
             writeln!(

@@ -67,10 +67,7 @@ pub struct BatchWriter {
 impl BatchWriter {
     /// A writer whose buffer starts with room for `bytes` bytes.
     pub fn with_capacity(bytes: usize) -> Self {
-        Self {
-            data: Vec::with_capacity(bytes),
-            count: 0,
-        }
+        Self { data: Vec::with_capacity(bytes), count: 0 }
     }
 
     /// Appends one record.
@@ -80,13 +77,7 @@ impl BatchWriter {
     /// If a key, value or header is 4 GiB or larger, which the encoding cannot
     /// express; callers bound record sizes well below that.
     pub fn push(&mut self, record: &RecordRef<'_>) {
-        self.begin(
-            record.offset,
-            record.timestamp,
-            record.key,
-            record.value,
-            record.headers.len(),
-        );
+        self.begin(record.offset, record.timestamp, record.key, record.value, record.headers.len());
         for (name, value) in record.headers {
             self.header(name, value);
         }
@@ -151,10 +142,7 @@ impl BatchWriter {
 fn len32(n: usize) -> u32 {
     // The encoding caps each part at 4 GiB - 2; sources reject larger records
     // long before this point, so reaching it is a bug in the caller.
-    assert!(
-        n < NO_KEY as usize,
-        "record part of {n} bytes exceeds the encoding's limit"
-    );
+    assert!(n < NO_KEY as usize, "record part of {n} bytes exceeds the encoding's limit");
     n as u32
 }
 
@@ -176,10 +164,7 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     /// The record's headers, in order, as name/value pairs.
     pub fn headers(&self) -> Headers<'a> {
-        Headers {
-            rest: self.header_bytes,
-            left: self.header_count,
-        }
+        Headers { rest: self.header_bytes, left: self.header_count }
     }
 
     /// How many headers the record has.
@@ -189,10 +174,7 @@ impl<'a> Record<'a> {
 
     /// The first header with this name.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers()
-            .flatten()
-            .find(|(n, _)| *n == name.as_bytes())
-            .map(|(_, v)| v)
+        self.headers().flatten().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
     }
 }
 
@@ -207,11 +189,7 @@ pub struct DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "malformed record batch at byte {}: {}",
-            self.at, self.what
-        )
+        write!(f, "malformed record batch at byte {}: {}", self.at, self.what)
     }
 }
 
@@ -228,11 +206,7 @@ pub struct Records<'a> {
 impl<'a> Records<'a> {
     /// Decodes `count` records from `data`.
     pub fn new(data: &'a [u8], count: u32) -> Self {
-        Self {
-            data,
-            pos: 0,
-            left: count,
-        }
+        Self { data, pos: 0, left: count }
     }
 
     fn fail(&mut self, what: &'static str) -> Option<Result<Record<'a>, DecodeError>> {
@@ -339,10 +313,7 @@ impl<'a> Iterator for Headers<'a> {
             (Some(name), Some(value)) => Some(Ok((name, value))),
             _ => {
                 self.left = 0;
-                Some(Err(DecodeError {
-                    at: 0,
-                    what: "truncated header",
-                }))
+                Some(Err(DecodeError { at: 0, what: "truncated header" }))
             }
         }
     }
@@ -374,20 +345,8 @@ mod tests {
     fn roundtrips_all_shapes() {
         roundtrip(&[]);
         roundtrip(&[
-            RecordRef {
-                offset: 0,
-                timestamp: None,
-                key: None,
-                value: b"",
-                headers: &[],
-            },
-            RecordRef {
-                offset: 1,
-                timestamp: Some(-5),
-                key: Some(b""),
-                value: b"v",
-                headers: &[],
-            },
+            RecordRef { offset: 0, timestamp: None, key: None, value: b"", headers: &[] },
+            RecordRef { offset: 1, timestamp: Some(-5), key: Some(b""), value: b"v", headers: &[] },
             RecordRef {
                 offset: u64::MAX,
                 timestamp: Some(i64::MAX),
@@ -401,13 +360,7 @@ mod tests {
     #[test]
     fn truncated_buffers_are_errors_not_panics() {
         let mut w = BatchWriter::default();
-        w.push(&RecordRef {
-            offset: 3,
-            timestamp: None,
-            key: Some(b"key"),
-            value: b"value",
-            headers: &[(b"h", b"v")],
-        });
+        w.push(&RecordRef { offset: 3, timestamp: None, key: Some(b"key"), value: b"value", headers: &[(b"h", b"v")] });
         let (data, count) = w.finish();
         for cut in 0..data.len() {
             let result: Result<Vec<_>, _> = Records::new(&data[..cut], count).collect();

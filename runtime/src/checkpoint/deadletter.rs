@@ -26,11 +26,7 @@ pub struct DeadLetters {
 impl DeadLetters {
     /// A queue at `path`; the file is created on the first entry.
     pub fn new(path: impl Into<PathBuf>) -> DeadLetters {
-        DeadLetters {
-            path: path.into(),
-            file: None,
-            written: 0,
-        }
+        DeadLetters { path: path.into(), file: None, written: 0 }
     }
 
     /// Its path.
@@ -44,21 +40,11 @@ impl DeadLetters {
     }
 
     fn fail(&self, e: std::io::Error) -> Error {
-        Error::io(
-            format!("cannot write the dead-letter queue {}", self.path.display()),
-            e,
-        )
+        Error::io(format!("cannot write the dead-letter queue {}", self.path.display()), e)
     }
 
     /// Appends an entry for a record `sink` refused or trapped on.
-    pub fn push(
-        &mut self,
-        sink: &str,
-        reason: &str,
-        topic: &str,
-        partition: u32,
-        record: &Record<'_>,
-    ) -> Result<()> {
+    pub fn push(&mut self, sink: &str, reason: &str, topic: &str, partition: u32, record: &Record<'_>) -> Result<()> {
         let headers: Vec<Value> = record
             .headers()
             .flatten()
@@ -80,14 +66,7 @@ impl DeadLetters {
 
     /// Appends an entry for input the source could not parse; `raw` is the
     /// input as read.
-    pub fn push_malformed(
-        &mut self,
-        reason: &str,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        raw: &[u8],
-    ) -> Result<()> {
+    pub fn push_malformed(&mut self, reason: &str, topic: &str, partition: u32, offset: u64, raw: &[u8]) -> Result<()> {
         self.write(json!({
             "time": rfc3339_now(),
             "sink": "source",
@@ -107,16 +86,10 @@ impl DeadLetters {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| self.fail(e))?;
             }
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .map_err(|e| self.fail(e))?;
+            let file = OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| self.fail(e))?;
             self.file = Some(BufWriter::new(file));
         }
-        let Some(file) = self.file.as_mut() else {
-            unreachable!("opened just above")
-        };
+        let Some(file) = self.file.as_mut() else { unreachable!("opened just above") };
         let written = serde_json::to_writer(&mut *file, &entry)
             .map_err(std::io::Error::from)
             .and_then(|()| file.write_all(b"\n"));
@@ -162,9 +135,7 @@ fn base64(bytes: &[u8]) -> String {
 
 /// The current UTC time as `2026-11-21T23:04:05.123Z`.
 fn rfc3339_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -192,13 +163,7 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
+        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
             assert_eq!(base64(input.as_bytes()), expected);
         }
     }
@@ -207,9 +172,6 @@ mod tests {
     fn timestamps_are_rfc3339_utc() {
         let t = rfc3339_now();
         assert_eq!(t.len(), 24, "{t}");
-        assert!(
-            t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",
-            "{t}"
-        );
+        assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T", "{t}");
     }
 }

@@ -122,11 +122,7 @@ pub struct Batching {
 
 impl Default for Batching {
     fn default() -> Self {
-        Batching {
-            batch_size: 1_000,
-            commit_every: 10_000,
-            commit_interval: Duration::from_secs(5),
-        }
+        Batching { batch_size: 1_000, commit_every: 10_000, commit_interval: Duration::from_secs(5) }
     }
 }
 
@@ -188,11 +184,7 @@ impl Control {
     /// Asks the pipeline to stop reading, flush and commit what it has, and
     /// close its sinks. A second call aborts the open checkpoint instead.
     pub fn stop(&self) {
-        let _ = self
-            .stop
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-                Some((s + 1).min(ABORT))
-            });
+        let _ = self.stop.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| Some((s + 1).min(ABORT)));
     }
 
     fn state(&self) -> u8 {
@@ -279,23 +271,9 @@ impl Pipeline {
     /// if any, says why the run ended early.
     pub fn run(self, control: &Control) -> (Status, Result<()>) {
         let started = Instant::now();
-        let Pipeline {
-            name,
-            engine,
-            mut source,
-            sinks,
-            batching,
-            retry,
-            offsets,
-            dead_letters,
-            start,
-        } = self;
+        let Pipeline { name, engine, mut source, sinks, batching, retry, offsets, dead_letters, start } = self;
         let source_name = source.describe();
-        let mut status = Status {
-            pipeline: name.clone(),
-            position: start.to_string(),
-            ..Default::default()
-        };
+        let mut status = Status { pipeline: name.clone(), position: start.to_string(), ..Default::default() };
         let mut runner = Runner {
             pipeline_name: name,
             engine,
@@ -327,25 +305,23 @@ impl Pipeline {
         let (tx, rx) = mpsc::sync_channel::<Result<SourceBatch>>(4);
         let batch_size = batching.batch_size;
         let (source_tx, source_rx) = mpsc::channel::<Box<dyn Source>>();
-        let reader = std::thread::Builder::new()
-            .name("sinkbox-source".into())
-            .spawn(move || {
-                loop {
-                    match source.next_batch(batch_size) {
-                        Ok(Some(batch)) => {
-                            if tx.send(Ok(batch)).is_err() {
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
+        let reader = std::thread::Builder::new().name("sinkbox-source".into()).spawn(move || {
+            loop {
+                match source.next_batch(batch_size) {
+                    Ok(Some(batch)) => {
+                        if tx.send(Ok(batch)).is_err() {
                             break;
                         }
                     }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
                 }
-                let _ = source_tx.send(source);
-            });
+            }
+            let _ = source_tx.send(source);
+        });
         let result = match reader {
             Err(e) => Err(Error::io("cannot start the source thread", e)),
             Ok(_) => {
@@ -396,20 +372,12 @@ impl Runner<'_> {
     fn start_instance(&mut self, slot: &mut Slot) -> Result<()> {
         let spec = &slot.spec;
         slot.metrics.instances += 1;
-        let mut instance = SinkInstance::new(
-            &self.engine,
-            &spec.component,
-            &spec.name,
-            spec.limits,
-            &spec.grants,
-        )?;
+        let mut instance = SinkInstance::new(&self.engine, &spec.component, &spec.name, spec.limits, &spec.grants)?;
         let mut attempt = 0;
         loop {
             match instance.open(&spec.config, &mut slot.metrics) {
                 Ok(()) => break,
-                Err(Failure::Fault(f))
-                    if !f.fault.kills_instance() && attempt + 1 < self.retry.max_attempts =>
-                {
+                Err(Failure::Fault(f)) if !f.fault.kills_instance() && attempt + 1 < self.retry.max_attempts => {
                     attempt += 1;
                     let wait = match f.fault {
                         Fault::Backpressure(ms) => Duration::from_millis(u64::from(ms)),
@@ -430,9 +398,7 @@ impl Runner<'_> {
         let until = Instant::now() + total;
         loop {
             if self.control.state() != RUN {
-                return Err(Error::Interrupted {
-                    from: self.committed.to_string(),
-                });
+                return Err(Error::Interrupted { from: self.committed.to_string() });
             }
             let now = Instant::now();
             if now >= until {
@@ -463,15 +429,10 @@ impl Runner<'_> {
                         let _ = instance.abort(&mut slot.metrics);
                     }
                 }
-                return Err(Error::Interrupted {
-                    from: self.committed.to_string(),
-                });
+                return Err(Error::Interrupted { from: self.committed.to_string() });
             }
             let interval_over = cp_started.is_some_and(|t| t.elapsed() >= batching.commit_interval);
-            let due = cp_records >= batching.commit_every
-                || interval_over
-                || source_done
-                || state == FINISH;
+            let due = cp_records >= batching.commit_every || interval_over || source_done || state == FINISH;
             if due && pending_end.is_some() {
                 self.checkpoint(slots, pending_end.take(), offsets, status)?;
                 cp_records = 0;
@@ -484,10 +445,7 @@ impl Runner<'_> {
                 };
             }
             let wait = match cp_started {
-                Some(t) => batching
-                    .commit_interval
-                    .saturating_sub(t.elapsed())
-                    .min(Duration::from_millis(100)),
+                Some(t) => batching.commit_interval.saturating_sub(t.elapsed()).min(Duration::from_millis(100)),
                 None => Duration::from_millis(100),
             };
             let batch = match rx.recv_timeout(wait) {
@@ -505,19 +463,11 @@ impl Runner<'_> {
             };
             cp_started.get_or_insert_with(Instant::now);
             let count = u64::from(batch.records.len());
-            self.control
-                .read
-                .fetch_add(count + batch.malformed.len() as u64, Ordering::Relaxed);
+            self.control.read.fetch_add(count + batch.malformed.len() as u64, Ordering::Relaxed);
             self.control.bytes.fetch_add(batch.bytes, Ordering::Relaxed);
             status.malformed += batch.malformed.len() as u64;
             for m in &batch.malformed {
-                self.dead_letters.push_malformed(
-                    &m.reason,
-                    &batch.topic,
-                    batch.partition,
-                    m.offset,
-                    &m.raw,
-                )?;
+                self.dead_letters.push_malformed(&m.reason, &batch.topic, batch.partition, m.offset, &m.raw)?;
             }
             pending_end = Some(batch.end);
             if count == 0 {
@@ -525,14 +475,7 @@ impl Runner<'_> {
             }
             cp_records += count;
             let (data, count) = batch.records.finish();
-            self.held.push(Held {
-                batch: Batch {
-                    topic: batch.topic,
-                    partition: batch.partition,
-                    count,
-                    data,
-                },
-            });
+            self.held.push(Held { batch: Batch { topic: batch.topic, partition: batch.partition, count, data } });
             let index = self.held.len() - 1;
             for slot in slots.iter_mut() {
                 self.deliver(slot, index)?;
@@ -573,28 +516,15 @@ impl Runner<'_> {
     /// already dead-lettered as poison.
     fn batch_for(&self, slot: &Slot, index: usize) -> Option<Batch> {
         let held = &self.held[index];
-        if slot
-            .skip
-            .range((index, 0)..=(index, u64::MAX))
-            .next()
-            .is_none()
-        {
+        if slot.skip.range((index, 0)..=(index, u64::MAX)).next().is_none() {
             return None; // use the held batch as is
         }
         let mut writer = BatchWriter::default();
-        for record in held
-            .records()
-            .filter(|r| !slot.skip.contains(&(index, r.offset)))
-        {
+        for record in held.records().filter(|r| !slot.skip.contains(&(index, r.offset))) {
             push_record(&mut writer, &record);
         }
         let (data, count) = writer.finish();
-        Some(Batch {
-            topic: held.batch.topic.clone(),
-            partition: held.batch.partition,
-            count,
-            data,
-        })
+        Some(Batch { topic: held.batch.topic.clone(), partition: held.batch.partition, count, data })
     }
 
     /// Adds the batch at `index` to `slot`, recovering from failures.
@@ -642,8 +572,7 @@ impl Runner<'_> {
         range: std::ops::RangeInclusive<usize>,
     ) -> Result<u64, SinkFailure> {
         let mut found = 0;
-        let reasons: HashMap<u64, &str> =
-            list.iter().map(|r| (r.offset, r.reason.as_str())).collect();
+        let reasons: HashMap<u64, &str> = list.iter().map(|r| (r.offset, r.reason.as_str())).collect();
         for index in range {
             let held = &self.held[index];
             for record in held.records() {
@@ -656,13 +585,7 @@ impl Runner<'_> {
                 found += 1;
                 slot.metrics.rejected += 1;
                 self.dead_letters
-                    .push(
-                        &slot.spec.name,
-                        reason,
-                        &held.batch.topic,
-                        held.batch.partition,
-                        &record,
-                    )
+                    .push(&slot.spec.name, reason, &held.batch.topic, held.batch.partition, &record)
                     .map_err(|e| SinkFailure {
                         sink: slot.spec.name.clone(),
                         phase: Phase::Add,
@@ -690,11 +613,7 @@ impl Runner<'_> {
                 Ok(()) => return Ok(()),
                 Err(Failure::Rejected(list)) => {
                     let last = self.held.len().saturating_sub(1);
-                    let found = if self.held.is_empty() {
-                        0
-                    } else {
-                        self.reject(slot, &list, 0..=last)?
-                    };
+                    let found = if self.held.is_empty() { 0 } else { self.reject(slot, &list, 0..=last)? };
                     slot.added = slot.added.saturating_sub(found);
                     return Ok(());
                 }
@@ -715,12 +634,7 @@ impl Runner<'_> {
     /// `failure`: waits or replaces the instance as the failure demands,
     /// then replays. Returns once a replay succeeded, or with the error that
     /// ends the pipeline.
-    fn recover_upto(
-        &mut self,
-        slot: &mut Slot,
-        upto: Option<usize>,
-        mut failure: SinkFailure,
-    ) -> Result<()> {
+    fn recover_upto(&mut self, slot: &mut Slot, upto: Option<usize>, mut failure: SinkFailure) -> Result<()> {
         loop {
             tracing::warn!("{failure}; recovering");
             match &failure.fault {
@@ -766,12 +680,7 @@ impl Runner<'_> {
 
     fn gave_up(&self, slot: &Slot, last: SinkFailure) -> Error {
         let attempts = slot.attempts.max(slot.backpressure);
-        Error::GaveUp {
-            sink: slot.spec.name.clone(),
-            attempts,
-            from: self.committed.to_string(),
-            last,
-        }
+        Error::GaveUp { sink: slot.spec.name.clone(), attempts, from: self.committed.to_string(), last }
     }
 
     fn abort_instance(&self, slot: &mut Slot) {
@@ -806,12 +715,7 @@ impl Runner<'_> {
     /// records with throwaway instances that only `add` (so no probe makes
     /// anything durable), then dead-letters it. Fails if the sink traps too
     /// often to be a poison-record problem, or if no `add` reproduces it.
-    fn isolate_poison(
-        &mut self,
-        slot: &mut Slot,
-        upto: Option<usize>,
-        failure: SinkFailure,
-    ) -> Result<()> {
+    fn isolate_poison(&mut self, slot: &mut Slot, upto: Option<usize>, failure: SinkFailure) -> Result<()> {
         slot.poison += 1;
         if slot.poison > self.retry.max_poison {
             tracing::error!(
@@ -825,12 +729,7 @@ impl Runner<'_> {
             return Err(failure.into());
         };
         let candidates: Vec<(usize, u64)> = (0..=upto)
-            .flat_map(|i| {
-                self.held[i]
-                    .records()
-                    .map(move |r| (i, r.offset))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|i| self.held[i].records().map(move |r| (i, r.offset)).collect::<Vec<_>>())
             .filter(|key| !slot.skip.contains(key))
             .collect();
         let mut probe_metrics = SinkMetrics::new(&slot.spec.name);
@@ -860,17 +759,8 @@ impl Runner<'_> {
             return Err(failure.into());
         };
         let reason = crate::error::chain(&failure);
-        tracing::warn!(
-            "sink \"{}\": record at offset {offset} is poison; dead-lettering it",
-            slot.spec.name
-        );
-        self.dead_letters.push(
-            &slot.spec.name,
-            &reason,
-            &held.batch.topic,
-            held.batch.partition,
-            &record,
-        )?;
+        tracing::warn!("sink \"{}\": record at offset {offset} is poison; dead-lettering it", slot.spec.name);
+        self.dead_letters.push(&slot.spec.name, &reason, &held.batch.topic, held.batch.partition, &record)?;
         slot.skip.insert((index, offset));
         slot.metrics.rejected += 1;
         slot.traps = 0;
@@ -880,27 +770,11 @@ impl Runner<'_> {
     /// Whether adding exactly `records` (in batches of the usual size) to a
     /// fresh instance traps. The instance is aborted and closed if it
     /// survives.
-    fn probe_traps(
-        &self,
-        slot: &Slot,
-        records: &[(usize, u64)],
-        metrics: &mut SinkMetrics,
-    ) -> Result<bool> {
+    fn probe_traps(&self, slot: &Slot, records: &[(usize, u64)], metrics: &mut SinkMetrics) -> Result<bool> {
         let spec = &slot.spec;
-        let mut instance = SinkInstance::new(
-            &self.engine,
-            &spec.component,
-            &spec.name,
-            spec.limits,
-            &spec.grants,
-        )?;
-        instance
-            .open(&spec.config, metrics)
-            .map_err(|e| e.into_failure(&spec.name, Phase::Open))?;
-        let size = self
-            .held
-            .first()
-            .map_or(1, |h| h.batch.count.max(1) as usize);
+        let mut instance = SinkInstance::new(&self.engine, &spec.component, &spec.name, spec.limits, &spec.grants)?;
+        instance.open(&spec.config, metrics).map_err(|e| e.into_failure(&spec.name, Phase::Open))?;
+        let size = self.held.first().map_or(1, |h| h.batch.count.max(1) as usize);
         for chunk in records.chunks(size) {
             let mut writer = BatchWriter::default();
             let (mut topic, mut partition) = (String::new(), 0);
@@ -913,15 +787,7 @@ impl Runner<'_> {
                 }
             }
             let (data, count) = writer.finish();
-            match instance.add(
-                &Batch {
-                    topic,
-                    partition,
-                    count,
-                    data,
-                },
-                metrics,
-            ) {
+            match instance.add(&Batch { topic, partition, count, data }, metrics) {
                 Ok(()) | Err(Failure::Rejected(_)) => {}
                 Err(Failure::Fault(f)) if f.fault.kills_instance() => return Ok(true),
                 Err(Failure::Fault(_)) => break,
@@ -934,13 +800,7 @@ impl Runner<'_> {
 }
 
 fn push_record(writer: &mut BatchWriter, record: &Record<'_>) {
-    writer.begin(
-        record.offset,
-        record.timestamp,
-        record.key,
-        record.value,
-        record.header_count(),
-    );
+    writer.begin(record.offset, record.timestamp, record.key, record.value, record.header_count());
     for (name, value) in record.headers().flatten() {
         writer.header(name, value);
     }

@@ -29,10 +29,7 @@ pub struct OffsetStore {
 impl OffsetStore {
     /// A store at `path` for the pipeline named `pipeline`.
     pub fn new(path: impl Into<PathBuf>, pipeline: &str) -> OffsetStore {
-        OffsetStore {
-            path: path.into(),
-            pipeline: pipeline.to_string(),
-        }
+        OffsetStore { path: path.into(), pipeline: pipeline.to_string() }
     }
 
     /// Its path.
@@ -41,10 +38,7 @@ impl OffsetStore {
     }
 
     fn fail(&self, what: impl Into<String>) -> Error {
-        Error::Offsets {
-            path: self.path.clone(),
-            what: what.into(),
-        }
+        Error::Offsets { path: self.path.clone(), what: what.into() }
     }
 
     /// The committed position, or `None` if nothing was committed yet.
@@ -54,8 +48,7 @@ impl OffsetStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.fail(format!("cannot read: {e}"))),
         };
-        let stored: Stored =
-            serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
+        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
         if stored.version != 1 {
             return Err(self.fail(format!("unknown version {}", stored.version)));
         }
@@ -78,13 +71,8 @@ impl OffsetStore {
             source: source.to_string(),
             position: position.clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&stored)
-            .map_err(|e| self.fail(format!("cannot encode: {e}")))?;
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let bytes = serde_json::to_vec_pretty(&stored).map_err(|e| self.fail(format!("cannot encode: {e}")))?;
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("json.tmp");
         (|| -> std::io::Result<()> {
             fs::create_dir_all(dir)?;
@@ -110,21 +98,13 @@ mod tests {
         let store = OffsetStore::new(&path, "p");
         assert_eq!(store.load().unwrap(), None);
         let position = Position {
-            partitions: vec![PartitionPosition {
-                topic: "t".into(),
-                partition: 0,
-                next_offset: 42,
-                byte: Some(999),
-            }],
+            partitions: vec![PartitionPosition { topic: "t".into(), partition: 0, next_offset: 42, byte: Some(999) }],
         };
         store.commit("file t", &position).unwrap();
         assert_eq!(store.load().unwrap(), Some(position));
         let other = OffsetStore::new(&path, "q");
         let err = other.load().unwrap_err().to_string();
-        assert!(
-            err.contains("belongs to pipeline \"p\", not \"q\""),
-            "{err}"
-        );
+        assert!(err.contains("belongs to pipeline \"p\", not \"q\""), "{err}");
         fs::write(&path, b"{").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("corrupt"));
         fs::remove_dir_all(dir).unwrap();

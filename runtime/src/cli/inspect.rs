@@ -18,38 +18,23 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let bytes: Vec<u8> = match args.component.strip_prefix("builtin:") {
         Some(name) => sinkbox::builtins::get(name)
             .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no built-in sink \"{name}\"; built-ins are: {}",
-                    sinkbox::builtins::names().join(", ")
-                )
+                anyhow::anyhow!("no built-in sink \"{name}\"; built-ins are: {}", sinkbox::builtins::names().join(", "))
             })?
             .to_vec(),
         None => std::fs::read(Path::new(&args.component))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.component))?,
     };
     let info = engine.describe(&bytes, &args.component)?;
-    let version = info
-        .exports
-        .iter()
-        .find_map(|e| e.strip_prefix("sinkbox:sink/sink@"))
-        .map(str::to_string);
+    let version = info.exports.iter().find_map(|e| e.strip_prefix("sinkbox:sink/sink@")).map(str::to_string);
     let (is_sink, problem, schema) = match &info.sink {
         Ok(component) => {
             let mut metrics = SinkMetrics::new("inspect");
-            let schema = SinkInstance::new(
-                engine,
-                component,
-                "inspect",
-                SandboxLimits::default(),
-                &Grants::default(),
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|mut i| {
-                i.config_schema(&mut metrics).map_err(|e| {
-                    e.into_failure("inspect", sinkbox::Phase::ConfigSchema)
-                        .to_string()
-                })
-            });
+            let schema = SinkInstance::new(engine, component, "inspect", SandboxLimits::default(), &Grants::default())
+                .map_err(|e| e.to_string())
+                .and_then(|mut i| {
+                    i.config_schema(&mut metrics)
+                        .map_err(|e| e.into_failure("inspect", sinkbox::Phase::ConfigSchema).to_string())
+                });
             match schema {
                 Ok(schema) => (true, None, schema),
                 Err(e) => (true, Some(e), None),
@@ -71,14 +56,7 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("component   {} ({} bytes)", args.component, bytes.len());
-        println!(
-            "sink world  {}",
-            if is_sink {
-                "yes (sinkbox:sink/sink-world)"
-            } else {
-                "no"
-            }
-        );
+        println!("sink world  {}", if is_sink { "yes (sinkbox:sink/sink-world)" } else { "no" });
         println!("version     {}", version.as_deref().unwrap_or("-"));
         if let Some(problem) = &problem {
             println!("problem     {problem}");
@@ -96,11 +74,7 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
             None => println!("config schema  none"),
         }
     }
-    Ok(if is_sink && problem.is_none() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if is_sink && problem.is_none() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn pretty(json: &str) -> String {

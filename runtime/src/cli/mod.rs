@@ -56,11 +56,7 @@ pub fn init_logging(global: &Global) {
         eprintln!("warning: invalid log filter \"{filter}\" ({e}); using \"info\"");
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

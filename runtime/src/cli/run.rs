@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use sinkbox::config::{
-    DirMode, DirSection, GrantsSection, HumanBytes, HumanDuration, LimitsSection, PipelineSection,
-    RetrySection, SinkSection, SourceSection,
+    DirMode, DirSection, GrantsSection, HumanBytes, HumanDuration, LimitsSection, PipelineSection, RetrySection,
+    SinkSection, SourceSection,
 };
 use sinkbox::{Control, Engine, LineFormat, PipelineFile, Status};
 
@@ -73,9 +73,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             let file = PipelineFile::load(path)?;
             let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            let name = path
-                .file_stem()
-                .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            let name = path.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
             (file, base, name)
         }
         None => quick_form(&args)?,
@@ -88,8 +86,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
     watch_signals(control.clone());
     let size = pipeline.source.size_hint();
     let done = Arc::new(AtomicBool::new(false));
-    let progress = (!args.no_progress && !args.json)
-        .then(|| spawn_progress(control.clone(), done.clone(), size));
+    let progress = (!args.no_progress && !args.json).then(|| spawn_progress(control.clone(), done.clone(), size));
     let (status, result) = pipeline.run(&control);
     done.store(true, Ordering::SeqCst);
     if let Some(handle) = progress {
@@ -114,25 +111,13 @@ fn report(status: &Status, json: bool) -> anyhow::Result<()> {
 
 /// Builds the pipeline file the quick form stands for.
 fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)> {
-    let Some(component) = args.sink.clone() else {
-        bail!("give a pipeline file or --sink")
-    };
-    let name = component
-        .strip_prefix("builtin:")
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            Path::new(&component)
-                .file_stem()
-                .map_or_else(|| "sink".into(), |s| s.to_string_lossy().into_owned())
-        });
+    let Some(component) = args.sink.clone() else { bail!("give a pipeline file or --sink") };
+    let name = component.strip_prefix("builtin:").map(str::to_string).unwrap_or_else(|| {
+        Path::new(&component).file_stem().map_or_else(|| "sink".into(), |s| s.to_string_lossy().into_owned())
+    });
     let source = match &args.input {
-        Some(path) if path.as_os_str() != "-" => SourceSection::File {
-            path: path.clone(),
-            format: args.format,
-        },
-        _ => SourceSection::Stdin {
-            format: args.format,
-        },
+        Some(path) if path.as_os_str() != "-" => SourceSection::File { path: path.clone(), format: args.format },
+        _ => SourceSection::Stdin { format: args.format },
     };
     let mut dirs = Vec::new();
     for grant in &args.dirs {
@@ -143,17 +128,11 @@ fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)>
             [host, guest, "ro"] => (host, guest, DirMode::Ro),
             _ => bail!("--dir {grant}: expected HOST:GUEST or HOST:GUEST:rw"),
         };
-        dirs.push(DirSection {
-            host: PathBuf::from(host),
-            guest: guest.to_string(),
-            mode,
-        });
+        dirs.push(DirSection { host: PathBuf::from(host), guest: guest.to_string(), mode });
     }
     let mut env = std::collections::BTreeMap::new();
     for pair in &args.env {
-        let Some((key, value)) = pair.split_once('=') else {
-            bail!("--env {pair}: expected KEY=VALUE")
-        };
+        let Some((key, value)) = pair.split_once('=') else { bail!("--env {pair}: expected KEY=VALUE") };
         env.insert(key.to_string(), value.to_string());
     }
     let limits = LimitsSection {
@@ -228,11 +207,7 @@ fn watch_signals(control: Arc<Control>) {
     }
 }
 
-fn spawn_progress(
-    control: Arc<Control>,
-    done: Arc<AtomicBool>,
-    size: Option<u64>,
-) -> std::thread::JoinHandle<()> {
+fn spawn_progress(control: Arc<Control>, done: Arc<AtomicBool>, size: Option<u64>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let bar = match size {
             Some(size) => {

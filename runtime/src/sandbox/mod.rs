@@ -94,14 +94,13 @@ pub struct StoreState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     sink: Arc<str>,
+    /// What the guest wrote to stderr during the current call.
+    stderr_tail: output::Tail,
 }
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -130,12 +129,7 @@ struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.denied = true;
             return Ok(false);
@@ -144,12 +138,7 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         // Tables hold function references; a million is far beyond any
         // real sink and bounds what a hostile one can make the host store.
         Ok(desired <= 1_000_000)
@@ -176,14 +165,11 @@ impl SinkInstance {
         grants: &Grants,
     ) -> Result<SinkInstance, SinkFailure> {
         let name: Arc<str> = Arc::from(name);
-        let fail = |fault| SinkFailure {
-            sink: name.to_string(),
-            phase: Phase::Instantiate,
-            fault,
-        };
+        let fail = |fault| SinkFailure { sink: name.to_string(), phase: Phase::Instantiate, fault };
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(output::GuestOutput::new(name.clone(), "stdout"))
-            .stderr(output::GuestOutput::new(name.clone(), "stderr"))
+        let stderr_tail = output::Tail::default();
+        wasi.stdout(output::GuestOutput::new(name.clone(), "stdout", None))
+            .stderr(output::GuestOutput::new(name.clone(), "stderr", Some(stderr_tail.clone())))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -191,19 +177,10 @@ impl SinkInstance {
             wasi.env(key, value);
         }
         for dir in &grants.dirs {
-            let perms = if dir.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            wasi.preopened_dir(&dir.host, &dir.guest, perms)
-                .map_err(|e| {
-                    fail(Fault::Fatal(format!(
-                        "cannot grant directory {} as {}: {e}",
-                        dir.host.display(),
-                        dir.guest
-                    )))
-                })?;
+            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
+                fail(Fault::Fatal(format!("cannot grant directory {} as {}: {e}", dir.host.display(), dir.guest)))
+            })?;
         }
         let state = StoreState {
             wasi: wasi.build(),
@@ -214,36 +191,20 @@ impl SinkInstance {
                 denied: false,
             },
             sink: name.clone(),
+            stderr_tail,
         };
         let mut store = Store::new(engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
         let options = engine.options();
-        let guard = Guard {
-            fuel: options.fuel,
-            epochs: options.epochs,
-            limits,
-        };
+        let guard = Guard { fuel: options.fuel, epochs: options.epochs, limits };
         guard.arm(&mut store, limits.fuel_per_call);
-        let exports = component
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| fail(guard.classify(&store, e, limits.fuel_per_call)))?;
-        Ok(SinkInstance {
-            store,
-            exports,
-            name,
-            limits,
-            fuel: options.fuel,
-            epochs: options.epochs,
-        })
+        let exports =
+            component.pre.instantiate(&mut store).map_err(|e| fail(guard.classify(&store, e, limits.fuel_per_call)))?;
+        Ok(SinkInstance { store, exports, name, limits, fuel: options.fuel, epochs: options.epochs })
     }
 
     fn guard(&self) -> Guard {
-        Guard {
-            fuel: self.fuel,
-            epochs: self.epochs,
-            limits: self.limits,
-        }
+        Guard { fuel: self.fuel, epochs: self.epochs, limits: self.limits }
     }
 
     /// Runs one guest call under a fresh budget, classifying what went wrong
@@ -260,11 +221,7 @@ impl SinkInstance {
         let started = Instant::now();
         let result = f(&self.exports, &mut self.store);
         let elapsed = started.elapsed();
-        let used = if self.fuel {
-            budget.saturating_sub(self.store.get_fuel().unwrap_or(0))
-        } else {
-            0
-        };
+        let used = if self.fuel { budget.saturating_sub(self.store.get_fuel().unwrap_or(0)) } else { 0 };
         metrics.record_call(
             phase,
             elapsed,
@@ -280,64 +237,47 @@ impl SinkInstance {
             Ok(Err(GuestError::Fatal(m))) => Fault::Fatal(m),
             Err(trap) => guard.classify(&self.store, trap, budget),
         };
-        Err(Failure::Fault(SinkFailure {
-            sink: self.name.to_string(),
-            phase,
-            fault,
-        }))
+        Err(Failure::Fault(SinkFailure { sink: self.name.to_string(), phase, fault }))
     }
 
     /// `config-schema`.
     pub fn config_schema(&mut self, metrics: &mut SinkMetrics) -> Result<Option<String>, Failure> {
         let budget = self.limits.fuel_per_call;
-        self.call(Phase::ConfigSchema, budget, metrics, |e, s| {
-            e.sinkbox_sink_sink().call_config_schema(s).map(Ok)
-        })
+        self.call(Phase::ConfigSchema, budget, metrics, |e, s| e.sinkbox_sink_sink().call_config_schema(s).map(Ok))
     }
 
     /// `open`.
     pub fn open(&mut self, config: &str, metrics: &mut SinkMetrics) -> Result<(), Failure> {
         let budget = self.limits.fuel_per_call;
-        self.call(Phase::Open, budget, metrics, |e, s| {
-            e.sinkbox_sink_sink().call_open(s, config)
-        })
+        self.call(Phase::Open, budget, metrics, |e, s| e.sinkbox_sink_sink().call_open(s, config))
     }
 
     /// `add`, with a budget of the per-call fuel plus the per-record fuel
     /// for each record in the batch.
     pub fn add(&mut self, batch: &Batch, metrics: &mut SinkMetrics) -> Result<(), Failure> {
-        let budget = self.limits.fuel_per_call.saturating_add(
-            self.limits
-                .fuel_per_record
-                .saturating_mul(u64::from(batch.count)),
-        );
-        self.call(Phase::Add, budget, metrics, |e, s| {
-            e.sinkbox_sink_sink().call_add(s, batch)
-        })
+        let budget = self
+            .limits
+            .fuel_per_call
+            .saturating_add(self.limits.fuel_per_record.saturating_mul(u64::from(batch.count)));
+        self.call(Phase::Add, budget, metrics, |e, s| e.sinkbox_sink_sink().call_add(s, batch))
     }
 
     /// `flush`.
     pub fn flush(&mut self, metrics: &mut SinkMetrics) -> Result<(), Failure> {
         let budget = self.limits.fuel_per_call;
-        self.call(Phase::Flush, budget, metrics, |e, s| {
-            e.sinkbox_sink_sink().call_flush(s)
-        })
+        self.call(Phase::Flush, budget, metrics, |e, s| e.sinkbox_sink_sink().call_flush(s))
     }
 
     /// `abort`.
     pub fn abort(&mut self, metrics: &mut SinkMetrics) -> Result<(), Failure> {
         let budget = self.limits.fuel_per_call;
-        self.call(Phase::Abort, budget, metrics, |e, s| {
-            e.sinkbox_sink_sink().call_abort(s).map(Ok)
-        })
+        self.call(Phase::Abort, budget, metrics, |e, s| e.sinkbox_sink_sink().call_abort(s).map(Ok))
     }
 
     /// `close`; consumes the instance, which is never entered again.
     pub fn close(mut self, metrics: &mut SinkMetrics) -> Result<(), Failure> {
         let budget = self.limits.fuel_per_call;
-        self.call(Phase::Close, budget, metrics, |e, s| {
-            e.sinkbox_sink_sink().call_close(s)
-        })
+        self.call(Phase::Close, budget, metrics, |e, s| e.sinkbox_sink_sink().call_close(s))
     }
 
     /// Bytes of linear memory the instance has grown to.
@@ -360,11 +300,9 @@ impl Failure {
     /// contract gives them no meaning (`open`, `close`).
     pub fn into_failure(self, sink: &str, phase: Phase) -> SinkFailure {
         match self {
-            Failure::Rejected(list) => SinkFailure {
-                sink: sink.to_string(),
-                phase,
-                fault: Fault::Rejected(list.len()),
-            },
+            Failure::Rejected(list) => {
+                SinkFailure { sink: sink.to_string(), phase, fault: Fault::Rejected(list.len()) }
+            }
             Failure::Fault(f) => f,
         }
     }
@@ -385,30 +323,22 @@ impl Guard {
             let _ = store.set_fuel(budget);
         }
         if self.epochs {
-            let ticks = self
-                .limits
-                .timeout
-                .as_nanos()
-                .div_ceil(EPOCH_TICK.as_nanos())
-                .max(1);
+            let ticks = self.limits.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
             store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         }
         store.data_mut().limiter.denied = false;
+        store.data().stderr_tail.clear();
     }
 
     /// Classifies a trap by its type, never by its message.
     fn classify(&self, store: &Store<StoreState>, error: wasmtime::Error, budget: u64) -> Fault {
         if store.data().limiter.denied {
-            return Fault::Memory {
-                limit: self.limits.memory,
-            };
+            return Fault::Memory { limit: self.limits.memory };
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => Fault::OutOfFuel { budget },
-            Some(Trap::Interrupt) => Fault::Timeout {
-                limit: self.limits.timeout,
-            },
-            _ => Fault::Trap(error.into()),
+            Some(Trap::Interrupt) => Fault::Timeout { limit: self.limits.timeout },
+            _ => Fault::Trap { stderr: store.data().stderr_tail.take(), source: error.into() },
         }
     }
 }

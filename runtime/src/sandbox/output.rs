@@ -12,21 +12,52 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// that never writes a newline can make the host buffer.
 const MAX_LINE: usize = 16 << 10;
 
-/// A guest output stream that logs each line, attributed to the sink.
+/// How much of a guest's recent stderr is kept to explain a trap.
+const TAIL_BYTES: usize = 1024;
+
+/// A guest output stream that logs each line, attributed to the sink, and
+/// optionally keeps the last lines (a panic message) to attach to a trap.
 #[derive(Clone)]
 pub(super) struct GuestOutput {
     sink: Arc<str>,
     stream: &'static str,
     partial: Arc<Mutex<Vec<u8>>>,
+    tail: Option<Tail>,
+}
+
+/// The last lines a guest wrote, joined by `"; "`.
+#[derive(Clone, Default)]
+pub(super) struct Tail(Arc<Mutex<String>>);
+
+impl Tail {
+    fn push(&self, line: &str) {
+        let mut tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !tail.is_empty() {
+            tail.push_str("; ");
+        }
+        tail.push_str(line);
+        if tail.len() > TAIL_BYTES {
+            let mut cut = tail.len() - TAIL_BYTES;
+            while !tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            tail.drain(..cut);
+        }
+    }
+
+    pub(super) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub(super) fn take(&self) -> Option<String> {
+        let text = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        (!text.is_empty()).then_some(text)
+    }
 }
 
 impl GuestOutput {
-    pub(super) fn new(sink: Arc<str>, stream: &'static str) -> Self {
-        GuestOutput {
-            sink,
-            stream,
-            partial: Arc::default(),
-        }
+    pub(super) fn new(sink: Arc<str>, stream: &'static str, tail: Option<Tail>) -> Self {
+        GuestOutput { sink, stream, partial: Arc::default(), tail }
     }
 
     fn write_bytes(&self, mut bytes: &[u8]) {
@@ -46,7 +77,14 @@ impl GuestOutput {
 
     fn emit(&self, line: &mut Vec<u8>) {
         let text = String::from_utf8_lossy(line);
-        tracing::info!(target: "sinkbox::guest", sink = &*self.sink, stream = self.stream, "{}", text.trim_end_matches('\r'));
+        let text = text.trim_end_matches('\r');
+        tracing::info!(target: "sinkbox::guest", sink = &*self.sink, stream = self.stream, "{text}");
+        if let Some(tail) = &self.tail {
+            // Rust's panic hint says nothing about the failure itself.
+            if !text.trim().is_empty() && !text.starts_with("note: run with `RUST_BACKTRACE") {
+                tail.push(text);
+            }
+        }
         line.clear();
     }
 
@@ -97,11 +135,7 @@ impl Pollable for GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

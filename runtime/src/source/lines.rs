@@ -62,15 +62,9 @@ impl LineSource {
     /// Reads `path`, resuming at `from` (a committed position) if given.
     pub fn file(path: &Path, format: LineFormat, from: Option<&Position>) -> Result<LineSource> {
         let name = format!("file {}", path.display());
-        let fail = |what: String| Error::Source {
-            source_name: name.clone(),
-            what,
-        };
+        let fail = |what: String| Error::Source { source_name: name.clone(), what };
         let mut file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let size = file
-            .metadata()
-            .map_err(|e| fail(format!("cannot stat: {e}")))?
-            .len();
+        let size = file.metadata().map_err(|e| fail(format!("cannot stat: {e}")))?.len();
         let topic = path.display().to_string();
         let (next_offset, byte) = match from.and_then(|p| p.partitions.first()) {
             None => (0, 0),
@@ -93,8 +87,7 @@ impl LineSource {
                         )));
                     }
                 }
-                file.seek(SeekFrom::Start(byte))
-                    .map_err(|e| fail(format!("cannot seek: {e}")))?;
+                file.seek(SeekFrom::Start(byte)).map_err(|e| fail(format!("cannot seek: {e}")))?;
                 (p.next_offset, byte)
             }
         };
@@ -116,16 +109,11 @@ impl LineSource {
     pub fn stdin(format: LineFormat, from: Option<&Position>) -> Result<LineSource> {
         let mut source = LineSource::reader(Box::new(std::io::stdin()), "stdin", format);
         source.streaming = true;
-        if let Some(skip) = from
-            .and_then(|p| p.partitions.first())
-            .map(|p| p.next_offset)
-        {
+        if let Some(skip) = from.and_then(|p| p.partitions.first()).map(|p| p.next_offset) {
             while source.next_offset < skip {
                 let mut line = Vec::new();
-                let n = source
-                    .reader
-                    .read_until(b'\n', &mut line)
-                    .map_err(|e| source.fail(format!("cannot read: {e}")))?;
+                let n =
+                    source.reader.read_until(b'\n', &mut line).map_err(|e| source.fail(format!("cannot read: {e}")))?;
                 if n == 0 {
                     break;
                 }
@@ -152,10 +140,7 @@ impl LineSource {
     }
 
     fn fail(&self, what: String) -> Error {
-        Error::Source {
-            source_name: self.name.clone(),
-            what,
-        }
+        Error::Source { source_name: self.name.clone(), what }
     }
 
     fn position(&self) -> Position {
@@ -211,11 +196,7 @@ impl Source for LineSource {
                 malformed.push(Malformed {
                     offset,
                     raw: text[..1024].to_vec(),
-                    reason: format!(
-                        "line {} is {} bytes, over the limit of {MAX_LINE_BYTES}",
-                        offset + 1,
-                        text.len()
-                    ),
+                    reason: format!("line {} is {} bytes, over the limit of {MAX_LINE_BYTES}", offset + 1, text.len()),
                 });
                 continue;
             }
@@ -263,12 +244,7 @@ enum Headers<'a> {
     Pairs(Vec<(Cow<'a, str>, Cow<'a, str>)>),
 }
 
-fn encode_line(
-    line: &[u8],
-    offset: u64,
-    format: LineFormat,
-    out: &mut BatchWriter,
-) -> Result<(), String> {
+fn encode_line(line: &[u8], offset: u64, format: LineFormat, out: &mut BatchWriter) -> Result<(), String> {
     let looks_like_object = line.trim_ascii_start().first() == Some(&b'{');
     match format {
         LineFormat::Raw => {
@@ -294,11 +270,7 @@ fn encode_line(
     }
 }
 
-fn encode_envelope(
-    envelope: &Envelope<'_>,
-    offset: u64,
-    out: &mut BatchWriter,
-) -> Result<(), String> {
+fn encode_envelope(envelope: &Envelope<'_>, offset: u64, out: &mut BatchWriter) -> Result<(), String> {
     let raw = envelope.value.get();
     let text: Cow<'_, str> = if raw.starts_with('"') {
         serde_json::from_str::<Cow<'_, str>>(raw).map_err(|e| format!("bad value string: {e}"))?
@@ -311,13 +283,7 @@ fn encode_envelope(
         Some(Headers::Map(map)) => map.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect(),
         Some(Headers::Pairs(list)) => list.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect(),
     };
-    out.begin(
-        offset,
-        envelope.timestamp,
-        key,
-        text.as_bytes(),
-        pairs.len(),
-    );
+    out.begin(offset, envelope.timestamp, key, text.as_bytes(), pairs.len());
     for (name, value) in pairs {
         out.header(name.as_bytes(), value.as_bytes());
     }
@@ -330,11 +296,7 @@ mod tests {
     use sinkbox_format::Records;
 
     fn read(input: &str, format: LineFormat) -> (Vec<String>, Vec<String>) {
-        let mut source = LineSource::reader(
-            Box::new(std::io::Cursor::new(input.as_bytes().to_vec())),
-            "t",
-            format,
-        );
+        let mut source = LineSource::reader(Box::new(std::io::Cursor::new(input.as_bytes().to_vec())), "t", format);
         let batch = source.next_batch(100).unwrap().unwrap();
         let (data, count) = batch.records.finish();
         let records = Records::new(&data, count)
@@ -343,13 +305,7 @@ mod tests {
                 let headers: Vec<String> = r
                     .headers()
                     .map(|h| h.unwrap())
-                    .map(|(n, v)| {
-                        format!(
-                            "{}={}",
-                            String::from_utf8_lossy(n),
-                            String::from_utf8_lossy(v)
-                        )
-                    })
+                    .map(|(n, v)| format!("{}={}", String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
                     .collect();
                 format!(
                     "{}|{:?}|{:?}|{}|{}",
@@ -361,10 +317,7 @@ mod tests {
                 )
             })
             .collect();
-        (
-            records,
-            batch.malformed.iter().map(|m| m.reason.clone()).collect(),
-        )
+        (records, batch.malformed.iter().map(|m| m.reason.clone()).collect())
     }
 
     #[test]
@@ -395,35 +348,18 @@ mod tests {
 
     #[test]
     fn envelope_format_dead_letters_what_does_not_fit() {
-        let (records, malformed) = read(
-            "{\"value\":1}\n{\"id\":1}\n{\"value\":1,\"timestamp\":\"x\"}\nnot json\n",
-            LineFormat::Envelope,
-        );
+        let (records, malformed) =
+            read("{\"value\":1}\n{\"id\":1}\n{\"value\":1,\"timestamp\":\"x\"}\nnot json\n", LineFormat::Envelope);
         assert_eq!(records, ["0|None|None|1|"]);
         assert_eq!(malformed.len(), 3);
-        assert!(
-            malformed[0].starts_with("line 2: not a record envelope: unknown field `id`"),
-            "{}",
-            malformed[0]
-        );
-        assert!(
-            malformed[1].starts_with("line 3: not a record envelope: invalid type"),
-            "{}",
-            malformed[1]
-        );
-        assert!(
-            malformed[2].starts_with("line 4: not a record envelope"),
-            "{}",
-            malformed[2]
-        );
+        assert!(malformed[0].starts_with("line 2: not a record envelope: unknown field `id`"), "{}", malformed[0]);
+        assert!(malformed[1].starts_with("line 3: not a record envelope: invalid type"), "{}", malformed[1]);
+        assert!(malformed[2].starts_with("line 4: not a record envelope"), "{}", malformed[2]);
     }
 
     #[test]
     fn raw_format_keeps_lines_verbatim() {
         let (records, _) = read("{\"value\":1}\n a b \n", LineFormat::Raw);
-        assert_eq!(
-            records,
-            ["0|None|None|{\"value\":1}|", "1|None|None| a b |"]
-        );
+        assert_eq!(records, ["0|None|None|{\"value\":1}|", "1|None|None| a b |"]);
     }
 }

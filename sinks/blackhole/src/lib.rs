@@ -43,17 +43,11 @@ impl Sink for Blackhole {
     type Config = Config;
 
     fn config_schema() -> Option<String> {
-        Some(
-            r#"{"type":"object","additionalProperties":false,"properties":{"log_flushes":{"type":"boolean"}}}"#
-                .into(),
-        )
+        Some(r#"{"type":"object","additionalProperties":false,"properties":{"log_flushes":{"type":"boolean"}}}"#.into())
     }
 
     fn open(config: Config) -> Result<Self, Error> {
-        Ok(Blackhole {
-            log_flushes: config.log_flushes,
-            ..Default::default()
-        })
+        Ok(Blackhole { log_flushes: config.log_flushes, ..Default::default() })
     }
 
     fn add(&mut self, record: Record<'_>) -> Result<(), Error> {
@@ -75,11 +69,7 @@ impl Sink for Blackhole {
         self.flushed.bytes += self.pending.bytes;
         self.pending = Totals::default();
         if self.log_flushes {
-            sinkbox_sdk::info!(
-                "{} records, {} bytes",
-                self.flushed.records,
-                self.flushed.bytes
-            );
+            sinkbox_sdk::info!("{} records, {} bytes", self.flushed.records, self.flushed.bytes);
         }
         Ok(())
     }

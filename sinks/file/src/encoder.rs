@@ -44,8 +44,8 @@ impl Encoder {
                 Ok(())
             }
             Encoder::Csv { columns } => {
-                let object: serde_json::Map<String, Value> = serde_json::from_slice(value)
-                    .map_err(|e| format!("value is not a JSON object: {e}"))?;
+                let object: serde_json::Map<String, Value> =
+                    serde_json::from_slice(value).map_err(|e| format!("value is not a JSON object: {e}"))?;
                 for (i, column) in columns.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
@@ -53,9 +53,7 @@ impl Encoder {
                     match object.get(column) {
                         None | Some(Value::Null) => {}
                         Some(Value::String(s)) => csv_cell(s, out),
-                        Some(Value::Bool(b)) => {
-                            out.extend_from_slice(if *b { b"true" } else { b"false" })
-                        }
+                        Some(Value::Bool(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
                         Some(Value::Number(n)) => out.extend_from_slice(n.to_string().as_bytes()),
                         Some(nested) => csv_cell(&nested.to_string(), out),
                     }
@@ -70,10 +68,7 @@ impl Encoder {
 /// Writes one CSV cell, quoted when it holds a comma, quote or line break
 /// (RFC 4180).
 fn csv_cell(text: &str, out: &mut Vec<u8>) {
-    if text
-        .bytes()
-        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
-    {
+    if text.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
         out.push(b'"');
         for b in text.bytes() {
             if b == b'"' {
@@ -118,14 +113,8 @@ mod tests {
 
     #[test]
     fn csv_lines() {
-        let e = Encoder::Csv {
-            columns: vec!["id".into(), "name".into(), "tags".into(), "ok".into()],
-        };
-        check(
-            &e,
-            r#"{"id":7,"name":"a, \"b\"","tags":[1],"ok":true}"#,
-            Ok("7,\"a, \"\"b\"\"\",[1],true\n"),
-        );
+        let e = Encoder::Csv { columns: vec!["id".into(), "name".into(), "tags".into(), "ok".into()] };
+        check(&e, r#"{"id":7,"name":"a, \"b\"","tags":[1],"ok":true}"#, Ok("7,\"a, \"\"b\"\"\",[1],true\n"));
         check(&e, r#"{"id":1.5}"#, Ok("1.5,,,\n"));
         check(&e, r#"[1,2]"#, Err("value is not a JSON object"));
         let mut header = Vec::new();

@@ -129,13 +129,9 @@ impl Sink for FileSink {
         let encoder = match config.format {
             Format::Jsonl => Encoder::Jsonl,
             Format::Csv if config.columns.is_empty() => {
-                return Err(Error::fatal(
-                    "format \"csv\" needs a non-empty \"columns\" list",
-                ));
+                return Err(Error::fatal("format \"csv\" needs a non-empty \"columns\" list"));
             }
-            Format::Csv => Encoder::Csv {
-                columns: config.columns,
-            },
+            Format::Csv => Encoder::Csv { columns: config.columns },
         };
         let state_path = format!("{}.sinkbox-state", config.path);
         let mut file = OpenOptions::new()
@@ -145,17 +141,20 @@ impl Sink for FileSink {
             .truncate(false)
             .open(&config.path)
             .map_err(|e| Error::fatal(format!("cannot open {}: {e}", config.path)))?;
-        let actual_len = file
-            .metadata()
-            .map_err(|e| Error::fatal(format!("cannot stat {}: {e}", config.path)))?
-            .len();
+        let actual_len = file.metadata().map_err(|e| Error::fatal(format!("cannot stat {}: {e}", config.path)))?.len();
         let flushed = match fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice::<State>(&bytes)
                 .map_err(|e| Error::fatal(format!("corrupt state file {state_path}: {e}")))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
-                len: actual_len,
-                offsets: BTreeMap::new(),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // First open: whatever the file holds now predates the sink.
+                // Record that before anything is written, so a crash before
+                // the first flush completes truncates back to it instead of
+                // taking half-written lines for flushed ones.
+                let state = State { len: actual_len, offsets: BTreeMap::new() };
+                write_state(&state_path, &state)
+                    .map_err(|e| Error::fatal(format!("cannot write {state_path}: {e}")))?;
+                state
+            }
             Err(e) => return Err(Error::fatal(format!("cannot read {state_path}: {e}"))),
         };
         if actual_len < flushed.len {
@@ -165,10 +164,8 @@ impl Sink for FileSink {
             )));
         }
         // Drop what an unfinished flush or a spill wrote past the last flush.
-        file.set_len(flushed.len)
-            .map_err(|e| Error::fatal(format!("cannot truncate {}: {e}", config.path)))?;
-        file.seek(SeekFrom::End(0))
-            .map_err(|e| Error::fatal(format!("cannot seek {}: {e}", config.path)))?;
+        file.set_len(flushed.len).map_err(|e| Error::fatal(format!("cannot truncate {}: {e}", config.path)))?;
+        file.seek(SeekFrom::End(0)).map_err(|e| Error::fatal(format!("cannot seek {}: {e}", config.path)))?;
         let mut sink = FileSink {
             path: config.path,
             state_path,
@@ -186,9 +183,7 @@ impl Sink for FileSink {
     }
 
     fn add(&mut self, record: Record<'_>) -> Result<(), Error> {
-        self.encoder
-            .encode(record.value(), &mut self.buffer)
-            .map_err(Error::Reject)
+        self.encoder.encode(record.value(), &mut self.buffer).map_err(Error::Reject)
     }
 
     fn add_batch(&mut self, batch: Batch) -> Result<(), Error> {
@@ -203,44 +198,25 @@ impl Sink for FileSink {
             }
             last = Some(record.offset());
             if let Err(reason) = self.encoder.encode(record.value(), &mut self.buffer) {
-                rejected.push(sinkbox_sdk::Rejection {
-                    offset: record.offset(),
-                    reason,
-                });
+                rejected.push(sinkbox_sdk::Rejection { offset: record.offset(), reason });
             }
         }
         if let Some(last) = last {
             self.pending.insert(partition, last);
         }
         if self.buffer.len() >= self.spill_bytes {
-            self.write_all_at_end()
-                .map_err(|e| self.io_error("cannot write", e))?;
+            self.write_all_at_end().map_err(|e| self.io_error("cannot write", e))?;
         }
-        if rejected.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Rejected(rejected))
-        }
+        if rejected.is_empty() { Ok(()) } else { Err(Error::Rejected(rejected)) }
     }
 
     fn flush(&mut self) -> Result<(), Error> {
-        self.write_all_at_end()
-            .map_err(|e| self.io_error("cannot write", e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| self.io_error("cannot sync", e))?;
+        self.write_all_at_end().map_err(|e| self.io_error("cannot write", e))?;
+        self.file.sync_data().map_err(|e| self.io_error("cannot sync", e))?;
         let mut next = self.flushed.clone();
         next.len += self.spilled;
         next.offsets.extend(std::mem::take(&mut self.pending));
-        let tmp = format!("{}.tmp", self.state_path);
-        let bytes = serde_json::to_vec(&next).map_err(Error::fatal)?;
-        (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &self.state_path)
-        })()
-        .map_err(|e| self.io_error("cannot write the state file of", e))?;
+        write_state(&self.state_path, &next).map_err(|e| self.io_error("cannot write the state file of", e))?;
         self.flushed = next;
         self.spilled = 0;
         Ok(())
@@ -253,17 +229,22 @@ impl Sink for FileSink {
             // If truncation fails the next flush would keep aborted lines;
             // poison the instance so the runtime replaces it instead: a
             // fresh instance truncates to the flushed length on open.
-            if self
-                .file
-                .set_len(self.flushed.len)
-                .and_then(|()| self.file.seek(SeekFrom::End(0)))
-                .is_err()
-            {
+            if self.file.set_len(self.flushed.len).and_then(|()| self.file.seek(SeekFrom::End(0))).is_err() {
                 panic!("cannot truncate {} back to its flushed length", self.path);
             }
             self.spilled = 0;
         }
     }
+}
+
+/// Replaces the state file atomically: write a temporary file, sync it,
+/// rename it over the old one.
+fn write_state(path: &str, state: &State) -> std::io::Result<()> {
+    let tmp = format!("{path}.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+    f.sync_data()?;
+    fs::rename(&tmp, path)
 }
 
 export_sink!(FileSink);
