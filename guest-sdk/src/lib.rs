@@ -330,10 +330,14 @@ macro_rules! error {
 
 /// Exports a [`Sink`] implementation as the component's sink contract.
 ///
-/// Use it once per crate, at the top level: `export_sink!(MySink);`.
+/// Use it once per crate, at the top level: `export_sink!(MySink);`. It
+/// expands to nothing on non-wasm targets, so a sink crate also builds as a
+/// native library (for tests and benchmarks) and several sinks can be
+/// linked into one native binary.
 #[macro_export]
 macro_rules! export_sink {
     ($sink:ty) => {
+        #[cfg(target_family = "wasm")]
         const _: () = {
             ::std::thread_local! {
                 static STATE: ::std::cell::RefCell<::std::option::Option<$sink>> =
@@ -361,6 +365,12 @@ macro_rules! export_sink {
                 }
             }
             $crate::export_raw!(Export);
+        };
+        // Natively there is nothing to export; name the implementation so
+        // it still counts as used.
+        #[cfg(not(target_family = "wasm"))]
+        const _: () = {
+            let _ = <$sink as $crate::Sink>::open;
         };
     };
 }

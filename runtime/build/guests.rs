@@ -29,6 +29,10 @@ pub fn build(args: &[&str]) -> PathBuf {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR")
+        // Under `cargo clippy` the outer build wraps rustc; guests are
+        // linted natively as workspace members, not again here.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     let status = cmd.status().expect("cannot run cargo to build the wasm guests");

@@ -5,4 +5,4 @@ wasmtime::component::bindgen!({
     world: "sinkbox:sink/sink-world",
 });
 
-pub use sinkbox::sink::types::{Batch, Level, Rejection, SinkError as GuestError};
+pub use self::sinkbox::sink::types::{Batch, Level, Rejection, SinkError as GuestError};

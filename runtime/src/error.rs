@@ -183,7 +183,7 @@ pub enum Error {
     },
     /// A sink call failed in a way the pipeline does not recover from.
     #[error(transparent)]
-    Sink(#[from] SinkFailure),
+    Sink(Box<SinkFailure>),
     /// A sink kept failing a checkpoint until its attempts ran out.
     #[error("sink \"{sink}\" still failing after {attempts} attempts; offsets from {from} stay uncommitted")]
     GaveUp {
@@ -195,7 +195,7 @@ pub enum Error {
         from: String,
         /// The last failure.
         #[source]
-        last: SinkFailure,
+        last: Box<SinkFailure>,
     },
     /// The offset store is unusable.
     #[error("offset store {}: {what}", path.display())]
@@ -211,6 +211,12 @@ pub enum Error {
         /// The first uncommitted position.
         from: String,
     },
+}
+
+impl From<SinkFailure> for Error {
+    fn from(failure: SinkFailure) -> Error {
+        Error::Sink(Box::new(failure))
+    }
 }
 
 impl Error {

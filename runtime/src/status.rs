@@ -60,6 +60,10 @@ pub struct SinkMetrics {
     pub calls: u64,
     /// Calls that returned `ok`.
     pub calls_ok: u64,
+    /// Share of the records this sink finished with that it took (rather
+    /// than rejected), in percent; 100 when it saw none. Set at the end of
+    /// the run.
+    pub success_percent: f64,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -84,9 +88,10 @@ impl SinkMetrics {
         }
     }
 
-    /// Share of calls that returned `ok`, in percent (100 with no calls).
-    pub fn success_percent(&self) -> f64 {
-        if self.calls == 0 { 100.0 } else { self.calls_ok as f64 * 100.0 / self.calls as f64 }
+    pub(crate) fn finish(mut self) -> Self {
+        let total = self.added + self.rejected;
+        self.success_percent = if total == 0 { 100.0 } else { self.added as f64 * 100.0 / total as f64 };
+        self
     }
 }
 
@@ -123,7 +128,7 @@ impl fmt::Display for Status {
                 Bytes(s.peak_memory).to_string(),
                 s.add_time.as_secs_f64(),
                 s.flush_time.as_secs_f64(),
-                s.success_percent()
+                s.success_percent
             )?;
         }
         Ok(())

@@ -57,9 +57,19 @@ fn json_status_has_every_counter() {
     assert_eq!(status["read"], 10);
     assert_eq!(status["committed"], 10);
     let sink = &status["sinks"][0];
-    for key in
-        ["added", "rejected", "retries", "traps", "fuel", "peak_memory", "add_time", "flush_time", "calls", "calls_ok"]
-    {
+    for key in [
+        "added",
+        "rejected",
+        "retries",
+        "traps",
+        "fuel",
+        "peak_memory",
+        "add_time",
+        "flush_time",
+        "calls",
+        "calls_ok",
+        "success_percent",
+    ] {
         assert!(sink.get(key).is_some(), "missing {key} in {sink}");
     }
     assert_eq!(sink["added"], 10);

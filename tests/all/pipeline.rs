@@ -92,7 +92,7 @@ fn well_behaved_sink_writes_every_record_once_and_commits_all() {
     let sink = &status.sinks[0];
     assert_eq!((sink.added, sink.rejected, sink.retries, sink.traps, sink.instances), (123, 0, 0, 0, 1));
     assert!(sink.fuel > 0 && sink.peak_memory > 0);
-    assert_eq!(sink.success_percent(), 100.0);
+    assert_eq!(sink.success_percent, 100.0);
     assert!(dead_letters(&s).is_empty());
 }
 
@@ -161,6 +161,7 @@ fn rejected_records_go_to_the_dead_letter_queue_and_the_rest_is_written() {
     assert_eq!(letters[0]["value"], "{\"id\":9,\"name\":\"user-9\"}");
     assert!(letters[0]["time"].as_str().unwrap().ends_with('Z'));
     assert_eq!((status.sinks[0].added, status.sinks[0].rejected), (90, 10));
+    assert_eq!(status.sinks[0].success_percent, 90.0);
     assert_eq!(committed_offset(&s), Some(100));
 }
 

@@ -330,18 +330,18 @@ impl Pipeline {
                     .and_then(|()| runner.run(&mut slots, &rx, batching, &offsets, &mut status));
                 // Close every live instance exactly once, whatever happened.
                 for slot in &mut slots {
-                    if let Some(instance) = slot.instance.take() {
-                        if let Err(e) = instance.close(&mut slot.metrics) {
-                            tracing::warn!("{}", e.into_failure(&slot.spec.name, Phase::Close));
-                        }
+                    if let Some(instance) = slot.instance.take()
+                        && let Err(e) = instance.close(&mut slot.metrics)
+                    {
+                        tracing::warn!("{}", e.into_failure(&slot.spec.name, Phase::Close));
                     }
                 }
                 drop(rx);
                 // Give the source a chance to commit with its own protocol.
-                if let Ok(mut source) = source_rx.recv_timeout(Duration::from_millis(100)) {
-                    if let Err(e) = source.committed(&runner.committed) {
-                        tracing::warn!("{e}");
-                    }
+                if let Ok(mut source) = source_rx.recv_timeout(Duration::from_millis(100))
+                    && let Err(e) = source.committed(&runner.committed)
+                {
+                    tracing::warn!("{e}");
                 }
                 result
             }
@@ -350,7 +350,7 @@ impl Pipeline {
         status.position = runner.committed.to_string();
         status.read = control.read.load(Ordering::Relaxed);
         status.committed = control.committed.load(Ordering::Relaxed);
-        status.sinks = slots.into_iter().map(|s| s.metrics).collect();
+        status.sinks = slots.into_iter().map(|s| s.metrics.finish()).collect();
         status.outcome = match &result {
             Ok(()) if control.state() != RUN => "interrupted".into(),
             Ok(()) => "finished".into(),
@@ -516,9 +516,8 @@ impl Runner<'_> {
     /// already dead-lettered as poison.
     fn batch_for(&self, slot: &Slot, index: usize) -> Option<Batch> {
         let held = &self.held[index];
-        if slot.skip.range((index, 0)..=(index, u64::MAX)).next().is_none() {
-            return None; // use the held batch as is
-        }
+        // No record of this batch to skip: the caller uses it as is.
+        slot.skip.range((index, 0)..=(index, u64::MAX)).next()?;
         let mut writer = BatchWriter::default();
         for record in held.records().filter(|r| !slot.skip.contains(&(index, r.offset))) {
             push_record(&mut writer, &record);
@@ -603,7 +602,7 @@ impl Runner<'_> {
     fn flush(&mut self, slot: &mut Slot) -> Result<()> {
         loop {
             let Some(instance) = slot.instance.as_mut() else {
-                return Err(Error::Sink(SinkFailure {
+                return Err(Error::from(SinkFailure {
                     sink: slot.spec.name.clone(),
                     phase: Phase::Flush,
                     fault: Fault::Fatal("no live instance".into()),
@@ -680,16 +679,16 @@ impl Runner<'_> {
 
     fn gave_up(&self, slot: &Slot, last: SinkFailure) -> Error {
         let attempts = slot.attempts.max(slot.backpressure);
-        Error::GaveUp { sink: slot.spec.name.clone(), attempts, from: self.committed.to_string(), last }
+        Error::GaveUp { sink: slot.spec.name.clone(), attempts, from: self.committed.to_string(), last: Box::new(last) }
     }
 
     fn abort_instance(&self, slot: &mut Slot) {
-        if let Some(instance) = slot.instance.as_mut() {
-            if let Err(Failure::Fault(f)) = instance.abort(&mut slot.metrics) {
-                tracing::warn!("{f}; replacing the instance");
-                slot.metrics.traps += 1;
-                slot.instance = None;
-            }
+        if let Some(instance) = slot.instance.as_mut()
+            && let Err(Failure::Fault(f)) = instance.abort(&mut slot.metrics)
+        {
+            tracing::warn!("{f}; replacing the instance");
+            slot.metrics.traps += 1;
+            slot.instance = None;
         }
     }
 

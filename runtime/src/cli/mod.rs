@@ -43,7 +43,7 @@ pub struct Global {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline file, or one sink over one input (quick form).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Show what a component imports and exports, and its config schema.
     Inspect(inspect::InspectArgs),
     /// Check a pipeline file and each sink's config without running.
@@ -62,7 +62,7 @@ pub fn init_logging(global: &Global) {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let engine = engine(&args.global)?;
     match args.command {
-        Command::Run(a) => run::run(&engine, a),
+        Command::Run(a) => run::run(&engine, *a),
         Command::Inspect(a) => inspect::inspect(&engine, a),
         Command::Validate(a) => validate::validate(&engine, a),
     }

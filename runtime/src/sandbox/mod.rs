@@ -15,7 +15,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::{Batch, GuestError, Level, SinkWorld, sinkbox};
+use crate::bindings::sinkbox as wit;
+use crate::bindings::{Batch, GuestError, Level, SinkWorld};
 use crate::engine::{EPOCH_TICK, Engine, SinkComponent};
 use crate::error::{Fault, Phase, SinkFailure};
 use crate::status::SinkMetrics;
@@ -104,9 +105,9 @@ impl WasiView for StoreState {
     }
 }
 
-impl sinkbox::sink::types::Host for StoreState {}
+impl wit::sink::types::Host for StoreState {}
 
-impl sinkbox::sink::host::Host for StoreState {
+impl wit::sink::host::Host for StoreState {
     fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         let sink = &*self.sink;
         let fields = output::Fields(&fields);

@@ -65,7 +65,9 @@ impl LineSource {
         let fail = |what: String| Error::Source { source_name: name.clone(), what };
         let mut file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
         let size = file.metadata().map_err(|e| fail(format!("cannot stat: {e}")))?.len();
-        let topic = path.display().to_string();
+        // The topic names the input in sinks' exactly-once state, so it must
+        // not depend on the directory sinkbox was started from.
+        let topic = path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).display().to_string();
         let (next_offset, byte) = match from.and_then(|p| p.partitions.first()) {
             None => (0, 0),
             Some(p) => {

@@ -9,6 +9,9 @@ struct DeepRecursion;
 /// Not tail-recursive, and opaque to the optimizer, so every level is a
 /// real wasm call frame.
 fn descend(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
     std::hint::black_box(descend(std::hint::black_box(depth + 1))) + 1
 }
 
