@@ -208,6 +208,13 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Wraps a buffer encoded with `sinkbox_format::BatchWriter`; for
+    /// driving a sink natively (tests and benchmarks), where no runtime
+    /// sends batches.
+    pub fn new(topic: String, partition: u32, count: u32, data: Vec<u8>) -> Batch {
+        Batch { inner: types::Batch { topic, partition, count, data } }
+    }
+
     /// The stream the records come from.
     pub fn topic(&self) -> &str {
         &self.inner.topic

@@ -33,8 +33,13 @@ pub fn build(args: &[&str]) -> PathBuf {
         // linted natively as workspace members, not again here.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTC_WRAPPER")
+        // Guests run under fuel and epoch checks, which are paid per call
+        // and loop: whole-program optimization inlines the SDK's record
+        // iterator into each sink and removes most of them.
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
     let status = cmd.status().expect("cannot run cargo to build the wasm guests");
     assert!(
         status.success(),

@@ -21,9 +21,16 @@ use crate::sandbox::StoreState;
 /// counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Engine-wide settings. Defaults: fuel on, pooling on (1,000 instances of
-/// up to 4 GiB of linear memory each), cache in `$XDG_CACHE_HOME/sinkbox` (or
-/// `~/.cache/sinkbox`).
+/// Engine-wide settings. Defaults: epoch deadlines on, fuel off, pooling on
+/// (1,000 instances of up to 4 GiB of linear memory each), cache in
+/// `$XDG_CACHE_HOME/sinkbox` (or `~/.cache/sinkbox`).
+///
+/// Why fuel is off by default: metering every basic block cost 10-60% of
+/// guest speed in our benchmarks (BENCHMARKS.md, section 3), far above the
+/// 10% we allow for limits. The wall-clock deadline per call, checked at
+/// every loop and function entry through epochs, is what stops a runaway
+/// guest; fuel is for operators who want deterministic, CPU-independent
+/// budgets and per-sink fuel accounting, and turn it on knowingly.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub(crate) fuel: bool,
@@ -49,7 +56,7 @@ impl Default for Pooling {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { fuel: true, epochs: true, pooling: Some(Pooling::default()), cache_dir: default_cache_dir() }
+        EngineOptions { fuel: false, epochs: true, pooling: Some(Pooling::default()), cache_dir: default_cache_dir() }
     }
 }
 
@@ -61,8 +68,9 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 impl EngineOptions {
-    /// Meter guest execution with fuel (default on). Off, only the
-    /// wall-clock deadline bounds a call.
+    /// Meter guest execution with fuel (default off), enforcing the
+    /// `fuel_per_record` and `fuel_per_call` limits. Off, the wall-clock
+    /// deadline alone bounds a call.
     pub fn fuel(mut self, on: bool) -> Self {
         self.fuel = on;
         self
@@ -136,12 +144,12 @@ impl Engine {
     /// front; when the machine refuses that, the engine falls back to
     /// on-demand allocation and logs a warning.
     pub fn new(options: EngineOptions) -> Result<Engine> {
-        let engine = match build(&options) {
-            Ok(engine) => engine,
+        let (engine, options) = match build(&options) {
+            Ok(engine) => (engine, options),
             Err(e) if options.pooling.is_some() => {
                 tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
-                let options = options.clone().pooling(None);
-                build(&options).map_err(|e| Error::Engine(e.into()))?
+                let options = options.pooling(None);
+                (build(&options).map_err(|e| Error::Engine(e.into()))?, options)
             }
             Err(e) => return Err(Error::Engine(e.into())),
         };
@@ -159,6 +167,12 @@ impl Engine {
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner.engine
+    }
+
+    /// Whether instances come from the pooling allocator (it may have been
+    /// asked for but unavailable).
+    pub fn pooling_enabled(&self) -> bool {
+        self.inner.options.pooling.is_some()
     }
 
     pub(crate) fn options(&self) -> &EngineOptions {

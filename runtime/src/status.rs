@@ -27,6 +27,8 @@ pub struct Status {
     pub elapsed: Duration,
     /// How the run ended: `"finished"`, `"interrupted"` or the error.
     pub outcome: String,
+    /// Peak resident memory of the whole process, in bytes (Linux only).
+    pub peak_rss: Option<u64>,
     /// Per sink.
     pub sinks: Vec<SinkMetrics>,
 }
@@ -110,6 +112,9 @@ impl fmt::Display for Status {
             self.read as f64 / secs
         )?;
         writeln!(f, "  position: {}", self.position)?;
+        if let Some(rss) = self.peak_rss {
+            writeln!(f, "  peak memory (process): {}", Bytes(rss))?;
+        }
         writeln!(
             f,
             "  {:<16} {:>10} {:>8} {:>7} {:>6} {:>14} {:>10} {:>9} {:>9} {:>8}",
@@ -133,4 +138,20 @@ impl fmt::Display for Status {
         }
         Ok(())
     }
+}
+
+/// Peak resident set size of this process (`VmHWM`), on Linux.
+pub fn peak_rss() -> Option<u64> {
+    proc_status_kib("VmHWM:").map(|kib| kib * 1024)
+}
+
+/// Current resident set size of this process (`VmRSS`), on Linux.
+pub fn current_rss() -> Option<u64> {
+    proc_status_kib("VmRSS:").map(|kib| kib * 1024)
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
 }

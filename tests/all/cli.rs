@@ -160,3 +160,19 @@ fn a_sink_error_exits_non_zero_with_the_whole_chain() {
     assert!(err.contains("caused by:"), "{err}");
     assert!(err.contains("test program panics in open"), "{err}");
 }
+
+#[test]
+fn fuel_limits_in_a_pipeline_turn_fuel_metering_on() {
+    let s = Scratch::new("cli-fuel");
+    s.write("in.jsonl", &lines(5));
+    s.write(
+        "p.toml",
+        &format!(
+            "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"bomb\"\ncomponent = {:?}\non_error = \"fail\"\nlimits = {{ fuel_per_record = 1000, fuel_per_call = 50000 }}\n",
+            sinkbox_test_artifacts::FUEL_BOMB
+        ),
+    );
+    let out = sinkbox(&s, &["run", "p.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("error: sink \"bomb\" ran out of fuel (budget 55000) in add"), "{}", stderr(&out));
+}

@@ -17,11 +17,12 @@ use sinkbox::{Control, Engine, EngineOptions, PipelineFile, Status};
 
 /// One engine for the whole test binary: engines reserve address space for
 /// their instance pool, and sharing one also shares compiled components.
+/// Fuel is on (it is off by default) so the fuel limits can be tested.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
-        Engine::new(EngineOptions::default().cache_dir(Some(cache))).expect("engine")
+        Engine::new(EngineOptions::default().fuel(true).cache_dir(Some(cache))).expect("engine")
     })
 }
 

@@ -91,7 +91,7 @@ fn well_behaved_sink_writes_every_record_once_and_commits_all() {
     assert_eq!((status.read, status.committed, status.checkpoints), (123, 123, 3));
     let sink = &status.sinks[0];
     assert_eq!((sink.added, sink.rejected, sink.retries, sink.traps, sink.instances), (123, 0, 0, 0, 1));
-    assert!(sink.fuel > 0 && sink.peak_memory > 0);
+    assert!(sink.fuel > 0 && sink.peak_memory > 0, "fuel is on in the test engine");
     assert_eq!(sink.success_percent, 100.0);
     assert!(dead_letters(&s).is_empty());
 }

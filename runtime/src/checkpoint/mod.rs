@@ -347,6 +347,7 @@ impl Pipeline {
             }
         };
         status.elapsed = started.elapsed();
+        status.peak_rss = crate::status::peak_rss();
         status.position = runner.committed.to_string();
         status.read = control.read.load(Ordering::Relaxed);
         status.committed = control.committed.load(Ordering::Relaxed);

@@ -32,9 +32,12 @@ pub struct Global {
     /// Do not cache compiled components.
     #[arg(long, global = true)]
     no_cache: bool,
-    /// Do not meter guests with fuel (wall-clock deadlines still apply).
+    /// Meter guests with fuel, so the `fuel_per_record`/`fuel_per_call`
+    /// limits apply and status reports fuel. Off by default: it costs
+    /// 10-60% of guest speed (see BENCHMARKS.md); wall-clock deadlines
+    /// always apply. Turned on by itself when a sink sets a fuel limit.
     #[arg(long, global = true)]
-    no_fuel: bool,
+    fuel: bool,
     /// Allocate instances on demand instead of from a pool.
     #[arg(long, global = true)]
     no_pooling: bool,
@@ -60,16 +63,16 @@ pub fn init_logging(global: &Global) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let engine = engine(&args.global)?;
     match args.command {
-        Command::Run(a) => run::run(&engine, *a),
-        Command::Inspect(a) => inspect::inspect(&engine, a),
-        Command::Validate(a) => validate::validate(&engine, a),
+        Command::Run(a) => run::run(&args.global, *a),
+        Command::Inspect(a) => inspect::inspect(&engine(&args.global, false)?, a),
+        Command::Validate(a) => validate::validate(&engine(&args.global, false)?, a),
     }
 }
 
-fn engine(global: &Global) -> anyhow::Result<Engine> {
-    let mut options = EngineOptions::default().fuel(!global.no_fuel);
+/// The engine the options ask for; `fuel` forces fuel metering on.
+fn engine(global: &Global, fuel: bool) -> anyhow::Result<Engine> {
+    let mut options = EngineOptions::default().fuel(global.fuel || fuel);
     if global.no_pooling {
         options = options.pooling(None);
     }

@@ -12,7 +12,7 @@ use sinkbox::config::{
     DirMode, DirSection, GrantsSection, HumanBytes, HumanDuration, LimitsSection, PipelineSection, RetrySection,
     SinkSection, SourceSection,
 };
-use sinkbox::{Control, Engine, LineFormat, PipelineFile, Status};
+use sinkbox::{Control, LineFormat, PipelineFile, Status};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -68,7 +68,7 @@ fn parse_format(text: &str) -> Result<LineFormat, String> {
         .map_err(|_| format!("unknown format \"{text}\"; expected auto, envelope or raw"))
 }
 
-pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (file, base, name) = match &args.pipeline {
         Some(path) => {
             let file = PipelineFile::load(path)?;
@@ -78,6 +78,8 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => quick_form(&args)?,
     };
+    let wants_fuel = file.sinks.iter().any(|s| s.limits.fuel_per_record.is_some() || s.limits.fuel_per_call.is_some());
+    let engine = &super::engine(global, wants_fuel)?;
     let pipeline = file.build(engine, &base, &name)?;
     for spec in &pipeline.sinks {
         sinkbox::schema::check_config(engine, spec)?;

@@ -21,9 +21,10 @@ use crate::engine::{EPOCH_TICK, Engine, SinkComponent};
 use crate::error::{Fault, Phase, SinkFailure};
 use crate::status::SinkMetrics;
 
-/// Per-instance limits. Defaults: 64 MiB of linear memory, 10 million fuel
-/// per record in `add` plus 1 billion per call (the budget of `open`,
-/// `flush` and `close`), and a 10 s wall-clock limit per call.
+/// Per-instance limits. Defaults: 64 MiB of linear memory, a 10 s
+/// wall-clock limit per call, and, when the engine meters fuel, 10 million
+/// fuel per record in `add` plus 1 billion per call (the budget of `open`,
+/// `flush` and `close`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SandboxLimits {
     pub(crate) memory: u64,

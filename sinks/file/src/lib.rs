@@ -20,6 +20,7 @@
 //!   from its last committed offset, which may be older than the last flush.
 
 mod encoder;
+mod scan;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -131,7 +132,7 @@ impl Sink for FileSink {
             Format::Csv if config.columns.is_empty() => {
                 return Err(Error::fatal("format \"csv\" needs a non-empty \"columns\" list"));
             }
-            Format::Csv => Encoder::Csv { columns: config.columns },
+            Format::Csv => Encoder::csv(config.columns),
         };
         let state_path = format!("{}.sinkbox-state", config.path);
         let mut file = OpenOptions::new()
