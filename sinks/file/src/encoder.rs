@@ -80,11 +80,11 @@ impl Encoder {
                     if i > 0 {
                         out.push(b',');
                     }
-                    if let Some(range) = cell {
-                        if let Err(e) = raw_cell(&text[range.clone()], out) {
-                            out.truncate(start);
-                            return Err(format!("field \"{}\": {e}", columns[i]));
-                        }
+                    if let Some(range) = cell
+                        && let Err(e) = raw_cell(&text[range.clone()], out)
+                    {
+                        out.truncate(start);
+                        return Err(format!("field \"{}\": {e}", columns[i]));
                     }
                 }
                 out.push(b'\n');
