@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds the Extism plugin and runs the peer benchmark, which measures the
+# sinkbox blackhole and the same logic under Extism in one process,
+# interleaved, and writes section 7 of BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")"
+rustup target add wasm32-unknown-unknown
+(cd plugin && cargo build --release --target wasm32-unknown-unknown)
+cargo run --release -- plugin/target/wasm32-unknown-unknown/release/blackhole_extism.wasm
