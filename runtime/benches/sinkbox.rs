@@ -154,23 +154,11 @@ fn boundary(ctx: &Ctx, report: &mut Report) {
         let (data, count) = encode(batch_size, blob_value);
         let total: u64 = if batch_size == 1 { 100_000 } else { 1_000_000 };
         let calls = total / batch_size as u64;
-        let wasm_batch = Batch { topic: "bench".into(), partition: 0, count, data: data.clone() };
+        let batch = Batch { topic: "bench".into(), partition: 0, count, data: data.clone() };
         let mut wasm = instance(&ctx.engine, &ctx.blackhole, &ctx.grants, "{}");
-        let mut native: Box<dyn NativeSink> =
-            Box::new(sinkbox_sink_blackhole::Blackhole::open(Default::default()).expect("native open"));
-        let mut m = SinkMetrics::new("bench");
-        let mut wasm_side = || {
-            for _ in 0..calls {
-                wasm.add(black_box(&wasm_batch), &mut m).expect("add");
-            }
-            wasm.abort(&mut m).expect("abort");
-        };
-        let mut native_side = || {
-            for _ in 0..calls {
-                native.add(black_box(sinkbox_sdk::Batch::new("bench".into(), 0, count, data.clone())));
-            }
-            native.abort();
-        };
+        let mut native = sinkbox_sink_blackhole::Blackhole::open(Default::default()).expect("native open");
+        let mut wasm_side = wasm_adds(&mut wasm, &batch, calls, false);
+        let mut native_side = native_adds(&mut native, &batch, calls, false);
         let mut encode_side = || {
             for _ in 0..calls {
                 black_box(encode_again(&data, count));
@@ -193,6 +181,37 @@ fn boundary(ctx: &Ctx, report: &mut Report) {
     );
 }
 
+/// `calls` adds of `batch` to a sandboxed sink; `abort_each` clears the
+/// sink after every batch (so an encoding sink never does I/O), otherwise
+/// once at the end.
+fn wasm_adds<'a>(sink: &'a mut SinkInstance, batch: &'a Batch, calls: u64, abort_each: bool) -> impl FnMut() + 'a {
+    let mut m = SinkMetrics::new("bench");
+    move || {
+        for _ in 0..calls {
+            sink.add(black_box(batch), &mut m).expect("add");
+            if abort_each {
+                sink.abort(&mut m).expect("abort");
+            }
+        }
+        sink.abort(&mut m).expect("abort");
+    }
+}
+
+/// The same as [`wasm_adds`] for the sink's native build, called through a
+/// trait object with an owned copy of the batch (the copy stands for the
+/// sandbox's copy into guest memory).
+fn native_adds<'a>(sink: &'a mut dyn NativeSink, batch: &'a Batch, calls: u64, abort_each: bool) -> impl FnMut() + 'a {
+    move || {
+        for _ in 0..calls {
+            sink.add(black_box(sinkbox_sdk::Batch::new("bench".into(), 0, batch.count, batch.data.clone())));
+            if abort_each {
+                sink.abort();
+            }
+        }
+        sink.abort();
+    }
+}
+
 /// Decodes and re-encodes a batch: the host-side encoding cost per record.
 fn encode_again(data: &[u8], count: u32) -> (Vec<u8>, u32) {
     let mut w = BatchWriter::with_capacity(data.len());
@@ -211,26 +230,15 @@ fn realistic(ctx: &Ctx, report: &mut Report) {
         &["wasm ns/record", "native ns/record", "ratio"],
     );
     let (data, count) = encode(1000, order_value);
-    let wasm_batch = Batch { topic: "bench".into(), partition: 0, count, data: data.clone() };
+    let batch = Batch { topic: "bench".into(), partition: 0, count, data };
     let mut wasm = instance(&ctx.engine, &ctx.file, &ctx.grants, &csv_config("/out/wasm.csv"));
     let native_path = ctx.scratch.join("native.csv");
     let config: sinkbox_sink_file::Config =
         serde_json::from_str(&csv_config(&native_path.display().to_string())).expect("config");
-    let mut native: Box<dyn NativeSink> = Box::new(sinkbox_sink_file::FileSink::open(config).expect("native open"));
-    let mut m = SinkMetrics::new("bench");
+    let mut native = sinkbox_sink_file::FileSink::open(config).expect("native open");
     let calls = 300;
-    let mut wasm_side = || {
-        for _ in 0..calls {
-            wasm.add(black_box(&wasm_batch), &mut m).expect("add");
-            wasm.abort(&mut m).expect("abort");
-        }
-    };
-    let mut native_side = || {
-        for _ in 0..calls {
-            native.add(black_box(sinkbox_sdk::Batch::new("bench".into(), 0, count, data.clone())));
-            native.abort();
-        }
-    };
+    let mut wasm_side = wasm_adds(&mut wasm, &batch, calls, true);
+    let mut native_side = native_adds(&mut native, &batch, calls, true);
     let r = interleaved(calls * 1000, &mut [&mut wasm_side, &mut native_side]);
     report.row(&[format!("{:.1}", r[0]), format!("{:.1}", r[1]), format!("{:.2}x", r[0] / r[1])]);
     report.note(
@@ -272,14 +280,7 @@ fn limits(ctx: &Ctx, report: &mut Report) {
     let blackhole_results = {
         let mut sides: Vec<Box<dyn FnMut() + '_>> = setups
             .iter_mut()
-            .map(|(_, b, _)| {
-                let (batch, mut m) = (&blob_batch, SinkMetrics::new("bench"));
-                Box::new(move || {
-                    for _ in 0..1000 {
-                        b.add(black_box(batch), &mut m).expect("add");
-                    }
-                }) as Box<dyn FnMut()>
-            })
+            .map(|(_, b, _)| Box::new(wasm_adds(b, &blob_batch, 1000, false)) as Box<dyn FnMut()>)
             .collect();
         let mut refs: Vec<&mut dyn FnMut()> = sides.iter_mut().map(|s| s.as_mut() as &mut dyn FnMut()).collect();
         interleaved(1_000_000, &mut refs)
@@ -287,15 +288,7 @@ fn limits(ctx: &Ctx, report: &mut Report) {
     let csv_results = {
         let mut sides: Vec<Box<dyn FnMut() + '_>> = setups
             .iter_mut()
-            .map(|(_, _, f)| {
-                let (batch, mut m) = (&orders_batch, SinkMetrics::new("bench"));
-                Box::new(move || {
-                    for _ in 0..300 {
-                        f.add(black_box(batch), &mut m).expect("add");
-                        f.abort(&mut m).expect("abort");
-                    }
-                }) as Box<dyn FnMut()>
-            })
+            .map(|(_, _, f)| Box::new(wasm_adds(f, &orders_batch, 300, true)) as Box<dyn FnMut()>)
             .collect();
         let mut refs: Vec<&mut dyn FnMut()> = sides.iter_mut().map(|s| s.as_mut() as &mut dyn FnMut()).collect();
         interleaved(300_000, &mut refs)

@@ -74,6 +74,14 @@ fn committed_offset(scratch: &Scratch) -> Option<u64> {
     v["position"]["partitions"][0]["next_offset"].as_u64()
 }
 
+/// A scratch directory whose `in.jsonl` holds `n` lines; returns the lines.
+fn scratch_with_input(name: &str, n: usize) -> (Scratch, String) {
+    let s = Scratch::new(name);
+    let input = lines(n);
+    s.write("in.jsonl", &input);
+    (s, input)
+}
+
 /// Input lines except those at the given offsets.
 fn without(input: &str, offsets: &[usize]) -> String {
     input.lines().enumerate().filter(|(i, _)| !offsets.contains(i)).map(|(_, l)| format!("{l}\n")).collect()
@@ -81,9 +89,7 @@ fn without(input: &str, offsets: &[usize]) -> String {
 
 #[test]
 fn well_behaved_sink_writes_every_record_once_and_commits_all() {
-    let s = Scratch::new("well-behaved");
-    let input = lines(123);
-    s.write("in.jsonl", &input);
+    let (s, input) = scratch_with_input("well-behaved", 123);
     let (status, result) = s.run(&Spec { component: programs::WELL_BEHAVED, ..Default::default() }.toml());
     result.unwrap();
     assert_eq!(s.read("out/out.jsonl"), input);
@@ -98,9 +104,7 @@ fn well_behaved_sink_writes_every_record_once_and_commits_all() {
 
 #[test]
 fn backpressure_aborts_waits_and_replays_without_duplicates() {
-    let s = Scratch::new("backpressure");
-    let input = lines(100);
-    s.write("in.jsonl", &input);
+    let (s, input) = scratch_with_input("backpressure", 100);
     let config = "out = \"/out/out.jsonl\", times = 3, sleep_ms = 20";
     let started = std::time::Instant::now();
     let (status, result) =
@@ -115,9 +119,7 @@ fn backpressure_aborts_waits_and_replays_without_duplicates() {
 
 #[test]
 fn retryable_flush_is_retried_with_backoff() {
-    let s = Scratch::new("retryable");
-    let input = lines(100);
-    s.write("in.jsonl", &input);
+    let (s, input) = scratch_with_input("retryable", 100);
     let config = "out = \"/out/out.jsonl\", times = 2";
     let (status, result) = s.run(&Spec { component: programs::RETRYABLE_THEN_OK, config, ..Default::default() }.toml());
     result.unwrap();
@@ -146,9 +148,7 @@ fn retryable_exhausted_stops_and_leaves_the_checkpoint_uncommitted() {
 
 #[test]
 fn rejected_records_go_to_the_dead_letter_queue_and_the_rest_is_written() {
-    let s = Scratch::new("rejects");
-    let input = lines(100);
-    s.write("in.jsonl", &input);
+    let (s, input) = scratch_with_input("rejects", 100);
     let (status, result) = s.run(&Spec { component: programs::REJECTS_EVERY_10TH, ..Default::default() }.toml());
     result.unwrap();
     let rejected: Vec<usize> = (0..100).filter(|i| i % 10 == 9).collect();
@@ -285,9 +285,7 @@ fn a_trap_in_every_flush_cannot_be_pinned_on_a_record() {
 
 #[test]
 fn a_trap_in_close_is_logged_and_loses_nothing() {
-    let s = Scratch::new("panic-close");
-    let input = lines(60);
-    s.write("in.jsonl", &input);
+    let (s, input) = scratch_with_input("panic-close", 60);
     let (status, result) = s.run(&Spec { component: programs::PANIC_IN_CLOSE, ..Default::default() }.toml());
     result.unwrap();
     assert_eq!(s.read("out/out.jsonl"), input);
@@ -333,9 +331,7 @@ fn malformed_envelopes_are_dead_lettered_by_the_source() {
 
 #[test]
 fn a_graceful_stop_commits_only_what_was_flushed_and_a_restart_finishes() {
-    let s = Scratch::new("stop");
-    let input = lines(2000);
-    s.write("in.jsonl", &input);
+    let (s, input) = scratch_with_input("stop", 2000);
     let spec = Spec {
         component: programs::SLOW_FLUSH,
         config: "out = \"/out/out.jsonl\", sleep_ms = 30",
@@ -366,9 +362,7 @@ fn a_graceful_stop_commits_only_what_was_flushed_and_a_restart_finishes() {
 
 #[test]
 fn one_source_fans_out_to_several_sinks_with_independent_recovery() {
-    let s = Scratch::new("fan-out");
-    let input = lines(100);
-    s.write("in.jsonl", &input);
+    let (s, input) = scratch_with_input("fan-out", 100);
     let toml = format!(
         r#"
 [pipeline]

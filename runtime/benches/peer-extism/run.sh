@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 rustup target add wasm32-unknown-unknown
-(cd plugin && cargo build --release --target wasm32-unknown-unknown)
-cargo run --release -- plugin/target/wasm32-unknown-unknown/release/blackhole_extism.wasm
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+(cd plugin && cargo build --release --target wasm32-unknown-unknown --target-dir "$target")
+cargo run --release --target-dir "$target" -- "$target/wasm32-unknown-unknown/release/blackhole_extism.wasm"
