@@ -5,10 +5,17 @@ use std::process::{Command, Output};
 use crate::{Scratch, lines};
 
 fn sinkbox(scratch: &Scratch, args: &[&str]) -> Output {
+    sinkbox_in(&scratch.dir, args)
+}
+
+fn sinkbox_in(dir: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sinkbox"))
         .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
         .args(args)
-        .current_dir(&scratch.dir)
+        .current_dir(dir)
+        // Projects made by `sinkbox new` share one cargo target directory
+        // across test runs.
+        .env("CARGO_TARGET_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/new-projects-target"))
         .output()
         .expect("sinkbox runs")
 }
@@ -175,4 +182,45 @@ fn fuel_limits_in_a_pipeline_turn_fuel_metering_on() {
     let out = sinkbox(&s, &["run", "p.toml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("error: sink \"bomb\" ran out of fuel (budget 55000) in add"), "{}", stderr(&out));
+}
+
+/// What a newcomer does, per language: `sinkbox new`, `sinkbox build`, then
+/// `sinkbox run` with the project's sample config and input.
+#[test]
+fn new_build_and_run_a_project_in_each_language() {
+    for lang in ["python", "rust"] {
+        let s = Scratch::new(&format!("cli-new-{lang}"));
+        let name = format!("my-{lang}-sink");
+        let out = sinkbox(&s, &["new", "--lang", lang, &name]);
+        assert!(out.status.success(), "{lang}: new: {}", stderr(&out));
+        let project = s.path(&name);
+        let out = sinkbox_in(&project, &["build", "."]);
+        assert!(out.status.success(), "{lang}: build: {}", stderr(&out));
+        let config = std::fs::read_to_string(project.join("config.json")).unwrap();
+        let wasm = format!("{name}.wasm");
+        let args = [
+            "run",
+            "--sink",
+            &wasm,
+            "--config",
+            &config,
+            "--input",
+            "sample.jsonl",
+            "--dir",
+            "out:/out:rw",
+            "--dead-letter",
+            "dead.jsonl",
+        ];
+        let out = sinkbox_in(&project, &args);
+        assert!(out.status.success(), "{lang}: run: {}", stderr(&out));
+        let written = std::fs::read_to_string(project.join("out/records.jsonl")).unwrap();
+        let offsets: Vec<u64> = written
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, [0, 1, 3], "{lang}: {written}");
+        assert!(written.contains(r#""item":"scones""#), "{lang}: {written}");
+        let dead = std::fs::read_to_string(project.join("dead.jsonl")).unwrap();
+        assert!(dead.contains(r#""offset":2"#) && dead.contains("not JSON"), "{lang}: {dead}");
+    }
 }

@@ -17,8 +17,9 @@ struct Subject<'a> {
     component: &'a str,
     /// Its config; `{out}` is replaced by the guest path of its output file.
     config: &'a str,
-    /// Whether it writes `value\n` per record to `{out}` at flush.
-    writes_lines: bool,
+    /// What it writes to `{out}` for records with these offsets (values
+    /// `{"n":OFFSET}`), if it writes there.
+    output: Option<fn(std::ops::Range<u64>) -> String>,
 }
 
 fn load(component: &str) -> SinkComponent {
@@ -41,8 +42,14 @@ fn batch(offsets: std::ops::Range<u64>) -> Batch {
     Batch { topic: "t".into(), partition: 0, count, data }
 }
 
-fn expected(offsets: std::ops::Range<u64>) -> String {
+/// One value per line, as the file sink in JSONL mode writes them.
+fn value_lines(offsets: std::ops::Range<u64>) -> String {
     offsets.map(|o| format!("{{\"n\":{o}}}\n")).collect()
+}
+
+/// A CSV file with the column `n`.
+fn csv_lines(offsets: std::ops::Range<u64>) -> String {
+    std::iter::once("n\n".to_string()).chain(offsets.map(|o| format!("{o}\n"))).collect()
 }
 
 fn fault(result: Result<(), Failure>) -> Fault {
@@ -90,8 +97,8 @@ fn check(subject: &Subject<'_>) {
     instance.add(&batch(25..30), &mut m).expect("add");
     instance.abort(&mut m).expect("abort");
     instance.flush(&mut m).expect("empty flush");
-    if subject.writes_lines {
-        assert_eq!(s.read("out/out.jsonl"), expected(0..25), "{}: exactly the flushed records", subject.name);
+    if let Some(output) = subject.output {
+        assert_eq!(s.read("out/out.jsonl"), output(0..25), "{}: exactly the flushed records", subject.name);
     }
     // close consumes the instance: it cannot be called twice.
     instance.close(&mut m).expect("close");
@@ -114,12 +121,17 @@ fn check(subject: &Subject<'_>) {
 
 #[test]
 fn builtin_file_sink_complies() {
-    check(&Subject { name: "file", component: "builtin:file", config: r#"{"path":"{out}"}"#, writes_lines: true });
+    check(&Subject {
+        name: "file",
+        component: "builtin:file",
+        config: r#"{"path":"{out}"}"#,
+        output: Some(value_lines),
+    });
 }
 
 #[test]
 fn builtin_blackhole_sink_complies() {
-    check(&Subject { name: "blackhole", component: "builtin:blackhole", config: "{}", writes_lines: false });
+    check(&Subject { name: "blackhole", component: "builtin:blackhole", config: "{}", output: None });
 }
 
 #[test]
@@ -128,6 +140,16 @@ fn rust_sdk_example_complies() {
         name: "well-behaved",
         component: sinkbox_test_artifacts::WELL_BEHAVED,
         config: r#"{"out":"{out}"}"#,
-        writes_lines: true,
+        output: Some(value_lines),
+    });
+}
+
+#[test]
+fn python_sdk_example_complies() {
+    check(&Subject {
+        name: "python-csv",
+        component: sinkbox_test_artifacts::PY_CSV_SINK,
+        config: r#"{"path":"{out}","columns":["n"]}"#,
+        output: Some(csv_lines),
     });
 }

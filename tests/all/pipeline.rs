@@ -425,3 +425,34 @@ grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
     assert_eq!(letters[0]["offset"], 2);
     assert!(letters[0]["reason"].as_str().unwrap().starts_with("value is not a JSON object"));
 }
+
+#[test]
+fn the_python_sdk_example_writes_csv_and_dead_letters_what_it_rejects() {
+    let s = Scratch::new("python-csv");
+    s.write("in.jsonl", "{\"id\":1,\"name\":\"a, b\"}\n{\"id\":2}\nnot json\n[3]\n{\"id\":4,\"name\":\"d\"}\n");
+    let toml = format!(
+        r#"
+[pipeline]
+dead_letter = "dead.jsonl"
+offsets = "offsets.json"
+[source]
+kind = "file"
+path = "in.jsonl"
+[[sink]]
+name = "py"
+component = {component:?}
+config = {{ path = "/out/out.csv", columns = ["id", "name"] }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+limits = {{ memory = "128MiB" }}
+"#,
+        component = sinkbox_test_artifacts::PY_CSV_SINK
+    );
+    let (status, result) = s.run(&toml);
+    result.unwrap();
+    assert_eq!(s.read("out/out.csv"), "id,name\n1,\"a, b\"\n2,\n4,d\n");
+    let letters = dead_letters(&s);
+    let offsets: Vec<u64> = letters.iter().map(|l| l["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [2, 3]);
+    assert!(letters[0]["reason"].as_str().unwrap().starts_with("value is not a JSON object"), "{}", letters[0]);
+    assert_eq!((status.sinks[0].added, status.sinks[0].rejected), (3, 2));
+}

@@ -36,6 +36,38 @@ fn main() {
             path.display().to_string()
         ));
     }
+    // The Python SDK's examples, built with componentize-py.
+    let python = root.join("guest-sdk/python");
+    println!("cargo:rerun-if-changed={}", python.display());
+    let mut examples: Vec<PathBuf> =
+        std::fs::read_dir(python.join("examples")).expect("python examples").flatten().map(|e| e.path()).collect();
+    examples.sort();
+    for dir in examples {
+        let name = dir.file_name().and_then(|n| n.to_str()).expect("utf-8 name").to_string();
+        let out = out_dir.join(format!("py_{name}.wasm"));
+        let status = std::process::Command::new("componentize-py")
+            .arg("-d")
+            .arg(root.join("wit"))
+            .args(["-w", "sinkbox:sink/sink-world", "componentize", "app", "-p"])
+            .arg(&dir)
+            .arg("-p")
+            .arg(&python)
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run componentize-py ({e}); install it: pip install componentize-py==0.25.1")
+            });
+        assert!(status.success(), "componentize-py failed to build guest-sdk/python/examples/{name}");
+        let constant = format!("PY_{}", name.to_uppercase());
+        if !tests.contains(&constant) {
+            untested.push(constant.clone());
+        }
+        code.push_str(&format!(
+            "/// The Python example `{name}`.\npub const {constant}: &str = {:?};\n",
+            out.display().to_string()
+        ));
+    }
     assert!(untested.is_empty(), "test programs without a test in tests/all: {}", untested.join(", "));
     code.push_str(&format!(
         "/// Every test program, by name.\npub const ALL: &[&str] = &[{}];\n",

@@ -1,6 +1,7 @@
 //! Subcommands, one file each.
 
 mod inspect;
+mod new;
 mod run;
 mod validate;
 
@@ -51,6 +52,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Check a pipeline file and each sink's config without running.
     Validate(validate::ValidateArgs),
+    /// Make a new sink project (Rust or Python) with a sample config and input.
+    New(new::NewArgs),
+    /// Build a sink project into a component (NAME.wasm in the project).
+    Build(new::BuildArgs),
 }
 
 pub fn init_logging(global: &Global) {
@@ -67,6 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(&args.global, *a),
         Command::Inspect(a) => inspect::inspect(&engine(&args.global, false)?, a),
         Command::Validate(a) => validate::validate(&engine(&args.global, false)?, a),
+        Command::New(a) => new::new(a),
+        Command::Build(a) => new::build(a),
     }
 }
 

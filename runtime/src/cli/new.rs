@@ -1,0 +1,139 @@
+//! `sinkbox new` and `sinkbox build`: scaffold a sink project, and turn one
+//! into a component.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+
+/// A language `sinkbox new` can scaffold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// Rust, with the sinkbox-sdk crate; built with cargo.
+    Rust,
+    /// Python, with the sinkbox_sdk package; built with componentize-py.
+    Python,
+}
+
+#[derive(clap::Args)]
+pub struct NewArgs {
+    /// The language of the sink.
+    #[arg(long, value_enum)]
+    lang: Lang,
+    /// The project's name, which is also its directory.
+    name: String,
+}
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// The project directory.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+}
+
+const WIT: [(&str, &str); 4] = [
+    ("types.wit", include_str!("../../../wit/types.wit")),
+    ("sink.wit", include_str!("../../../wit/sink.wit")),
+    ("host.wit", include_str!("../../../wit/host.wit")),
+    ("world.wit", include_str!("../../../wit/world.wit")),
+];
+
+pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let name = &args.name;
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !valid {
+        bail!("invalid project name \"{name}\": use lower-case letters, digits, - and _, starting with a letter");
+    }
+    let dir = Path::new(name);
+    if dir.exists() {
+        bail!("{} already exists", dir.display());
+    }
+    let (language, build, source, errors) = match args.lang {
+        Lang::Rust => (
+            "Rust",
+            "`cargo build --release --target wasm32-wasip2` and copies the component here",
+            "`src/lib.rs`",
+            "return `Error::reject`, `Error::backpressure`, `Error::retryable` or `Error::fatal`",
+        ),
+        Lang::Python => (
+            "Python",
+            "`componentize-py -d wit -w sinkbox:sink/sink-world componentize app -p . -o NAME.wasm` \
+             (install it with `pip install componentize-py==0.25.1`)",
+            "`app.py`",
+            "raise `Rejected`, `Backpressure(ms)`, `Retryable` or `Fatal`; any other exception is reported as fatal",
+        ),
+    };
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{language}}", language)
+            .replace("{{build}}", build)
+            .replace("{{source}}", source)
+            .replace("{{errors}}", errors)
+    };
+    let write = |path: &str, text: &str| -> anyhow::Result<()> {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("README.md", &fill(include_str!("../../templates/README.md.tmpl")))?;
+    write("config.json", include_str!("../../templates/config.json"))?;
+    write("sample.jsonl", include_str!("../../templates/sample.jsonl"))?;
+    match args.lang {
+        Lang::Rust => {
+            // The SDK is not on crates.io yet: point at the copy this binary
+            // was built from.
+            let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+            let sdk = sdk.canonicalize().unwrap_or(sdk);
+            let cargo =
+                include_str!("../../templates/rust/Cargo.toml.tmpl").replace("{{sdk}}", &sdk.display().to_string());
+            write("Cargo.toml", &fill(&cargo))?;
+            write("src/lib.rs", &fill(include_str!("../../templates/rust/src/lib.rs.tmpl")))?;
+            write(".gitignore", "target/\n*.wasm\nout/\n.sinkbox/\n")?;
+        }
+        Lang::Python => {
+            write("app.py", &fill(include_str!("../../templates/python/app.py.tmpl")))?;
+            write("sinkbox_sdk/__init__.py", include_str!("../../../guest-sdk/python/sinkbox_sdk/__init__.py"))?;
+            for (file, text) in WIT {
+                write(&format!("wit/{file}"), text)?;
+            }
+            write(".gitignore", "*.wasm\nout/\n.sinkbox/\n__pycache__/\n")?;
+        }
+    }
+    println!("created {} ({language}); next: cd {name} && sinkbox build . (see README.md)", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.dir;
+    let dir_name = dir.canonicalize().with_context(|| format!("no project at {}", dir.display()))?;
+    let name = dir_name.file_name().and_then(|n| n.to_str()).unwrap_or("sink").to_string();
+    let out = dir.join(format!("{name}.wasm"));
+    if dir.join("Cargo.toml").is_file() {
+        run(Command::new("cargo").args(["build", "--release", "--target", "wasm32-wasip2"]).current_dir(dir))?;
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
+        let built = target.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+        std::fs::copy(&built, &out).with_context(|| format!("cannot copy {}", built.display()))?;
+    } else if dir.join("app.py").is_file() {
+        run(Command::new("componentize-py")
+            .args(["-d", "wit", "-w", "sinkbox:sink/sink-world", "componentize", "app", "-p", ".", "-o"])
+            .arg(format!("{name}.wasm"))
+            .current_dir(dir))?;
+    } else {
+        bail!("{} has neither Cargo.toml nor app.py; make a project with sinkbox new", dir.display());
+    }
+    println!("built {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let status = command.status().with_context(|| format!("cannot run {program}; is it installed?"))?;
+    if !status.success() {
+        bail!("{program} failed ({status})");
+    }
+    Ok(())
+}
