@@ -153,3 +153,13 @@ fn python_sdk_example_complies() {
         output: Some(csv_lines),
     });
 }
+
+#[test]
+fn javascript_sdk_example_complies() {
+    check(&Subject {
+        name: "js-csv",
+        component: sinkbox_test_artifacts::JS_CSV_SINK,
+        config: r#"{"path":"{out}","columns":["n"]}"#,
+        output: Some(csv_lines),
+    });
+}

@@ -6,6 +6,7 @@
 mod guests;
 
 use std::path::PathBuf;
+use std::process::Command;
 
 fn main() {
     let root = guests::workspace_root();
@@ -36,37 +37,56 @@ fn main() {
             path.display().to_string()
         ));
     }
-    // The Python SDK's examples, built with componentize-py.
+    // The SDK examples in other languages, built from source with each
+    // language's componentizer.
     let python = root.join("guest-sdk/python");
-    println!("cargo:rerun-if-changed={}", python.display());
-    let mut examples: Vec<PathBuf> =
-        std::fs::read_dir(python.join("examples")).expect("python examples").flatten().map(|e| e.path()).collect();
-    examples.sort();
-    for dir in examples {
-        let name = dir.file_name().and_then(|n| n.to_str()).expect("utf-8 name").to_string();
-        let out = out_dir.join(format!("py_{name}.wasm"));
-        let status = std::process::Command::new("componentize-py")
-            .arg("-d")
-            .arg(root.join("wit"))
-            .args(["-w", "sinkbox:sink/sink-world", "componentize", "app", "-p"])
-            .arg(&dir)
-            .arg("-p")
-            .arg(&python)
-            .arg("-o")
-            .arg(&out)
-            .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run componentize-py ({e}); install it: pip install componentize-py==0.25.1")
+    let js = root.join("guest-sdk/js");
+    let wit = root.join("wit");
+    for (lang, sdk) in [("py", &python), ("js", &js)] {
+        println!("cargo:rerun-if-changed={}", sdk.display());
+        let mut examples: Vec<PathBuf> =
+            std::fs::read_dir(sdk.join("examples")).expect("SDK examples").flatten().map(|e| e.path()).collect();
+        examples.sort();
+        for dir in examples {
+            let name = dir.file_name().and_then(|n| n.to_str()).expect("utf-8 name").to_string();
+            let out = out_dir.join(format!("{lang}_{name}.wasm"));
+            let mut cmd = match lang {
+                "py" => {
+                    let mut c = Command::new("componentize-py");
+                    c.arg("-d").arg(&wit).args(["-w", "sinkbox:sink/sink-world", "componentize", "app", "-p"]);
+                    c.arg(&dir).arg("-p").arg(sdk);
+                    c
+                }
+                _ => {
+                    let mut c = Command::new(sdk.join("node_modules/.bin/jco"));
+                    c.arg("componentize").arg(dir.join("sink.js")).arg("--cwd").arg(sdk).arg("--wit").arg(&wit);
+                    c.args([
+                        "--world-name",
+                        "sinkbox:sink/sink-world-files",
+                        "--backend",
+                        "qjs",
+                        "--backend-qjs-disable-async",
+                    ]);
+                    c.current_dir(sdk);
+                    c
+                }
+            };
+            let status = cmd.arg("-o").arg(&out).status().unwrap_or_else(|e| {
+                panic!(
+                    "cannot build the {lang} example {name} ({e}); install the toolchains: \
+                     pip install componentize-py==0.25.1, and npm ci in guest-sdk/js"
+                )
             });
-        assert!(status.success(), "componentize-py failed to build guest-sdk/python/examples/{name}");
-        let constant = format!("PY_{}", name.to_uppercase());
-        if !tests.contains(&constant) {
-            untested.push(constant.clone());
+            assert!(status.success(), "building the {lang} SDK example {name} failed");
+            let constant = format!("{}_{}", lang.to_uppercase(), name.to_uppercase());
+            if !tests.contains(&constant) {
+                untested.push(constant.clone());
+            }
+            code.push_str(&format!(
+                "/// The {lang} SDK example `{name}`.\npub const {constant}: &str = {:?};\n",
+                out.display().to_string()
+            ));
         }
-        code.push_str(&format!(
-            "/// The Python example `{name}`.\npub const {constant}: &str = {:?};\n",
-            out.display().to_string()
-        ));
     }
     assert!(untested.is_empty(), "test programs without a test in tests/all: {}", untested.join(", "));
     code.push_str(&format!(

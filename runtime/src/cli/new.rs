@@ -13,6 +13,8 @@ pub enum Lang {
     Rust,
     /// Python, with the sinkbox_sdk package; built with componentize-py.
     Python,
+    /// JavaScript, with sinkbox-sdk.js; built with jco's QuickJS backend.
+    Js,
 }
 
 #[derive(clap::Args)]
@@ -31,11 +33,27 @@ pub struct BuildArgs {
     dir: PathBuf,
 }
 
-const WIT: [(&str, &str); 4] = [
+const WIT: [(&str, &str); 7] = [
     ("types.wit", include_str!("../../../wit/types.wit")),
     ("sink.wit", include_str!("../../../wit/sink.wit")),
     ("host.wit", include_str!("../../../wit/host.wit")),
     ("world.wit", include_str!("../../../wit/world.wit")),
+    ("deps/io/package.wit", include_str!("../../../wit/deps/io/package.wit")),
+    ("deps/clocks/package.wit", include_str!("../../../wit/deps/clocks/package.wit")),
+    ("deps/filesystem/package.wit", include_str!("../../../wit/deps/filesystem/package.wit")),
+];
+
+/// The jco command that builds a JavaScript project.
+const JCO: [&str; 9] = [
+    "componentize",
+    "--wit",
+    "wit",
+    "--world-name",
+    "sinkbox:sink/sink-world-files",
+    "--backend",
+    "qjs",
+    "--backend-qjs-disable-async",
+    "--cwd",
 ];
 
 pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
@@ -62,6 +80,14 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
              (install it with `pip install componentize-py==0.25.1`)",
             "`app.py`",
             "raise `Rejected`, `Backpressure(ms)`, `Retryable` or `Fatal`; any other exception is reported as fatal",
+        ),
+        Lang::Js => (
+            "JavaScript",
+            "`npm install` (once) and `npx jco componentize sink.js --wit wit --world-name sinkbox:sink/sink-world-files \
+             --backend qjs --backend-qjs-disable-async -o NAME.wasm` (QuickJS: about 1.6 MiB and 4x faster per record \
+             than the SpiderMonkey backend)",
+            "`sink.js`",
+            "throw `Rejected`, `Backpressure(ms)`, `Retryable` or `Fatal`; any other exception is reported as fatal",
         ),
     };
     let fill = |template: &str| {
@@ -97,10 +123,20 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         Lang::Python => {
             write("app.py", &fill(include_str!("../../templates/python/app.py.tmpl")))?;
             write("sinkbox_sdk/__init__.py", include_str!("../../../guest-sdk/python/sinkbox_sdk/__init__.py"))?;
-            for (file, text) in WIT {
-                write(&format!("wit/{file}"), text)?;
-            }
             write(".gitignore", "*.wasm\nout/\n.sinkbox/\n__pycache__/\n")?;
+        }
+        Lang::Js => {
+            write("sink.js", &fill(include_str!("../../templates/js/sink.js.tmpl")))?;
+            write("sinkbox-sdk.js", include_str!("../../../guest-sdk/js/sinkbox-sdk.js"))?;
+            let package =
+                include_str!("../../../guest-sdk/js/package.json").replace("\"sinkbox-sdk\"", &format!("{name:?}"));
+            write("package.json", &package)?;
+            write(".gitignore", "*.wasm\nout/\n.sinkbox/\nnode_modules/\n")?;
+        }
+    }
+    if args.lang != Lang::Rust {
+        for (file, text) in WIT {
+            write(&format!("wit/{file}"), text)?;
         }
     }
     println!("created {} ({language}); next: cd {name} && sinkbox build . (see README.md)", dir.display());
@@ -122,8 +158,20 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .args(["-d", "wit", "-w", "sinkbox:sink/sink-world", "componentize", "app", "-p", ".", "-o"])
             .arg(format!("{name}.wasm"))
             .current_dir(dir))?;
+    } else if dir.join("sink.js").is_file() {
+        if !dir.join("node_modules/.bin/jco").exists() {
+            run(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(dir))?;
+        }
+        let root = dir.canonicalize().with_context(|| format!("no project at {}", dir.display()))?;
+        run(Command::new(root.join("node_modules/.bin/jco"))
+            .args(JCO)
+            .arg(&root)
+            .arg(root.join("sink.js"))
+            .arg("-o")
+            .arg(root.join(format!("{name}.wasm")))
+            .current_dir(&root))?;
     } else {
-        bail!("{} has neither Cargo.toml nor app.py; make a project with sinkbox new", dir.display());
+        bail!("{} has no Cargo.toml, app.py or sink.js; make a project with sinkbox new", dir.display());
     }
     println!("built {}", out.display());
     Ok(ExitCode::SUCCESS)
