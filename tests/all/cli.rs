@@ -188,7 +188,7 @@ fn fuel_limits_in_a_pipeline_turn_fuel_metering_on() {
 /// `sinkbox run` with the project's sample config and input.
 #[test]
 fn new_build_and_run_a_project_in_each_language() {
-    for lang in ["python", "js", "rust"] {
+    for lang in ["python", "js", "c", "rust"] {
         let s = Scratch::new(&format!("cli-new-{lang}"));
         let name = format!("my-{lang}-sink");
         let out = sinkbox(&s, &["new", "--lang", lang, &name]);

@@ -163,3 +163,13 @@ fn javascript_sdk_example_complies() {
         output: Some(csv_lines),
     });
 }
+
+#[test]
+fn c_sdk_example_complies() {
+    check(&Subject {
+        name: "c-jsonl",
+        component: sinkbox_test_artifacts::C_JSONL_SINK,
+        config: r#"{"path":"{out}"}"#,
+        output: Some(value_lines),
+    });
+}

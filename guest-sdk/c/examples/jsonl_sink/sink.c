@@ -1,0 +1,145 @@
+/* JSON values to JSON lines in a granted directory, exactly once: the C twin
+ * of the Rust `file` sink in JSONL mode.
+ *
+ * Config: {"path": "/out/records.jsonl"}
+ *
+ * add buffers lines (a value that is not JSON on one line is rejected), abort
+ * drops the buffer, flush appends it, syncs, then atomically replaces
+ * PATH.sinkbox-state ({"len":N,"offset":M}: flushed length, highest flushed
+ * offset). open truncates to the flushed length and skips records at or
+ * below the flushed offset, which the runtime replays after a crash. */
+
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "sinkbox_sdk.h"
+
+static char path[512];
+static char state_path[560];
+static char *buffer;
+static size_t buffer_len, buffer_cap;
+static uint64_t flushed_len;
+static int64_t flushed_offset = -1, pending_offset = -1;
+
+static void append(const uint8_t *bytes, size_t n) {
+  if (buffer_len + n > buffer_cap) {
+    buffer_cap = (buffer_len + n) * 2;
+    buffer = realloc(buffer, buffer_cap);
+    if (!buffer) abort();
+  }
+  memcpy(buffer + buffer_len, bytes, n);
+  buffer_len += n;
+}
+
+/* The config is tiny and ours to define: find "path" without a JSON library. */
+static bool parse_config(const sink_world_string_t *config, sinkbox_error_t *err) {
+  char text[1024];
+  if (config->len >= sizeof text) return sinkbox_fatal(err, "config too long");
+  memcpy(text, config->ptr, config->len);
+  text[config->len] = 0;
+  if (!sinkbox_json_valid((const uint8_t *)text, config->len)) return sinkbox_fatal(err, "config is not JSON");
+  const char *key = strstr(text, "\"path\"");
+  const char *start = key ? strchr(key + 6, '"') : NULL;
+  const char *end = start ? strchr(start + 1, '"') : NULL;
+  if (!end || end - start - 1 >= (long)sizeof path - 1) return sinkbox_fatal(err, "config needs \"path\": a string");
+  memcpy(path, start + 1, end - start - 1);
+  path[end - start - 1] = 0;
+  snprintf(state_path, sizeof state_path, "%s.sinkbox-state", path);
+  return true;
+}
+
+static bool write_state(uint64_t len, int64_t offset) {
+  char tmp[600];
+  snprintf(tmp, sizeof tmp, "%s.tmp", state_path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return false;
+  fprintf(f, "{\"len\":%llu,\"offset\":%lld}", (unsigned long long)len, (long long)offset);
+  bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+  ok = fclose(f) == 0 && ok;
+  return ok && rename(tmp, state_path) == 0;
+}
+
+bool exports_sinkbox_sink_sink_config_schema(sink_world_string_t *ret) {
+  sink_world_string_dup(ret, "{\"type\":\"object\",\"required\":[\"path\"],\"additionalProperties\":false,"
+                             "\"properties\":{\"path\":{\"type\":\"string\",\"minLength\":1}}}");
+  return true;
+}
+
+bool exports_sinkbox_sink_sink_open(sink_world_string_t *config, sinkbox_error_t *err) {
+  bool ok = parse_config(config, err);
+  sink_world_string_free(config);
+  if (!ok) return false;
+  FILE *state = fopen(state_path, "r");
+  if (state) {
+    unsigned long long len;
+    long long offset;
+    int read = fscanf(state, "{\"len\":%llu,\"offset\":%lld}", &len, &offset);
+    fclose(state);
+    if (read != 2) return sinkbox_fatal(err, "corrupt state file");
+    flushed_len = len;
+    flushed_offset = offset;
+  } else {
+    /* First open: what the file holds now predates the sink. */
+    FILE *f = fopen(path, "a");
+    if (!f) return sinkbox_fatal(err, "cannot open the output file");
+    fseek(f, 0, SEEK_END);
+    flushed_len = (uint64_t)ftell(f);
+    fclose(f);
+    if (!write_state(flushed_len, -1)) return sinkbox_fatal(err, "cannot write the state file");
+  }
+  /* Drop whatever a crashed flush wrote past the last flushed length. */
+  if (truncate(path, (off_t)flushed_len) != 0 && errno != ENOENT) return sinkbox_fatal(err, "cannot truncate the output file");
+  return true;
+}
+
+bool exports_sinkbox_sink_sink_add(sinkbox_batch_t *batch, sinkbox_error_t *err) {
+  sinkbox_records_t it = sinkbox_records(batch);
+  sinkbox_rejections_t rejected = {0};
+  sinkbox_record_t r;
+  int more;
+  bool ok = true;
+  while ((more = sinkbox_records_next(&it, &r)) == 1) {
+    if ((int64_t)r.offset <= flushed_offset) continue; /* replayed after a restart */
+    if (memchr(r.value, '\n', r.value_len)) {
+      sinkbox_reject(&rejected, r.offset, "value spans several lines");
+    } else if (!sinkbox_json_valid(r.value, r.value_len)) {
+      sinkbox_reject(&rejected, r.offset, "value is not JSON");
+    } else {
+      append(r.value, r.value_len);
+      append((const uint8_t *)"\n", 1);
+      pending_offset = (int64_t)r.offset;
+    }
+  }
+  if (more < 0) ok = sinkbox_fatal(err, "malformed record batch");
+  else if (sinkbox_rejected(err, &rejected)) ok = false;
+  exports_sinkbox_sink_sink_batch_free(batch);
+  return ok;
+}
+
+bool exports_sinkbox_sink_sink_flush(sinkbox_error_t *err) {
+  FILE *f = fopen(path, "a");
+  if (!f) return sinkbox_retryable(err, "cannot open the output file");
+  bool ok = fwrite(buffer, 1, buffer_len, f) == buffer_len && fflush(f) == 0 && fsync(fileno(f)) == 0;
+  ok = fclose(f) == 0 && ok;
+  if (!ok) return sinkbox_retryable(err, "cannot write the output file");
+  int64_t offset = pending_offset > flushed_offset ? pending_offset : flushed_offset;
+  if (!write_state(flushed_len + buffer_len, offset)) return sinkbox_retryable(err, "cannot write the state file");
+  flushed_len += buffer_len;
+  flushed_offset = offset;
+  buffer_len = 0;
+  return true;
+}
+
+void exports_sinkbox_sink_sink_abort(void) {
+  buffer_len = 0;
+  pending_offset = flushed_offset;
+}
+
+bool exports_sinkbox_sink_sink_close(sinkbox_error_t *err) {
+  (void)err;
+  free(buffer);
+  buffer = NULL;
+  buffer_len = buffer_cap = 0;
+  return true;
+}
