@@ -23,7 +23,6 @@ import { log as hostLog } from 'sinkbox:sink/host@0.1.0';
 import preopens from 'wasi:filesystem/preopens@0.2.12';
 
 const NO_KEY = 0xffffffff;
-const NO_TIMESTAMP = -(2n ** 63n);
 
 /** The destination is overloaded: the runtime aborts, waits, replays. */
 export class Backpressure extends Error {
@@ -50,8 +49,21 @@ export class RejectedRecords extends Error {
 /** The instance is broken: the runtime replaces it and replays. */
 export class Fatal extends Error {}
 
-// UTF-8 by hand: QuickJS has no TextEncoder/TextDecoder.
+// UTF-8 by hand: QuickJS has no TextEncoder/TextDecoder. ASCII, the common
+// case for JSON, takes a fast path through String.fromCharCode.
 export function utf8Decode(bytes) {
+  let ascii = true;
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i] > 0x7f) {
+      ascii = false;
+      break;
+    }
+  }
+  if (ascii) {
+    let text = '';
+    for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
+    return text;
+  }
   let out = '';
   for (let i = 0; i < bytes.length; ) {
     const b = bytes[i++];
@@ -109,8 +121,11 @@ export function decode(data, count) {
   const records = [];
   let pos = 0;
   for (let n = 0; n < count; n++) {
-    const offset = Number(view.getBigUint64(pos, true));
-    const ts = view.getBigInt64(pos + 8, true);
+    // 64-bit fields as two halves: BigInt arithmetic is slow in QuickJS.
+    const offset = view.getUint32(pos, true) + view.getUint32(pos + 4, true) * 4294967296;
+    const tsLow = view.getUint32(pos + 8, true);
+    const tsHigh = view.getInt32(pos + 12, true);
+    const noTimestamp = tsHigh === -2147483648 && tsLow === 0;
     const keyLen = view.getUint32(pos + 16, true);
     const valueLen = view.getUint32(pos + 20, true);
     const headerCount = view.getUint32(pos + 24, true);
@@ -131,7 +146,7 @@ export function decode(data, count) {
       headers.push([name, data.subarray(pos + 4, pos + 4 + len)]);
       pos += 4 + len;
     }
-    records.push(new Record(offset, ts === NO_TIMESTAMP ? null : Number(ts), key, value, headers));
+    records.push(new Record(offset, noTimestamp ? null : tsHigh * 4294967296 + tsLow, key, value, headers));
   }
   if (pos !== data.byteLength) throw new Fatal(`malformed record batch: ${data.byteLength - pos} bytes left over`);
   return records;

@@ -1,8 +1,8 @@
 //! Sinkbox's benchmarks: one table, written to BENCHMARKS.md.
 //!
 //! `cargo bench -p sinkbox --bench sinkbox [-- SECTION...]` where SECTION is
-//! any of `boundary realistic limits instantiate coldstart e2e` (default:
-//! all). Every comparison runs both sides in this one process, interleaved
+//! any of `boundary realistic limits instantiate coldstart e2e languages`
+//! (default: all). Every comparison runs both sides in this one process, interleaved
 //! sample by sample, and reports medians and their ratio; this machine is
 //! noisy, so ratios measured side by side are what to read.
 //!
@@ -416,6 +416,97 @@ fn coldstart(ctx: &Ctx, report: &mut Report) {
     }
 }
 
+fn languages(ctx: &Ctx, report: &mut Report) {
+    report.section(
+        "8. One example sink per language: JSON order values to CSV (C: to JSON lines), batch 1000",
+        &[
+            "language",
+            "component",
+            "compile ms",
+            "cached load ms",
+            "instantiate + open p50 µs",
+            "RSS per live instance",
+            "ns/record",
+            "vs Rust",
+        ],
+    );
+    let columns = CSV_CONFIG_COLUMNS;
+    let subjects: [(&str, Vec<u8>, String); 4] = [
+        (
+            "Rust (`builtin:file`)",
+            sinkbox::builtins::get("file").expect("builtin").to_vec(),
+            csv_config("/out/lang-rust.csv"),
+        ),
+        (
+            "Python (componentize-py)",
+            std::fs::read(sinkbox_test_artifacts::PY_CSV_SINK).expect("python example"),
+            format!(r#"{{"path":"/out/lang-py.csv","columns":{columns}}}"#),
+        ),
+        (
+            "JavaScript (jco, QuickJS)",
+            std::fs::read(sinkbox_test_artifacts::JS_CSV_SINK).expect("js example"),
+            format!(r#"{{"path":"/out/lang-js.csv","columns":{columns}}}"#),
+        ),
+        (
+            "C (clang, JSONL)",
+            std::fs::read(sinkbox_test_artifacts::C_JSONL_SINK).expect("c example"),
+            r#"{"path":"/out/lang-c.jsonl"}"#.to_string(),
+        ),
+    ];
+    let (data, count) = encode(1000, order_value);
+    let batch = Batch { topic: "bench".into(), partition: 0, count, data };
+    let mut rows = Vec::new();
+    let mut instances = Vec::new();
+    for (name, bytes, config) in &subjects {
+        let compile = ctx.engine.compile_uncached(bytes, name).expect("compile");
+        let cached = ctx.engine.load(bytes, name).and_then(|_| ctx.engine.load(bytes, name)).expect("load");
+        assert!(cached.load.cached, "cache hit");
+        let mut opens = Vec::new();
+        for _ in 0..30 {
+            let started = Instant::now();
+            drop(black_box(instance(&ctx.engine, &cached, &ctx.grants, config)));
+            opens.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        let before = current_rss();
+        let live: Vec<SinkInstance> = (0..20).map(|_| instance(&ctx.engine, &cached, &ctx.grants, config)).collect();
+        let rss = before.zip(current_rss()).map(|(b, a)| a.saturating_sub(b) as f64 / 20.0);
+        drop(live);
+        rows.push((name, bytes.len(), compile.load.elapsed, cached.load.elapsed, median(opens), rss));
+        instances.push(instance(&ctx.engine, &cached, &ctx.grants, config));
+    }
+    // The per-record cost, interleaved across languages. Interpreted
+    // languages get fewer batches per sample.
+    let calls: Vec<u64> = vec![100, 3, 10, 100];
+    let mut sides: Vec<Box<dyn FnMut() + '_>> = instances
+        .iter_mut()
+        .zip(&calls)
+        .map(|(inst, &n)| Box::new(wasm_adds(inst, &batch, n, true)) as Box<dyn FnMut()>)
+        .collect();
+    let mut ns = Vec::new();
+    for (i, side) in sides.iter_mut().enumerate() {
+        let r = interleaved(calls[i] * 1000, &mut [side.as_mut() as &mut dyn FnMut()]);
+        ns.push(r[0]);
+    }
+    for (i, (name, size, compile, load, open, rss)) in rows.into_iter().enumerate() {
+        report.row(&[
+            name.to_string(),
+            format!("{:.1} MiB", size as f64 / (1 << 20) as f64),
+            format!("{:.0}", compile.as_secs_f64() * 1e3),
+            format!("{:.2}", load.as_secs_f64() * 1e3),
+            format!("{open:.0}"),
+            rss.map_or("n/a".into(), |b| format!("{:.0} KiB", b / 1024.0)),
+            format!("{:.0}", ns[i]),
+            format!("{:.1}x", ns[i] / ns[0]),
+        ]);
+    }
+    report.note(
+        "Compile: wasmtime compiling the component from scratch; cached load: from the compiled-component cache \
+         (issue target: at most 5 ms for Python and JavaScript). Instantiate + open includes the sink's own `open` \
+         (the Python and JavaScript examples read their state file there). RSS: 20 opened instances alive. \
+         ns/record: `add` of 1,000 ~110-byte JSON orders, then `abort`, so no file I/O is timed.",
+    );
+}
+
 fn e2e(ctx: &Ctx, report: &mut Report) {
     let mb: u64 = std::env::var("SINKBOX_BENCH_E2E_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
     report.section(
@@ -533,13 +624,14 @@ fn main() {
     );
     let started = Instant::now();
     type Section = fn(&Ctx, &mut Report);
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("boundary", boundary),
         ("realistic", realistic),
         ("limits", limits),
         ("instantiate", instantiate),
         ("coldstart", coldstart),
         ("e2e", e2e),
+        ("languages", languages),
     ];
     for (name, run) in sections {
         if want(name) {
