@@ -418,7 +418,7 @@ fn coldstart(ctx: &Ctx, report: &mut Report) {
 
 fn languages(ctx: &Ctx, report: &mut Report) {
     report.section(
-        "8. One example sink per language: JSON order values to CSV (C: to JSON lines), batch 1000",
+        "7. One example sink per language: JSON order values to CSV (C: to JSON lines), batch 1000",
         &[
             "language",
             "component",

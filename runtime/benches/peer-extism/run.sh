@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Extism plugin and runs the peer benchmark, which measures the
 # sinkbox blackhole and the same logic under Extism in one process,
-# interleaved, and writes section 7 of BENCHMARKS.md.
+# interleaved, and writes section 8 of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 rustup target add wasm32-unknown-unknown

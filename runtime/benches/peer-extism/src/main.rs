@@ -1,6 +1,6 @@
 //! Peer benchmark: the blackhole sink under Sinkbox against the same logic
 //! as an Extism plugin, in one process, interleaved sample by sample.
-//! Writes section 7 of BENCHMARKS.md (replacing any earlier one).
+//! Writes section 8 of BENCHMARKS.md (replacing any earlier one).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -72,7 +72,7 @@ fn main() {
         rows.push_str(&row);
     }
     let section = format!(
-        "\n## 7. Peer: Extism 1.30 (wasmtime 43) running the same blackhole logic\n\n\
+        "\n## 8. Peer: Extism 1.30 (wasmtime 43) running the same blackhole logic\n\n\
          Command: `runtime/benches/peer-extism/run.sh`. Medians of {SAMPLES} interleaved samples of 1,000,000 \
          records; 100-byte values, 16-byte keys, one header; both sides with a call timeout (epochs) and no fuel.\n\n\
          | batch | sinkbox ns/record | Extism ns/record | Extism / sinkbox |\n| --- | --- | --- | --- |\n{rows}\n\
@@ -81,7 +81,7 @@ fn main() {
     );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../BENCHMARKS.md");
     let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-    if let Some(at) = text.find("\n## 7. Peer") {
+    if let Some(at) = text.find("\n## 8. Peer") {
         text.truncate(at);
     }
     text.push_str(&section);
