@@ -180,10 +180,75 @@ impl Engine {
     }
 
     /// Loads a component from a file, through the cache.
+    ///
+    /// Hashing a large component (a 19 MiB Python one takes ~10 ms) would
+    /// dominate a cached start, so the cache also remembers which compiled
+    /// entry a file had, keyed by the file's identity (device, inode, size,
+    /// modification and change times): an unchanged file loads without
+    /// being read. Any write to the file changes its change time, which a
+    /// user cannot set, so a modified file is always hashed again.
     pub fn load_file(&self, path: &Path) -> Result<SinkComponent> {
+        let origin = path.display().to_string();
+        let memo = self.file_memo(path);
+        if let Some(entry) = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
+            let started = Instant::now();
+            if let Some(component) = self.cache_dir().and_then(|dir| self.deserialize(&dir.join(entry.trim()))) {
+                let pre = self.instantiate_pre(&component, &origin)?;
+                return Ok(SinkComponent { pre, origin, load: LoadInfo { cached: true, elapsed: started.elapsed() } });
+            }
+        }
         let bytes = std::fs::read(path)
-            .map_err(|e| Error::Io { what: format!("cannot read component {}", path.display()), source: e })?;
-        self.load(&bytes, &path.display().to_string())
+            .map_err(|e| Error::Io { what: format!("cannot read component {origin}"), source: e })?;
+        let component = self.load(&bytes, &origin)?;
+        if let (Some(memo), Some(entry)) = (memo, self.cache_path(&bytes)) {
+            let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if let Err(e) = write_atomically(&memo, name.as_bytes()) {
+                tracing::warn!("cannot write the component cache {}: {e}", memo.display());
+            }
+        }
+        Ok(component)
+    }
+
+    fn cache_dir(&self) -> Option<&PathBuf> {
+        self.inner.options.cache_dir.as_ref()
+    }
+
+    /// Where the cache remembers the compiled entry of the file at `path`
+    /// as it is now; `None` without a cache or a file identity.
+    fn file_memo(&self, path: &Path) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.cache_dir()?;
+        let meta = std::fs::metadata(path).ok()?;
+        let canonical = path.canonicalize().ok()?;
+        let mut h = Sha256::new();
+        h.update(canonical.as_os_str().as_encoded_bytes());
+        for n in [meta.dev(), meta.ino(), meta.size()] {
+            h.update(n.to_le_bytes());
+        }
+        for n in [meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()] {
+            h.update(n.to_le_bytes());
+        }
+        h.update(self.inner.settings_hash.to_le_bytes());
+        let hex: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+        Some(dir.join("files").join(hex))
+    }
+
+    /// A compiled entry of the cache, or `None` if it is missing or unusable.
+    fn deserialize(&self, path: &Path) -> Option<Component> {
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `Engine::precompile_component`
+        // of an engine with the same settings hash, in a directory this
+        // user owns; wasmtime also checks the header's version and
+        // settings and refuses a mismatch, which we treat as a miss.
+        match unsafe { Component::deserialize_file(&self.inner.engine, path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!("ignoring unusable cache entry {}: {e}", path.display());
+                None
+            }
+        }
     }
 
     /// Loads a component from its bytes, through the cache. `origin` names
@@ -251,15 +316,8 @@ impl Engine {
         let Some(path) = self.cache_path(bytes) else {
             return Ok((self.compile(bytes, origin)?, false));
         };
-        if path.exists() {
-            // SAFETY: the file was written by `Engine::precompile_component`
-            // of an engine with the same settings hash, in a directory this
-            // user owns; wasmtime also checks the header's version and
-            // settings and refuses a mismatch, which we treat as a miss.
-            match unsafe { Component::deserialize_file(&self.inner.engine, &path) } {
-                Ok(component) => return Ok((component, true)),
-                Err(e) => tracing::warn!("ignoring unusable cache entry {}: {e}", path.display()),
-            }
+        if let Some(component) = self.deserialize(&path) {
+            return Ok((component, true));
         }
         let component = self.compile(bytes, origin)?;
         if let Err(e) = write_cache(&path, &component) {
@@ -269,17 +327,18 @@ impl Engine {
     }
 }
 
-/// Writes a cache entry atomically, so a crash or a concurrent writer never
-/// leaves a torn file that a later run would try to load.
+/// Writes a cache entry atomically.
 fn write_cache(path: &Path, component: &Component) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(std::io::Error::other)?;
+    write_atomically(path, &component.serialize().map_err(std::io::Error::other)?)
+}
+
+/// Writes a file through a temporary and a rename, so a crash or a
+/// concurrent writer never leaves a torn file that a later run would load.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
-        std::process::id()
-    ));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("entry");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

@@ -5,6 +5,7 @@
 //! assert exact outcomes: output files, dead letters, committed offsets and
 //! error text.
 
+mod cache;
 mod cli;
 mod compliance;
 mod crash;
