@@ -199,8 +199,8 @@ impl Engine {
         }
         let bytes = std::fs::read(path)
             .map_err(|e| Error::Io { what: format!("cannot read component {origin}"), source: e })?;
-        let component = self.load(&bytes, &origin)?;
-        if let (Some(memo), Some(entry)) = (memo, self.cache_path(&bytes)) {
+        let (component, entry) = self.load_entry(&bytes, &origin)?;
+        if let (Some(memo), Some(entry)) = (memo, entry) {
             let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if let Err(e) = write_atomically(&memo, name.as_bytes()) {
                 tracing::warn!("cannot write the component cache {}: {e}", memo.display());
@@ -254,16 +254,22 @@ impl Engine {
     /// Loads a component from its bytes, through the cache. `origin` names
     /// it in messages.
     pub fn load(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
+        self.load_entry(bytes, origin).map(|(component, _)| component)
+    }
+
+    /// [`Engine::load`], also returning the cache entry's path.
+    fn load_entry(&self, bytes: &[u8], origin: &str) -> Result<(SinkComponent, Option<PathBuf>)> {
         let started = Instant::now();
-        let (component, cached) = self.compile_cached(bytes, origin)?;
+        let (component, cached, entry) = self.compile_cached(bytes, origin)?;
         let pre = self.instantiate_pre(&component, origin)?;
-        Ok(SinkComponent { pre, origin: origin.to_string(), load: LoadInfo { cached, elapsed: started.elapsed() } })
+        let load = LoadInfo { cached, elapsed: started.elapsed() };
+        Ok((SinkComponent { pre, origin: origin.to_string(), load }, entry))
     }
 
     /// What a component imports and exports, and whether it is a sink; for
     /// `sinkbox inspect`. Fails only if the bytes are not a component.
     pub fn describe(&self, bytes: &[u8], origin: &str) -> Result<ComponentInfo> {
-        let (component, _) = self.compile_cached(bytes, origin)?;
+        let (component, _, _) = self.compile_cached(bytes, origin)?;
         let ty = component.component_type();
         let engine = &self.inner.engine;
         let imports = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
@@ -312,18 +318,21 @@ impl Engine {
         Some(dir.join(format!("{hex}-{:016x}.cwasm", self.inner.settings_hash)))
     }
 
-    fn compile_cached(&self, bytes: &[u8], origin: &str) -> Result<(Component, bool)> {
+    /// Loads or compiles `bytes`; also returns whether it came from the
+    /// cache and the cache entry's path (hashing large components is costly,
+    /// so callers that need the entry take it from here).
+    fn compile_cached(&self, bytes: &[u8], origin: &str) -> Result<(Component, bool, Option<PathBuf>)> {
         let Some(path) = self.cache_path(bytes) else {
-            return Ok((self.compile(bytes, origin)?, false));
+            return Ok((self.compile(bytes, origin)?, false, None));
         };
         if let Some(component) = self.deserialize(&path) {
-            return Ok((component, true));
+            return Ok((component, true, Some(path)));
         }
         let component = self.compile(bytes, origin)?;
         if let Err(e) = write_cache(&path, &component) {
             tracing::warn!("cannot write the component cache {}: {e}", path.display());
         }
-        Ok((component, false))
+        Ok((component, false, Some(path)))
     }
 }
 
