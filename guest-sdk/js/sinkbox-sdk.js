@@ -1,24 +1,26 @@
 // Write Sinkbox sinks in JavaScript (contract sinkbox:sink@0.2.0).
 //
-// Subclass `Sink`, then export it from your entry module:
+// Subclass `BatchingSink` (or `Sink`), then export it from your entry module:
 //
-//     import { Sink, Rejected, OutputFile, exportSink } from './sinkbox-sdk.js';
+//     import { BatchingSink, OutputFile, exportSink } from './sinkbox-sdk.js';
 //
-//     class Upper extends Sink {
+//     class Upper extends BatchingSink {
 //       open(config, context) {
-//         this.out = OutputFile.open(config.path, context);
-//         this.lines = [];
+//         this.out = new OutputFile(config.path, context);
 //       }
-//       add(record) {
-//         this.lines.push(record.text().toUpperCase());
+//       prepare(record) {
+//         // At add time: a value that is not UTF-8 is dead-lettered at once.
+//         return record.text().toUpperCase() + '\n';
 //       }
-//       flush() {
-//         if (this.lines.length) this.out.append(this.lines.join('\n') + '\n');
-//         this.lines = [];
+//       write(batch) {
+//         this.out.append(batch.items.join(''));
+//       }
+//       snapshot() {
 //         return this.out.snapshot();
 //       }
 //       abort() {
-//         this.lines = [];
+//         super.abort();
+//         this.out.rollback();
 //       }
 //     }
 //
@@ -484,7 +486,11 @@ export function log(level, message, fields = {}) {
 
 /**
  * Base class of a JavaScript sink. Override `open` and `add` (or `addBatch`),
- * and `flush`, `abort`, `status`, `close` as needed.
+ * and `flush`, `snapshot`, `status`, `abort`, `close` as needed.
+ *
+ * The calls, in contract order: `open(config, context)` once, then `add`
+ * (through `addBatch`), `flush` (then `snapshot` when flush returned nothing,
+ * then `status`) and `abort` in any order, then `close`.
  */
 export class Sink {
   /** JSON Schema (an object) of the config, or null. */
@@ -498,7 +504,7 @@ export class Sink {
 
   /** Take one record. Throw `Rejected` to dead-letter it. */
   add(record) {
-    throw new Fatal(`${this.constructor.name} overrides neither add(record) nor addBatch(batch)`);
+    throw new Fatal(`${this.constructor.name} overrides neither add(record) nor addBatch(batch); or subclass BatchingSink`);
   }
 
   /**
@@ -519,15 +525,19 @@ export class Sink {
   }
 
   /**
-   * Make everything taken since the last flush durable. Return a snapshot
-   * (Uint8Array, at most 64 KiB) for a later `open`, or nothing.
+   * Make everything taken since the last flush durable. May return the
+   * snapshot (a Uint8Array of at most 64 KiB) to hand a later `open`;
+   * returning nothing asks `snapshot()` for it.
    */
   flush() {}
+
+  /** The snapshot to commit with this flush, or nothing; called after a `flush` that returned none. */
+  snapshot() {}
 
   /**
    * Counts since the previous call: `{written, warnings, filtered, failures,
    * custom}` (each optional; `custom` an object or [name, count] pairs), or
-   * nothing.
+   * nothing. Called after each successful flush.
    */
   status() {}
 
@@ -536,6 +546,164 @@ export class Sink {
 
   /** Release resources. */
   close() {}
+}
+
+/**
+ * What `BatchingSink.write` gets: what was buffered for one topic partition
+ * since the last flush, never empty.
+ */
+export class SinkBatch {
+  constructor(topic, partition) {
+    /** The topic the records come from. */
+    this.topic = topic;
+    /** The partition within the topic. */
+    this.partition = partition;
+    /** What `prepare` returned for each record kept: the `Record`s unless `prepare` is overridden. */
+    this.items = [];
+    /** The offset (a BigInt) of each item. */
+    this.offsets = [];
+  }
+
+  /** How many items the batch holds. */
+  get length() {
+    return this.items.length;
+  }
+
+  /** Offset of the first item, a BigInt. */
+  get firstOffset() {
+    return this.offsets[0];
+  }
+
+  /** Offset of the last item, a BigInt. */
+  get lastOffset() {
+    return this.offsets[this.offsets.length - 1];
+  }
+
+  [Symbol.iterator]() {
+    return this.items[Symbol.iterator]();
+  }
+}
+
+/**
+ * A sink that buffers records per (topic, partition) and writes them at
+ * `flush`, Quix Streams' BatchingSink model: a destination sink overrides
+ * `open` and `write`. Optionally `prepare` turns each record into what is
+ * buffered (and rejects or skips it at `add` time). `abort` drops the
+ * buffers; `status` reports how many records were written and skipped.
+ * Override `snapshot` (and extend `abort`) for exactly-once output, e.g.
+ * with `OutputFile`.
+ */
+export class BatchingSink extends Sink {
+  constructor() {
+    super();
+    this._batches = new Map();
+    this._skipped = 0;
+    this._written = 0;
+    this._filtered = 0;
+  }
+
+  /**
+   * Called at `add` for each record: returns what to buffer for it (the
+   * record itself by default), undefined or null to skip it (counted as
+   * filtered), or throws `Rejected` to dead-letter it. Reject here rather
+   * than in `write`: a rejection from `flush` returns no snapshot.
+   */
+  prepare(record) {
+    return record;
+  }
+
+  /**
+   * Writes one batch (a `SinkBatch`) durably; called at `flush` for every
+   * topic partition with buffered records, oldest first. Throw `Rejected`
+   * naming a record (or `RejectedRecords`) for records the destination
+   * refused: the others count as written.
+   */
+  write(batch) {
+    throw new Fatal(`${this.constructor.name} does not override write(batch)`);
+  }
+
+  addBatch(batch) {
+    if (this.add !== BatchingSink.prototype.add) {
+      // The author's add decides, per record (and may call super.add).
+      super.addBatch(batch);
+      return;
+    }
+    this._buffer(batch.topic, batch.partition, batch.records);
+  }
+
+  add(record) {
+    this._buffer(record.topic, record.partition, [record]);
+  }
+
+  _buffer(topic, partition, records) {
+    const key = `${partition}\u0000${topic}`;
+    let pending = this._batches.get(key);
+    if (pending === undefined) {
+      pending = new SinkBatch(topic, partition);
+      this._batches.set(key, pending);
+    }
+    let rejected = null;
+    for (const record of records) {
+      let item;
+      try {
+        item = this.prepare(record);
+      } catch (e) {
+        if (!(e instanceof Rejected)) throw e;
+        (rejected ??= []).push({ offset: e.offset ?? record.offset, reason: e.message });
+        continue;
+      }
+      if (item === undefined || item === null) {
+        this._skipped++;
+      } else {
+        pending.items.push(item);
+        pending.offsets.push(record.offset);
+      }
+    }
+    if (pending.items.length === 0) this._batches.delete(key);
+    if (rejected !== null) throw new RejectedRecords(rejected);
+  }
+
+  /** How many items are buffered. */
+  get buffered() {
+    let n = 0;
+    for (const batch of this._batches.values()) n += batch.items.length;
+    return n;
+  }
+
+  flush() {
+    let rejected = null;
+    for (const [key, batch] of [...this._batches]) {
+      let refused = [];
+      try {
+        this.write(batch);
+      } catch (e) {
+        if (e instanceof RejectedRecords) refused = e.rejections;
+        else if (e instanceof Rejected && e.offset !== undefined) refused = [{ offset: e.offset, reason: e.message }];
+        else if (e instanceof Rejected) throw new Fatal(`write rejected a record without naming it (new Rejected(reason, record)): ${e.message}`);
+        else throw e;
+      }
+      this._batches.delete(key);
+      this._written += batch.items.length - refused.length;
+      if (refused.length) (rejected ??= []).push(...refused);
+    }
+    this._filtered += this._skipped;
+    this._skipped = 0;
+    if (rejected !== null) throw new RejectedRecords(rejected);
+  }
+
+  abort() {
+    this._batches.clear();
+    this._skipped = 0;
+    // Counts of a flush that failed half way: its records are replayed.
+    this._written = 0;
+  }
+
+  status() {
+    const status = { written: this._written, filtered: this._filtered };
+    this._written = 0;
+    this._filtered = 0;
+    return status;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -631,7 +799,11 @@ export function exportSink(SinkClass) {
       guarded('add', () => current().addBatch(decodeBatch(batch.topic, batch.partition, batch.count, batch.data)));
     },
     flush() {
-      return guarded('flush', () => lowerSnapshot(current().flush()));
+      return guarded('flush', () => {
+        const sink = current();
+        const returned = sink.flush();
+        return lowerSnapshot(returned === undefined || returned === null ? sink.snapshot() : returned);
+      });
     },
     status() {
       // `status` cannot fail: a sink whose counters throw reports none.
@@ -815,77 +987,123 @@ const grouped = (n) => String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
 /**
  * An append-only output file kept exactly once with runtime snapshots.
  *
- * `OutputFile.open(template, context)` expands `{partition}`/`{lane}` in the
- * path, then:
- * - on a probe instance, touches nothing (`append` then fails);
- * - with a snapshot `{"len": N}`, requires the file to hold at least N bytes
- *   and cuts it back to N (the rest belongs to a checkpoint that was never
- *   committed);
- * - without one, creates the file, refusing one that already holds bytes.
+ * Create it in `open` with `new OutputFile(path, context)`; it applies the
+ * contract's rules: a probe touches nothing; with a snapshot the file is cut
+ * back to the committed length (and must hold at least that much); on a
+ * first run the file must be missing or empty. `{partition}` and `{lane}` in
+ * the path name each instance's own file; a path without them is refused
+ * where instances would share it. Write at flush with `append`, return
+ * `snapshot()` from the sink's `snapshot` (or `flush`) and call `rollback()`
+ * from its `abort`. The file appears with the first bytes appended.
  *
- * `append(text or bytes)` checks that the file is still the one it opened,
- * with the length it left, writes at the end, and syncs; `snapshot()` is the
- * `{"len": N}` snapshot to return from `flush`.
+ * The snapshot is JSON `{"len": N, "path": P}`; one taken for another path
+ * (the config changed) counts as none.
  */
 export class OutputFile {
-  constructor(path, probe, file, length) {
-    /** The expanded path. */
-    this.path = path;
-    /** Whether this belongs to a probe instance (nothing is touched). */
-    this.probe = probe;
-    this._file = file;
-    /** Bytes the file holds: its length at open plus what `append` wrote. */
-    this.length = length;
-  }
-
-  static open(template, context) {
-    const path = context.expand(template);
-    if (context.lanes > 1 && !String(template).includes('{lane}')) {
-      throw new Fatal(`output path "${template}" has no {lane} placeholder but the sink runs ${context.lanes} lanes, which would all write ${path}`);
+  constructor(path, context) {
+    path = String(path);
+    if (context.lanes > 1 && !path.includes('{lane}')) {
+      throw new Fatal(`output path ${path} has no {lane} placeholder but the sink runs ${context.lanes} lanes, whose instances would write the same file`);
     }
-    if (context.partition !== 0 && !String(template).includes('{partition}')) {
-      throw new Fatal(`output path "${template}" has no {partition} placeholder but this instance serves partition ${context.partition}; every partition would write ${path}`);
+    if (context.partition !== 0 && !path.includes('{partition}')) {
+      throw new Fatal(
+        `output path ${path} has no {partition} placeholder but this instance serves partition ${context.partition}, so the partitions' instances would write the same file`,
+      );
     }
-    if (context.probe) return new OutputFile(path, true, null, 0);
-    const committed = context.snapshotJson();
-    if (committed === undefined) {
-      const file = files.open(path, true);
-      const size = wasi('stat', path, () => Number(file.stat().size));
-      if (size > 0) {
-        throw new Fatal(`output ${path} already holds ${grouped(size)} bytes this pipeline did not write; remove it or choose another path`);
+    /** The file's path, placeholders filled in. */
+    this.path = context.expand(path);
+    /** Whether this belongs to a probe instance, which must not touch the file. */
+    this.probe = context.probe;
+    this._file = null;
+    const committed = this._committed(context.snapshot);
+    let length = committed ?? 0;
+    if (!this.probe) {
+      // A probe runs beside the live instance: no truncation, no check that
+      // could race with its writes.
+      const stat = files.stat(this.path);
+      if (committed === undefined) {
+        if (stat !== null && stat.size > 0) {
+          throw new Fatal(`output ${this.path} already holds ${grouped(stat.size)} bytes this pipeline did not write; remove it or choose another path`);
+        }
+      } else if (stat === null) {
+        if (committed > 0) {
+          throw new Fatal(`output ${this.path} is missing but ${grouped(committed)} bytes were committed: it was deleted or moved outside sinkbox`);
+        }
+      } else if (stat.size < committed) {
+        throw new Fatal(`output ${this.path} is ${grouped(stat.size)} bytes but ${grouped(committed)} were committed: it was truncated or replaced outside sinkbox`);
       }
-      return new OutputFile(path, false, file, 0);
+      if (stat !== null) {
+        this._file = files.open(this.path, false);
+        // Written by a flush whose checkpoint was not committed: those
+        // records are replayed.
+        if (stat.size > length) this._truncate(length);
+      }
     }
-    const len = committed && committed.len;
-    if (!Number.isSafeInteger(len) || len < 0) {
-      throw new Fatal(`the committed snapshot of ${path} names no length (${utf8Decode(context.snapshot)}); it was not written by OutputFile`);
-    }
-    const stat = files.stat(path);
-    if (stat === null) {
-      throw new Fatal(`output ${path} is missing but ${grouped(len)} bytes were committed: it was deleted or moved outside sinkbox`);
-    }
-    if (stat.size < len) {
-      throw new Fatal(`output ${path} is ${grouped(stat.size)} bytes but ${grouped(len)} were committed: it was truncated or replaced outside sinkbox`);
-    }
-    const file = files.open(path, false);
-    // Bytes past the snapshot belong to a checkpoint that was never committed.
-    if (stat.size > len) {
-      wasi('truncate', path, () => file.setSize(len));
-      wasi('sync', path, () => file.syncData());
-    }
-    return new OutputFile(path, false, file, len);
+    /** Bytes in the file as this sink wrote them (committed or not). */
+    this.length = length;
+    this._flushed = length;
   }
 
-  /** Checks the file (see `check`), then writes `data` (text or a Uint8Array) at the end and syncs. */
+  // The length a snapshot names, or undefined when it names none for this path.
+  _committed(snapshot) {
+    if (snapshot === undefined) return undefined;
+    let state;
+    try {
+      state = JSON.parse(utf8Decode(snapshot));
+    } catch (e) {
+      state = null;
+    }
+    if (state === null || typeof state !== 'object' || !Number.isSafeInteger(state.len) || state.len < 0 || typeof state.path !== 'string') {
+      throw new Fatal(`snapshot ${JSON.stringify(String.fromCharCode.apply(null, snapshot.subarray(0, 100)))} is not one an output file wrote`);
+    }
+    return state.path === this.path ? state.len : undefined;
+  }
+
+  _truncate(length) {
+    wasi('truncate', this.path, () => this._file.setSize(length));
+    wasi('sync', this.path, () => this._file.syncData());
+  }
+
+  /**
+   * Throws `Fatal` unless the file at the path is the one this sink wrote,
+   * `length` bytes long (or still missing when it wrote nothing).
+   */
+  check() {
+    const stat = files.stat(this.path);
+    if (stat === null) {
+      if (this.length > 0 || this._file !== null) {
+        throw new Fatal(`output ${this.path} is missing but the sink had written ${grouped(this.length)} bytes to it: it was deleted or moved outside sinkbox`);
+      }
+      return;
+    }
+    if (this._file !== null && !files.holds(this.path, this._file)) {
+      throw new Fatal(`output ${this.path} was replaced by another file outside sinkbox`);
+    }
+    if (stat.size !== this.length) {
+      throw new Fatal(`output ${this.path} is ${grouped(stat.size)} bytes but the sink wrote ${grouped(this.length)}: it was changed outside sinkbox`);
+    }
+  }
+
+  /**
+   * Appends `data` (text or a Uint8Array) durably, written and synced,
+   * after checking that the file still holds exactly what this sink wrote.
+   */
   append(data) {
-    if (this.probe) throw new Fatal(`a probe instance wrote to ${this.path}`);
-    this.check();
+    if (this.probe) throw new Fatal(`a probe instance must not write its output ${this.path}`);
     const bytes = typeof data === 'string' ? utf8Encode(data) : data;
     if (bytes.length === 0) return;
+    this.check();
+    if (this._file === null) {
+      this._file = files.open(this.path, true);
+      // Make the new directory entry durable where the host allows it.
+      try {
+        files.resolve(this.path)[0].sync();
+      } catch (ignored) {}
+    }
     try {
       writeAll(this._file, this.path, this.length, bytes);
     } catch (e) {
-      // Leave no partial write behind; the snapshot still names `length`.
+      // Leave no partial write behind.
       try {
         this._file.setSize(this.length);
       } catch (ignored) {}
@@ -894,24 +1112,23 @@ export class OutputFile {
     this.length += bytes.length;
   }
 
-  /** Throws `Fatal` when the file at the path is gone, replaced, or not `length` bytes long. */
-  check() {
-    const stat = files.stat(this.path);
-    if (stat === null) {
-      throw new Fatal(`output ${this.path} was deleted outside sinkbox (it held ${grouped(this.length)} bytes)`);
-    }
-    if (!files.holds(this.path, this._file)) {
-      throw new Fatal(`output ${this.path} was replaced by another file outside sinkbox`);
-    }
-    if (stat.size !== this.length) {
-      throw new Fatal(
-        `output ${this.path} is ${grouped(stat.size)} bytes but this sink wrote ${grouped(this.length)}: it was changed outside sinkbox`,
-      );
-    }
+  /**
+   * The snapshot to return from the sink's `snapshot` (or `flush`): the
+   * file's length and path. Marks that length as flushed for `rollback`.
+   */
+  snapshot() {
+    this._flushed = this.length;
+    return jsonSnapshot({ len: this.length, path: this.path });
   }
 
-  /** The snapshot naming the current length, to return from `flush`. */
-  snapshot() {
-    return jsonSnapshot({ len: this.length });
+  /**
+   * Cuts off what was appended since the last `snapshot` (a flush that
+   * failed half way); call it from `abort`.
+   */
+  rollback() {
+    if (!this.probe && this.length > this._flushed) {
+      this._truncate(this._flushed);
+      this.length = this._flushed;
+    }
   }
 }
