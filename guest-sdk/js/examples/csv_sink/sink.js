@@ -1,9 +1,15 @@
 // JSON records to CSV lines in a granted directory, exactly once: the
 // JavaScript twin of the Rust `file` sink in CSV mode.
 //
-// Config: {"path": "/out/orders.csv", "columns": ["id", "total"]}
+// Config: {"path": "/out/orders.csv", "columns": ["id", "total"]}; the path
+// may hold `{partition}` and `{lane}` (required when instances would share it).
+//
+// Exactly once without a state file: each flush returns the file's length as
+// the snapshot, the runtime commits it with the source offsets and hands it
+// back to `open`, which cuts off what a flush wrote after it (those records
+// are replayed). `OutputFile` does the checking and rolling back.
 
-import { Sink, RejectedRecords, exportSink, files, utf8Decode, utf8Encode } from '../../sinkbox-sdk.js';
+import { BatchingSink, Rejected, OutputFile, exportSink } from '../../sinkbox-sdk.js';
 
 function cell(value) {
   if (value === undefined || value === null) return '';
@@ -11,7 +17,7 @@ function cell(value) {
   return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
 }
 
-class CsvSink extends Sink {
+class CsvSink extends BatchingSink {
   static configSchema = {
     type: 'object',
     additionalProperties: false,
@@ -22,64 +28,33 @@ class CsvSink extends Sink {
     },
   };
 
-  open(config) {
-    this.path = config.path;
+  open(config, context) {
     this.columns = config.columns;
-    this.statePath = this.path + '.sinkbox-state';
-    const saved = files.read(this.statePath);
-    if (saved === null) {
-      // First open: what the file holds now predates the sink.
-      this.state = { len: files.size(this.path), offsets: {} };
-      files.replace(this.statePath, utf8Encode(JSON.stringify(this.state)));
-    } else {
-      this.state = JSON.parse(utf8Decode(saved));
+    this.out = new OutputFile(config.path, context);
+  }
+
+  prepare(record) {
+    // At add time, so a bad record goes to the dead-letter queue at once;
+    // json() rejects a value that is not UTF-8 JSON.
+    const value = record.json();
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      throw new Rejected('value is not a JSON object');
     }
-    // Drop whatever a crashed flush wrote past the last flushed length.
-    files.truncate(this.path, this.state.len);
-    this.pending = {};
-    this.startBuffer();
+    return this.columns.map((c) => cell(value[c])).join(',');
   }
 
-  startBuffer() {
-    this.lines = this.state.len === 0 ? [this.columns.map(cell).join(',')] : [];
+  write(batch) {
+    const header = this.out.length === 0 ? this.columns.map(cell).join(',') + '\n' : '';
+    this.out.append(header + batch.items.join('\n') + '\n');
   }
 
-  addBatch(records) {
-    const rejected = [];
-    const done = this.state.offsets['0'] ?? -1;
-    for (const record of records) {
-      // At or below the flushed offset: written before a restart, replayed now.
-      if (record.offset <= done) continue;
-      let value;
-      try {
-        value = record.json();
-      } catch (e) {
-        rejected.push([record.offset, `value is not a JSON object: ${e.message}`]);
-        continue;
-      }
-      if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-        rejected.push([record.offset, 'value is not a JSON object']);
-        continue;
-      }
-      this.lines.push(this.columns.map((c) => cell(value[c])).join(','));
-      this.pending['0'] = record.offset;
-    }
-    if (rejected.length) throw new RejectedRecords(rejected);
-  }
-
-  flush() {
-    const bytes = utf8Encode(this.lines.length ? this.lines.join('\n') + '\n' : '');
-    files.writeAt(this.path, this.state.len, bytes);
-    const state = { len: this.state.len + bytes.length, offsets: { ...this.state.offsets, ...this.pending } };
-    files.replace(this.statePath, utf8Encode(JSON.stringify(state)));
-    this.state = state;
-    this.pending = {};
-    this.startBuffer();
+  snapshot() {
+    return this.out.snapshot();
   }
 
   abort() {
-    this.pending = {};
-    this.startBuffer();
+    super.abort();
+    this.out.rollback();
   }
 }
 
