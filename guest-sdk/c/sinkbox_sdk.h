@@ -1,11 +1,15 @@
-/* Sinkbox C SDK: helpers over the wit-bindgen bindings in bindings/.
+/* Sinkbox C SDK: helpers over the wit-bindgen bindings in bindings/
+ * (contract sinkbox:sink@0.2.0, wit/).
  *
- * A C sink implements the six exports declared in bindings/sink_world.h
- * (exports_sinkbox_sink_sink_open, _add, _flush, _abort, _close,
- * _config_schema). This header adds what the raw bindings lack:
+ * A C sink implements the seven exports declared in bindings/sink_world.h
+ * (exports_sinkbox_sink_sink_config_schema, _open, _add, _flush, _status,
+ * _abort, _close). This header adds what the raw bindings lack:
  *
+ *   - sinkbox_context_view: the context open receives, with C strings;
  *   - sinkbox_records_*: decode the packed batch (wit/types.wit) into record
  *     views that point into the batch buffer (no copies);
+ *   - sinkbox_snapshot_set: the snapshot flush hands the runtime;
+ *   - sinkbox_status_custom: a named counter in what status reports;
  *   - sinkbox_fatal / sinkbox_retryable / sinkbox_backpressure /
  *     sinkbox_rejected: fill the error out-parameter;
  *   - sinkbox_log: log to the host;
@@ -25,9 +29,89 @@
 
 typedef exports_sinkbox_sink_sink_sink_error_t sinkbox_error_t;
 typedef exports_sinkbox_sink_sink_batch_t sinkbox_batch_t;
+typedef exports_sinkbox_sink_sink_sink_status_t sinkbox_status_t;
+
+/* The largest snapshot the runtime keeps (wit/sink.wit). */
+#define SINKBOX_SNAPSHOT_MAX (64u << 10)
+
+/* What an instance serves (wit/types.wit `context`), with NUL-terminated
+ * copies of its strings. */
+typedef struct {
+  char *pipeline;
+  char *sink;
+  char *topic; /* empty when not known yet: the first batch names it */
+  uint32_t partition;
+  uint32_t lane, lanes; /* 0 <= lane < lanes */
+  uint32_t worker_index, worker_count;
+  bool has_snapshot; /* the snapshot of the last committed flush */
+  const uint8_t *snapshot;
+  size_t snapshot_len;
+  bool probe; /* a probe instance: make nothing durable or visible */
+} sinkbox_context_t;
+
+static inline char *sinkbox__cstr(const sink_world_string_t *s) {
+  char *c = malloc(s->len + 1);
+  if (!c) abort();
+  if (s->len) memcpy(c, s->ptr, s->len);
+  c[s->len] = 0;
+  return c;
+}
+
+/* A view of the raw context; its snapshot points into *raw. Release it with
+ * sinkbox_context_release before freeing raw. */
+static inline sinkbox_context_t sinkbox_context_view(const exports_sinkbox_sink_sink_context_t *raw) {
+  sinkbox_context_t c;
+  c.pipeline = sinkbox__cstr(&raw->pipeline);
+  c.sink = sinkbox__cstr(&raw->sink);
+  c.topic = sinkbox__cstr(&raw->topic);
+  c.partition = raw->partition;
+  c.lane = raw->lane;
+  c.lanes = raw->lanes;
+  c.worker_index = raw->worker_index;
+  c.worker_count = raw->worker_count;
+  c.has_snapshot = raw->snapshot.is_some;
+  c.snapshot = raw->snapshot.is_some ? raw->snapshot.val.ptr : NULL;
+  c.snapshot_len = raw->snapshot.is_some ? raw->snapshot.val.len : 0;
+  c.probe = raw->probe;
+  return c;
+}
+
+static inline void sinkbox_context_release(sinkbox_context_t *c) {
+  free(c->pipeline);
+  free(c->sink);
+  free(c->topic);
+  c->pipeline = c->sink = c->topic = NULL;
+}
+
+/* Sets the snapshot flush returns to a copy of bytes (at most
+ * SINKBOX_SNAPSHOT_MAX). */
+static inline void sinkbox_snapshot_set(sink_world_option_list_u8_t *snapshot, const void *bytes, size_t len) {
+  snapshot->is_some = true;
+  snapshot->val.len = len;
+  snapshot->val.ptr = NULL;
+  if (len) {
+    snapshot->val.ptr = malloc(len);
+    if (!snapshot->val.ptr) abort();
+    memcpy(snapshot->val.ptr, bytes, len);
+  }
+}
+
+/* Adds a named counter (a count since the previous status) to status. */
+static inline void sinkbox_status_custom(sinkbox_status_t *status, const char *name, uint64_t count) {
+  sink_world_list_tuple2_string_u64_t *list = &status->custom;
+  sink_world_tuple2_string_u64_t *items = realloc(list->ptr, (list->len + 1) * sizeof *items);
+  if (!items) abort();
+  sink_world_string_dup(&items[list->len].f0, name);
+  items[list->len].f1 = count;
+  list->ptr = items;
+  list->len++;
+}
 
 /* One record, pointing into its batch's buffer. */
 typedef struct {
+  const uint8_t *topic; /* the batch's topic (not NUL-terminated) */
+  size_t topic_len;
+  uint32_t partition;
   uint64_t offset;
   bool has_timestamp;
   int64_t timestamp; /* ms since the Unix epoch */
@@ -41,6 +125,7 @@ typedef struct {
 } sinkbox_record_t;
 
 typedef struct {
+  const sinkbox_batch_t *batch;
   const uint8_t *data;
   size_t len;
   size_t pos;
@@ -56,7 +141,7 @@ static inline uint64_t sinkbox__u64(const uint8_t *p) {
 }
 
 static inline sinkbox_records_t sinkbox_records(const sinkbox_batch_t *batch) {
-  sinkbox_records_t it = {batch->data.ptr, batch->data.len, 0, batch->count};
+  sinkbox_records_t it = {batch, batch->data.ptr, batch->data.len, 0, batch->count};
   return it;
 }
 
@@ -66,6 +151,9 @@ static inline int sinkbox_records_next(sinkbox_records_t *it, sinkbox_record_t *
   if (it->left == 0) return 0;
   if (it->len - it->pos < 28) return -1;
   const uint8_t *p = it->data + it->pos;
+  out->topic = it->batch->topic.ptr;
+  out->topic_len = it->batch->topic.len;
+  out->partition = it->batch->partition;
   out->offset = sinkbox__u64(p);
   int64_t ts = (int64_t)sinkbox__u64(p + 8);
   out->has_timestamp = ts != INT64_MIN;
@@ -110,7 +198,8 @@ static inline bool sinkbox_fatal(sinkbox_error_t *err, const char *message) {
   return false;
 }
 
-/* A transient failure: the runtime aborts and retries with backoff. */
+/* A transient failure: the runtime drops the instance, waits with backoff,
+ * opens a fresh one and replays. */
 static inline bool sinkbox_retryable(sinkbox_error_t *err, const char *message) {
   err->tag = SINKBOX_SINK_TYPES_SINK_ERROR_RETRYABLE;
   sinkbox__string(&err->val.retryable, message);

@@ -3,14 +3,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `sinkbox:sink/host@0.1.0`
+// Imported Functions from `sinkbox:sink/host@0.2.0`
 
-__attribute__((__import_module__("sinkbox:sink/host@0.1.0"), __import_name__("log")))
+__attribute__((__import_module__("sinkbox:sink/host@0.2.0"), __import_name__("log")))
 extern void __wasm_import_sinkbox_sink_host_log(int32_t, uint8_t *, size_t, uint8_t *, size_t);
 
-// Exported Functions from `sinkbox:sink/sink@0.1.0`
+// Exported Functions from `sinkbox:sink/sink@0.2.0`
 
-__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.1.0#config-schema")))
+__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.2.0#config-schema")))
 void __wasm_export_exports_sinkbox_sink_sink_config_schema_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -25,7 +25,7 @@ void __wasm_export_exports_sinkbox_sink_sink_config_schema_post_return(uint8_t *
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.1.0#open")))
+__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.2.0#open")))
 void __wasm_export_exports_sinkbox_sink_sink_open_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -69,7 +69,7 @@ void __wasm_export_exports_sinkbox_sink_sink_open_post_return(uint8_t * arg0) {
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.1.0#add")))
+__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.2.0#add")))
 void __wasm_export_exports_sinkbox_sink_sink_add_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -113,10 +113,27 @@ void __wasm_export_exports_sinkbox_sink_sink_add_post_return(uint8_t * arg0) {
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.1.0#flush")))
+__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.2.0#flush")))
 void __wasm_export_exports_sinkbox_sink_sink_flush_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
+      switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + sizeof(void*)))) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          size_t len = *((size_t*) (arg0 + (3*sizeof(void*))));
+          if (len > 0) {
+            uint8_t *ptr = *((uint8_t **) (arg0 + (2*sizeof(void*))));
+            for (size_t i = 0; i < len; i++) {
+              uint8_t *base = ptr + i * 1;
+              (void) base;
+            }
+            free(ptr);
+          }
+          break;
+        }
+      }
       break;
     }
     case 1: {
@@ -131,17 +148,17 @@ void __wasm_export_exports_sinkbox_sink_sink_flush_post_return(uint8_t * arg0) {
           break;
         }
         case 2: {
-          size_t len = *((size_t*) (arg0 + (3*sizeof(void*))));
-          if (len > 0) {
-            uint8_t *ptr = *((uint8_t **) (arg0 + (2*sizeof(void*))));
-            for (size_t i = 0; i < len; i++) {
-              uint8_t *base = ptr + i * (8+2*sizeof(void*));
+          size_t len0 = *((size_t*) (arg0 + (3*sizeof(void*))));
+          if (len0 > 0) {
+            uint8_t *ptr1 = *((uint8_t **) (arg0 + (2*sizeof(void*))));
+            for (size_t i2 = 0; i2 < len0; i2++) {
+              uint8_t *base = ptr1 + i2 * (8+2*sizeof(void*));
               (void) base;
               if ((*((size_t*) (base + (8+1*sizeof(void*))))) > 0) {
                 free(*((uint8_t **) (base + 8)));
               }
             }
-            free(ptr);
+            free(ptr1);
           }
           break;
         }
@@ -157,8 +174,32 @@ void __wasm_export_exports_sinkbox_sink_sink_flush_post_return(uint8_t * arg0) {
   }
 }
 
+__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.2.0#status")))
+void __wasm_export_exports_sinkbox_sink_sink_status_post_return(uint8_t * arg0) {
+  switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
+    case 0: {
+      break;
+    }
+    case 1: {
+      size_t len = *((size_t*) (arg0 + (40+1*sizeof(void*))));
+      if (len > 0) {
+        uint8_t *ptr = *((uint8_t **) (arg0 + 40));
+        for (size_t i = 0; i < len; i++) {
+          uint8_t *base = ptr + i * (8+2*sizeof(void*));
+          (void) base;
+          if ((*((size_t*) (base + sizeof(void*)))) > 0) {
+            free(*((uint8_t **) (base + 0)));
+          }
+        }
+        free(ptr);
+      }
+      break;
+    }
+  }
+}
 
-__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.1.0#close")))
+
+__attribute__((__weak__, __export_name__("cabi_post_sinkbox:sink/sink@0.2.0#close")))
 void __wasm_export_exports_sinkbox_sink_sink_close_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -213,8 +254,8 @@ void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size) {
   return ret;
 }
 
-__attribute__((__aligned__(sizeof(void*))))
-static uint8_t RET_AREA[(4*sizeof(void*))];
+__attribute__((__aligned__(8)))
+static uint8_t RET_AREA[(40+2*sizeof(void*))];
 
 // Helper Functions
 
@@ -231,6 +272,38 @@ void sink_world_list_u8_free(sink_world_list_u8_t *ptr) {
 void sinkbox_sink_types_batch_free(sinkbox_sink_types_batch_t *ptr) {
   sink_world_string_free(&ptr->topic);
   sink_world_list_u8_free(&ptr->data);
+}
+
+void sink_world_option_list_u8_free(sink_world_option_list_u8_t *ptr) {
+  if (ptr->is_some) {
+    sink_world_list_u8_free(&ptr->val);
+  }
+}
+
+void sinkbox_sink_types_context_free(sinkbox_sink_types_context_t *ptr) {
+  sink_world_string_free(&ptr->pipeline);
+  sink_world_string_free(&ptr->sink);
+  sink_world_string_free(&ptr->topic);
+  sink_world_option_list_u8_free(&ptr->snapshot);
+}
+
+void sink_world_tuple2_string_u64_free(sink_world_tuple2_string_u64_t *ptr) {
+  sink_world_string_free(&ptr->f0);
+}
+
+void sink_world_list_tuple2_string_u64_free(sink_world_list_tuple2_string_u64_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    sink_world_tuple2_string_u64_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      sink_world_tuple2_string_u64_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void sinkbox_sink_types_sink_status_free(sinkbox_sink_types_sink_status_t *ptr) {
+  sink_world_list_tuple2_string_u64_free(&ptr->custom);
 }
 
 void sinkbox_sink_types_rejection_free(sinkbox_sink_types_rejection_t *ptr) {
@@ -288,8 +361,16 @@ void exports_sinkbox_sink_sink_batch_free(exports_sinkbox_sink_sink_batch_t *ptr
   sinkbox_sink_types_batch_free(ptr);
 }
 
+void exports_sinkbox_sink_sink_context_free(exports_sinkbox_sink_sink_context_t *ptr) {
+  sinkbox_sink_types_context_free(ptr);
+}
+
 void exports_sinkbox_sink_sink_sink_error_free(exports_sinkbox_sink_sink_sink_error_t *ptr) {
   sinkbox_sink_types_sink_error_free(ptr);
+}
+
+void exports_sinkbox_sink_sink_sink_status_free(exports_sinkbox_sink_sink_sink_status_t *ptr) {
+  sinkbox_sink_types_sink_status_free(ptr);
 }
 
 void sink_world_option_string_free(sink_world_option_string_t *ptr) {
@@ -302,6 +383,20 @@ void exports_sinkbox_sink_sink_result_void_sink_error_free(exports_sinkbox_sink_
   if (!ptr->is_err) {
   } else {
     exports_sinkbox_sink_sink_sink_error_free(&ptr->val.err);
+  }
+}
+
+void exports_sinkbox_sink_sink_result_option_list_u8_sink_error_free(exports_sinkbox_sink_sink_result_option_list_u8_sink_error_t *ptr) {
+  if (!ptr->is_err) {
+    sink_world_option_list_u8_free(&ptr->val.ok);
+  } else {
+    exports_sinkbox_sink_sink_sink_error_free(&ptr->val.err);
+  }
+}
+
+void exports_sinkbox_sink_sink_option_sink_status_free(exports_sinkbox_sink_sink_option_sink_status_t *ptr) {
+  if (ptr->is_some) {
+    exports_sinkbox_sink_sink_sink_status_free(&ptr->val);
   }
 }
 
@@ -336,7 +431,7 @@ void sinkbox_sink_host_log(sinkbox_sink_host_level_t level, sink_world_string_t 
   __wasm_import_sinkbox_sink_host_log((int32_t) level, (uint8_t *) (*message).ptr, (*message).len, (uint8_t *) (*fields).ptr, (*fields).len);
 }
 
-__attribute__((__export_name__("sinkbox:sink/sink@0.1.0#config-schema")))
+__attribute__((__export_name__("sinkbox:sink/sink@0.2.0#config-schema")))
 uint8_t * __wasm_export_exports_sinkbox_sink_sink_config_schema(void) {
   sink_world_string_t val;
   bool ret = exports_sinkbox_sink_sink_config_schema(&val);
@@ -356,15 +451,40 @@ uint8_t * __wasm_export_exports_sinkbox_sink_sink_config_schema(void) {
   return ptr;
 }
 
-__attribute__((__export_name__("sinkbox:sink/sink@0.1.0#open")))
-uint8_t * __wasm_export_exports_sinkbox_sink_sink_open(uint8_t * arg, size_t arg0) {
-  sink_world_string_t arg1 = (sink_world_string_t) { (uint8_t*)(arg), (arg0) };
+__attribute__((__export_name__("sinkbox:sink/sink@0.2.0#open")))
+uint8_t * __wasm_export_exports_sinkbox_sink_sink_open(uint8_t * arg) {
+  sink_world_option_list_u8_t option;
+  switch ((int32_t) *((uint8_t*) (arg + (16+9*sizeof(void*))))) {
+    case 0: {
+      option.is_some = false;
+      break;
+    }
+    case 1: {
+      option.is_some = true;
+      option.val = (sink_world_list_u8_t) { (uint8_t*)(*((uint8_t **) (arg + (16+10*sizeof(void*))))), (*((size_t*) (arg + (16+11*sizeof(void*))))) };
+      break;
+    }
+  }
+  sink_world_string_t arg0 = (sink_world_string_t) { (uint8_t*)(*((uint8_t **) (arg + 0))), (*((size_t*) (arg + sizeof(void*)))) };
+  exports_sinkbox_sink_sink_context_t arg1 = (sinkbox_sink_types_context_t) {
+    (sink_world_string_t) (sink_world_string_t) { (uint8_t*)(*((uint8_t **) (arg + (2*sizeof(void*))))), (*((size_t*) (arg + (3*sizeof(void*))))) },
+    (sink_world_string_t) (sink_world_string_t) { (uint8_t*)(*((uint8_t **) (arg + (4*sizeof(void*))))), (*((size_t*) (arg + (5*sizeof(void*))))) },
+    (sink_world_string_t) (sink_world_string_t) { (uint8_t*)(*((uint8_t **) (arg + (6*sizeof(void*))))), (*((size_t*) (arg + (7*sizeof(void*))))) },
+    (uint32_t) (uint32_t) (*((int32_t*) (arg + (8*sizeof(void*))))),
+    (uint32_t) (uint32_t) (*((int32_t*) (arg + (4+8*sizeof(void*))))),
+    (uint32_t) (uint32_t) (*((int32_t*) (arg + (8+8*sizeof(void*))))),
+    (uint32_t) (uint32_t) (*((int32_t*) (arg + (12+8*sizeof(void*))))),
+    (uint32_t) (uint32_t) (*((int32_t*) (arg + (16+8*sizeof(void*))))),
+    (sink_world_option_list_u8_t) option,
+    (bool) (int32_t) *((uint8_t*) (arg + (16+12*sizeof(void*)))),
+  };
   exports_sinkbox_sink_sink_result_void_sink_error_t ret;
   exports_sinkbox_sink_sink_sink_error_t err;
-  ret.is_err = !exports_sinkbox_sink_sink_open(&arg1, &err);
+  ret.is_err = !exports_sinkbox_sink_sink_open(&arg0, &arg1, &err);
   if (ret.is_err) {
     ret.val.err = err;
   }
+  free(arg);
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   if ((ret).is_err) {
     const exports_sinkbox_sink_sink_sink_error_t *payload2 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
@@ -403,7 +523,7 @@ uint8_t * __wasm_export_exports_sinkbox_sink_sink_open(uint8_t * arg, size_t arg
   return ptr;
 }
 
-__attribute__((__export_name__("sinkbox:sink/sink@0.1.0#add")))
+__attribute__((__export_name__("sinkbox:sink/sink@0.2.0#add")))
 uint8_t * __wasm_export_exports_sinkbox_sink_sink_add(uint8_t * arg, size_t arg0, int32_t arg1, int32_t arg2, uint8_t * arg3, size_t arg4) {
   exports_sinkbox_sink_sink_batch_t arg5 = (sinkbox_sink_types_batch_t) {
     (sink_world_string_t) (sink_world_string_t) { (uint8_t*)(arg), (arg0) },
@@ -455,58 +575,94 @@ uint8_t * __wasm_export_exports_sinkbox_sink_sink_add(uint8_t * arg, size_t arg0
   return ptr;
 }
 
-__attribute__((__export_name__("sinkbox:sink/sink@0.1.0#flush")))
+__attribute__((__export_name__("sinkbox:sink/sink@0.2.0#flush")))
 uint8_t * __wasm_export_exports_sinkbox_sink_sink_flush(void) {
-  exports_sinkbox_sink_sink_result_void_sink_error_t ret;
+  exports_sinkbox_sink_sink_result_option_list_u8_sink_error_t ret;
+  sink_world_option_list_u8_t ok;
   exports_sinkbox_sink_sink_sink_error_t err;
-  ret.is_err = !exports_sinkbox_sink_sink_flush(&err);
+  ret.is_err = !exports_sinkbox_sink_sink_flush(&ok, &err);
   if (ret.is_err) {
     ret.val.err = err;
   }
+  if (!ret.is_err) {
+    ret.val.ok = ok;
+  }
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   if ((ret).is_err) {
-    const exports_sinkbox_sink_sink_sink_error_t *payload0 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
-    switch ((int32_t) (*payload0).tag) {
+    const exports_sinkbox_sink_sink_sink_error_t *payload2 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
+    switch ((int32_t) (*payload2).tag) {
       case 0: {
-        const uint32_t *payload1 = &(*payload0).val.backpressure;
+        const uint32_t *payload3 = &(*payload2).val.backpressure;
         *((int8_t*)(ptr + sizeof(void*))) = 0;
-        *((int32_t*)(ptr + (2*sizeof(void*)))) = (int32_t) (*payload1);
+        *((int32_t*)(ptr + (2*sizeof(void*)))) = (int32_t) (*payload3);
         break;
       }
       case 1: {
-        const sink_world_string_t *payload2 = &(*payload0).val.retryable;
+        const sink_world_string_t *payload4 = &(*payload2).val.retryable;
         *((int8_t*)(ptr + sizeof(void*))) = 1;
-        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload2).len;
-        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload2).ptr;
-        break;
-      }
-      case 2: {
-        const sinkbox_sink_types_list_rejection_t *payload3 = &(*payload0).val.rejected;
-        *((int8_t*)(ptr + sizeof(void*))) = 2;
-        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload3).len;
-        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload3).ptr;
-        break;
-      }
-      case 3: {
-        const sink_world_string_t *payload4 = &(*payload0).val.fatal;
-        *((int8_t*)(ptr + sizeof(void*))) = 3;
         *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload4).len;
         *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload4).ptr;
         break;
       }
+      case 2: {
+        const sinkbox_sink_types_list_rejection_t *payload5 = &(*payload2).val.rejected;
+        *((int8_t*)(ptr + sizeof(void*))) = 2;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload5).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload5).ptr;
+        break;
+      }
+      case 3: {
+        const sink_world_string_t *payload6 = &(*payload2).val.fatal;
+        *((int8_t*)(ptr + sizeof(void*))) = 3;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload6).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload6).ptr;
+        break;
+      }
     }
+  } else {
+    const sink_world_option_list_u8_t *payload = &(ret).val.ok;*((int8_t*)(ptr + 0)) = 0;
+    if ((*payload).is_some) {
+      const sink_world_list_u8_t *payload1 = &(*payload).val;
+      *((int8_t*)(ptr + sizeof(void*))) = 1;
+      *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload1).len;
+      *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload1).ptr;
+    } else {
+      *((int8_t*)(ptr + sizeof(void*))) = 0;
+    }
+  }
+  return ptr;
+}
+
+__attribute__((__export_name__("sinkbox:sink/sink@0.2.0#status")))
+uint8_t * __wasm_export_exports_sinkbox_sink_sink_status(void) {
+  exports_sinkbox_sink_sink_sink_status_t val;
+  bool ret = exports_sinkbox_sink_sink_status(&val);
+
+  exports_sinkbox_sink_sink_option_sink_status_t ret0;
+  ret0.is_some = ret;
+  ret0.val = val;
+  uint8_t *ptr = (uint8_t *) &RET_AREA;
+  if ((ret0).is_some) {
+    const exports_sinkbox_sink_sink_sink_status_t *payload1 = &(ret0).val;
+    *((int8_t*)(ptr + 0)) = 1;
+    *((int64_t*)(ptr + 8)) = (int64_t) ((*payload1).written);
+    *((int64_t*)(ptr + 16)) = (int64_t) ((*payload1).warnings);
+    *((int64_t*)(ptr + 24)) = (int64_t) ((*payload1).filtered);
+    *((int64_t*)(ptr + 32)) = (int64_t) ((*payload1).failures);
+    *((size_t*)(ptr + (40+1*sizeof(void*)))) = ((*payload1).custom).len;
+    *((uint8_t **)(ptr + 40)) = (uint8_t *) ((*payload1).custom).ptr;
   } else {
     *((int8_t*)(ptr + 0)) = 0;
   }
   return ptr;
 }
 
-__attribute__((__export_name__("sinkbox:sink/sink@0.1.0#abort")))
+__attribute__((__export_name__("sinkbox:sink/sink@0.2.0#abort")))
 void __wasm_export_exports_sinkbox_sink_sink_abort(void) {
   exports_sinkbox_sink_sink_abort();
 }
 
-__attribute__((__export_name__("sinkbox:sink/sink@0.1.0#close")))
+__attribute__((__export_name__("sinkbox:sink/sink@0.2.0#close")))
 uint8_t * __wasm_export_exports_sinkbox_sink_sink_close(void) {
   exports_sinkbox_sink_sink_result_void_sink_error_t ret;
   exports_sinkbox_sink_sink_sink_error_t err;

@@ -42,9 +42,11 @@ typedef struct {
 // header-count times:  u32 name-len, name (UTF-8), u32 value-len, value
 // ```
 // 
-// Offsets increase strictly within a batch and across the batches of a
-// partition, so a sink can deduplicate a replay by remembering the
-// highest offset it made durable.
+// Offsets increase strictly within a batch and across the batches one
+// instance receives. The runtime never reuses a (topic, partition,
+// offset) for a different record: a source whose stream was replaced
+// (a new file at the same path, a new stdin) is refused, or starts
+// over only when the operator resets the pipeline.
 typedef struct sinkbox_sink_types_batch_t {
   // The stream the records come from (for a file source, its path).
   sink_world_string_t   topic;
@@ -56,11 +58,79 @@ typedef struct sinkbox_sink_types_batch_t {
   sink_world_list_u8_t   data;
 } sinkbox_sink_types_batch_t;
 
+typedef struct {
+  bool is_some;
+  sink_world_list_u8_t val;
+} sink_world_option_list_u8_t;
+
+// What an instance serves, given to `open`.
+// 
+// An instance serves one sink of one pipeline and one lane of one
+// partition: a partitioned source (Kafka) gets an instance per
+// partition, and a sink with `lanes = N` over a single-partition
+// source gets N instances, each taking the records whose key hashes to
+// its lane (records without a key go round-robin by batch).
+typedef struct sinkbox_sink_types_context_t {
+  // The pipeline's name.
+  sink_world_string_t   pipeline;
+  // The sink's name in the pipeline.
+  sink_world_string_t   sink;
+  // The topic this instance serves; empty when it is not known yet
+  // (the first batch names it).
+  sink_world_string_t   topic;
+  // The partition this instance serves.
+  uint32_t   partition;
+  // The lane within the partition, `0 <= lane < lanes`.
+  uint32_t   lane;
+  // How many lanes the partition is spread over (1 by default).
+  uint32_t   lanes;
+  // This instance's index among the sink's instances in this
+  // process, and their count (Bytewax's worker index and count).
+  uint32_t   worker_index;
+  // See `worker-index`.
+  uint32_t   worker_count;
+  // The snapshot the instance serving this sink, partition and lane
+  // returned from its last `flush` whose checkpoint was committed;
+  // none when nothing was committed yet (or after a reset).
+  sink_world_option_list_u8_t   snapshot;
+  // A probe instance (see `sink.open`): it only receives `add`, then
+  // `abort` and `close`, and must make nothing durable or visible.
+  bool   probe;
+} sinkbox_sink_types_context_t;
+
+typedef struct {
+  sink_world_string_t f0;
+  uint64_t f1;
+} sink_world_tuple2_string_u64_t;
+
+typedef struct {
+  sink_world_tuple2_string_u64_t *ptr;
+  size_t len;
+} sink_world_list_tuple2_string_u64_t;
+
+// Counts a sink knows about itself, reported after a successful
+// `flush`. Each value is the count since the previous report of the
+// same instance; the runtime adds them up per sink.
+typedef struct sinkbox_sink_types_sink_status_t {
+  // Records written to the destination.
+  uint64_t   written;
+  // Warnings (records written with a problem).
+  uint64_t   warnings;
+  // Records deliberately skipped (filtered out) by the sink.
+  uint64_t   filtered;
+  // Failures the sink handled itself.
+  uint64_t   failures;
+  // Named counters of the sink's own; at most 32 names of at most
+  // 64 bytes are kept, the rest are dropped with a warning.
+  sink_world_list_tuple2_string_u64_t   custom;
+} sinkbox_sink_types_sink_status_t;
+
 // One record a sink refused.
 typedef struct sinkbox_sink_types_rejection_t {
   // The record's offset, as given in the batch.
   uint64_t   offset;
-  // Why it was refused; written to the dead-letter queue.
+  // Why it was refused; written to the dead-letter queue (the host
+  // keeps at most 4 KiB of it).
   sink_world_string_t   reason;
 } sinkbox_sink_types_rejection_t;
 
@@ -82,13 +152,15 @@ typedef struct sinkbox_sink_types_sink_error_t {
 } sinkbox_sink_types_sink_error_t;
 
 // The destination is overloaded. The runtime calls `abort`, waits
-// this many milliseconds, and replays the current checkpoint from
-// its start. Backpressure is not counted as a failed attempt.
+// this many milliseconds (capped by the operator's `max_wait`), and
+// replays the current checkpoint from its start. Backpressure is
+// not counted as a failed attempt.
 #define SINKBOX_SINK_TYPES_SINK_ERROR_BACKPRESSURE 0
-// A transient failure (timeout, lost connection). The runtime calls
-// `abort`, waits with exponential backoff and replays the
-// checkpoint; when the configured attempts run out the pipeline
-// stops and the checkpoint's offsets stay uncommitted.
+// A transient failure (timeout, lost connection). The runtime
+// drops the instance, waits with exponential backoff, opens a
+// fresh instance and replays the checkpoint; when the configured
+// attempts run out the pipeline stops and the checkpoint's offsets
+// stay uncommitted.
 #define SINKBOX_SINK_TYPES_SINK_ERROR_RETRYABLE 1
 // These records can never be written (bad shape, refused by the
 // destination). They go to the dead-letter queue with the reason;
@@ -122,7 +194,11 @@ typedef struct {
 
 typedef sinkbox_sink_types_batch_t exports_sinkbox_sink_sink_batch_t;
 
+typedef sinkbox_sink_types_context_t exports_sinkbox_sink_sink_context_t;
+
 typedef sinkbox_sink_types_sink_error_t exports_sinkbox_sink_sink_sink_error_t;
+
+typedef sinkbox_sink_types_sink_status_t exports_sinkbox_sink_sink_sink_status_t;
 
 typedef struct {
   bool is_some;
@@ -136,17 +212,31 @@ typedef struct {
   } val;
 } exports_sinkbox_sink_sink_result_void_sink_error_t;
 
-// Imported Functions from `sinkbox:sink/host@0.1.0`
+typedef struct {
+  bool is_err;
+  union {
+    sink_world_option_list_u8_t ok;
+    exports_sinkbox_sink_sink_sink_error_t err;
+  } val;
+} exports_sinkbox_sink_sink_result_option_list_u8_sink_error_t;
+
+typedef struct {
+  bool is_some;
+  exports_sinkbox_sink_sink_sink_status_t val;
+} exports_sinkbox_sink_sink_option_sink_status_t;
+
+// Imported Functions from `sinkbox:sink/host@0.2.0`
 // Write a structured log line, attributed to the calling sink. `fields`
 // are key/value pairs added to the line. Never fails; the host may drop
 // messages below its configured level.
 extern void sinkbox_sink_host_log(sinkbox_sink_host_level_t level, sink_world_string_t *message, sink_world_list_tuple2_string_string_t *fields);
 
-// Exported Functions from `sinkbox:sink/sink@0.1.0`
+// Exported Functions from `sinkbox:sink/sink@0.2.0`
 bool exports_sinkbox_sink_sink_config_schema(sink_world_string_t *ret);
-bool exports_sinkbox_sink_sink_open(sink_world_string_t *config, exports_sinkbox_sink_sink_sink_error_t *err);
+bool exports_sinkbox_sink_sink_open(sink_world_string_t *config, exports_sinkbox_sink_sink_context_t *context, exports_sinkbox_sink_sink_sink_error_t *err);
 bool exports_sinkbox_sink_sink_add(exports_sinkbox_sink_sink_batch_t *batch, exports_sinkbox_sink_sink_sink_error_t *err);
-bool exports_sinkbox_sink_sink_flush(exports_sinkbox_sink_sink_sink_error_t *err);
+bool exports_sinkbox_sink_sink_flush(sink_world_option_list_u8_t *ret, exports_sinkbox_sink_sink_sink_error_t *err);
+bool exports_sinkbox_sink_sink_status(exports_sinkbox_sink_sink_sink_status_t *ret);
 void exports_sinkbox_sink_sink_abort(void);
 bool exports_sinkbox_sink_sink_close(exports_sinkbox_sink_sink_sink_error_t *err);
 
@@ -155,6 +245,16 @@ bool exports_sinkbox_sink_sink_close(exports_sinkbox_sink_sink_sink_error_t *err
 void sink_world_list_u8_free(sink_world_list_u8_t *ptr);
 
 void sinkbox_sink_types_batch_free(sinkbox_sink_types_batch_t *ptr);
+
+void sink_world_option_list_u8_free(sink_world_option_list_u8_t *ptr);
+
+void sinkbox_sink_types_context_free(sinkbox_sink_types_context_t *ptr);
+
+void sink_world_tuple2_string_u64_free(sink_world_tuple2_string_u64_t *ptr);
+
+void sink_world_list_tuple2_string_u64_free(sink_world_list_tuple2_string_u64_t *ptr);
+
+void sinkbox_sink_types_sink_status_free(sinkbox_sink_types_sink_status_t *ptr);
 
 void sinkbox_sink_types_rejection_free(sinkbox_sink_types_rejection_t *ptr);
 
@@ -168,11 +268,19 @@ void sink_world_list_tuple2_string_string_free(sink_world_list_tuple2_string_str
 
 void exports_sinkbox_sink_sink_batch_free(exports_sinkbox_sink_sink_batch_t *ptr);
 
+void exports_sinkbox_sink_sink_context_free(exports_sinkbox_sink_sink_context_t *ptr);
+
 void exports_sinkbox_sink_sink_sink_error_free(exports_sinkbox_sink_sink_sink_error_t *ptr);
+
+void exports_sinkbox_sink_sink_sink_status_free(exports_sinkbox_sink_sink_sink_status_t *ptr);
 
 void sink_world_option_string_free(sink_world_option_string_t *ptr);
 
 void exports_sinkbox_sink_sink_result_void_sink_error_free(exports_sinkbox_sink_sink_result_void_sink_error_t *ptr);
+
+void exports_sinkbox_sink_sink_result_option_list_u8_sink_error_free(exports_sinkbox_sink_sink_result_option_list_u8_sink_error_t *ptr);
+
+void exports_sinkbox_sink_sink_option_sink_status_free(exports_sinkbox_sink_sink_option_sink_status_t *ptr);
 
 // Sets the string `ret` to reference the input string `s` without copying it
 void sink_world_string_set(sink_world_string_t *ret, const char*s);

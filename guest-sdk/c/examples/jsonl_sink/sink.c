@@ -66,7 +66,9 @@ bool exports_sinkbox_sink_sink_config_schema(sink_world_string_t *ret) {
   return true;
 }
 
-bool exports_sinkbox_sink_sink_open(sink_world_string_t *config, sinkbox_error_t *err) {
+bool exports_sinkbox_sink_sink_open(sink_world_string_t *config, exports_sinkbox_sink_sink_context_t *context,
+                                    sinkbox_error_t *err) {
+  exports_sinkbox_sink_sink_context_free(context);
   bool ok = parse_config(config, err);
   sink_world_string_free(config);
   if (!ok) return false;
@@ -117,7 +119,8 @@ bool exports_sinkbox_sink_sink_add(sinkbox_batch_t *batch, sinkbox_error_t *err)
   return ok;
 }
 
-bool exports_sinkbox_sink_sink_flush(sinkbox_error_t *err) {
+bool exports_sinkbox_sink_sink_flush(sink_world_option_list_u8_t *snapshot, sinkbox_error_t *err) {
+  snapshot->is_some = false;
   FILE *f = fopen(path, "a");
   if (!f) return sinkbox_retryable(err, "cannot open the output file");
   bool ok = fwrite(buffer, 1, buffer_len, f) == buffer_len && fflush(f) == 0 && fsync(fileno(f)) == 0;
@@ -129,6 +132,11 @@ bool exports_sinkbox_sink_sink_flush(sinkbox_error_t *err) {
   flushed_offset = offset;
   buffer_len = 0;
   return true;
+}
+
+bool exports_sinkbox_sink_sink_status(sinkbox_status_t *ret) {
+  (void)ret;
+  return false;
 }
 
 void exports_sinkbox_sink_sink_abort(void) {
