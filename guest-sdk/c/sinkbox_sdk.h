@@ -30,6 +30,8 @@
 typedef exports_sinkbox_sink_sink_sink_error_t sinkbox_error_t;
 typedef exports_sinkbox_sink_sink_batch_t sinkbox_batch_t;
 typedef exports_sinkbox_sink_sink_sink_status_t sinkbox_status_t;
+/* What flush hands back to the runtime; set it with sinkbox_snapshot_set. */
+typedef sink_world_option_list_u8_t sinkbox_snapshot_t;
 
 /* The largest snapshot the runtime keeps (wit/sink.wit). */
 #define SINKBOX_SNAPSHOT_MAX (64u << 10)
@@ -85,7 +87,8 @@ static inline void sinkbox_context_release(sinkbox_context_t *c) {
 
 /* Sets the snapshot flush returns to a copy of bytes (at most
  * SINKBOX_SNAPSHOT_MAX). */
-static inline void sinkbox_snapshot_set(sink_world_option_list_u8_t *snapshot, const void *bytes, size_t len) {
+static inline void sinkbox_snapshot_set(sinkbox_snapshot_t *snapshot, const void *bytes, size_t len) {
+  sink_world_option_list_u8_free(snapshot);
   snapshot->is_some = true;
   snapshot->val.len = len;
   snapshot->val.ptr = NULL;
@@ -366,5 +369,119 @@ static inline bool sinkbox_json_valid(const uint8_t *bytes, size_t len) {
   sinkbox__ws(&j);
   return j.i == j.len;
 }
+
+/* --- SINKBOX_EXPORT: a sink as plain C callbacks -------------------------- */
+
+/* A JSON document handed to a callback: the config in open. `what` names it
+ * in error messages ("config"). Valid only during the call. */
+typedef struct {
+  const uint8_t *text;
+  size_t len;
+  const char *what;
+} sinkbox_json_t;
+
+/* A sink's callbacks. open, add, flush and abort are required; the others
+ * may be left out. Every callback that returns bool returns true on
+ * success, or fills *err (sinkbox_fatal, sinkbox_rejected, ...) and returns
+ * false. Arguments are valid only during the call and freed by the SDK. */
+typedef struct {
+  /* The JSON Schema of the config, or NULL for none. */
+  const char *config_schema;
+  /* config: a JSON object (the SDK refused anything else with `fatal`);
+   * context: what this instance serves, with its last committed snapshot.
+   * A probe instance (context->probe) must make nothing durable or visible. */
+  bool (*open)(const sinkbox_json_t *config, const sinkbox_context_t *context, sinkbox_error_t *err);
+  /* Take a batch; decode it with sinkbox_records. */
+  bool (*add)(const sinkbox_batch_t *batch, sinkbox_error_t *err);
+  /* Make everything added since the last flush durable; optionally set the
+   * snapshot the runtime hands to a later open (at most 64 KiB). */
+  bool (*flush)(sinkbox_snapshot_t *snapshot, sinkbox_error_t *err);
+  /* Fill counts since the previous call and return true, or return false
+   * for none. NULL: the sink reports none. */
+  bool (*status)(sinkbox_status_t *status);
+  /* Drop everything added since the last successful flush. */
+  void (*abort)(void);
+  /* Release resources. NULL: nothing to release. */
+  bool (*close)(sinkbox_error_t *err);
+} sinkbox_sink_t;
+
+static inline bool sinkbox__export_config_schema(const sinkbox_sink_t *s, sink_world_string_t *ret) {
+  if (!s->config_schema) return false;
+  sink_world_string_dup(ret, s->config_schema);
+  return true;
+}
+
+static inline bool sinkbox__export_open(const sinkbox_sink_t *s, sink_world_string_t *config,
+                                        exports_sinkbox_sink_sink_context_t *raw, sinkbox_error_t *err) {
+  sinkbox_json_t doc = {config->ptr, config->len, "config"};
+  sinkbox_context_t context = sinkbox_context_view(raw);
+  bool ok;
+  if (!s->open || !s->add || !s->flush || !s->abort)
+    ok = sinkbox_fatal(err, "the sink's SINKBOX_EXPORT lacks one of open, add, flush, abort");
+  else if (!sinkbox_json_valid(config->ptr, config->len))
+    ok = sinkbox_fatal(err, "config is not JSON");
+  else
+    ok = s->open(&doc, &context, err);
+  sinkbox_context_release(&context);
+  sink_world_string_free(config);
+  exports_sinkbox_sink_sink_context_free(raw);
+  return ok;
+}
+
+static inline bool sinkbox__export_add(const sinkbox_sink_t *s, sinkbox_batch_t *batch, sinkbox_error_t *err) {
+  bool ok = s->add(batch, err);
+  exports_sinkbox_sink_sink_batch_free(batch);
+  return ok;
+}
+
+static inline bool sinkbox__export_flush(const sinkbox_sink_t *s, sinkbox_snapshot_t *ret, sinkbox_error_t *err) {
+  ret->is_some = false;
+  ret->val.ptr = NULL;
+  ret->val.len = 0;
+  bool ok = s->flush(ret, err);
+  if (ok && ret->is_some && ret->val.len > SINKBOX_SNAPSHOT_MAX)
+    ok = sinkbox_fatal(err, "flush returned a snapshot larger than 64 KiB");
+  if (!ok) {
+    sink_world_option_list_u8_free(ret);
+    ret->is_some = false;
+  }
+  return ok;
+}
+
+static inline bool sinkbox__export_status(const sinkbox_sink_t *s, sinkbox_status_t *ret) {
+  memset(ret, 0, sizeof *ret);
+  return s->status && s->status(ret);
+}
+
+static inline bool sinkbox__export_close(const sinkbox_sink_t *s, sinkbox_error_t *err) {
+  return !s->close || s->close(err);
+}
+
+/* Defines the sink's exports from its callbacks, given as designated
+ * initializers of sinkbox_sink_t; use it once, at file scope:
+ *
+ *   SINKBOX_EXPORT(.open = my_open, .add = my_add, .flush = my_flush, .abort = my_abort);
+ *
+ * The SDK frees what the runtime passes in (config, context, batch), checks
+ * that the config is JSON before open, and checks the snapshot's size. */
+#define SINKBOX_EXPORT(...)                                                                                   \
+  static const sinkbox_sink_t sinkbox__sink = {__VA_ARGS__};                                                  \
+  bool exports_sinkbox_sink_sink_config_schema(sink_world_string_t *ret) {                                    \
+    return sinkbox__export_config_schema(&sinkbox__sink, ret);                                                \
+  }                                                                                                           \
+  bool exports_sinkbox_sink_sink_open(sink_world_string_t *config, exports_sinkbox_sink_sink_context_t *context, \
+                                      sinkbox_error_t *err) {                                                 \
+    return sinkbox__export_open(&sinkbox__sink, config, context, err);                                        \
+  }                                                                                                           \
+  bool exports_sinkbox_sink_sink_add(sinkbox_batch_t *batch, sinkbox_error_t *err) {                          \
+    return sinkbox__export_add(&sinkbox__sink, batch, err);                                                   \
+  }                                                                                                           \
+  bool exports_sinkbox_sink_sink_flush(sinkbox_snapshot_t *ret, sinkbox_error_t *err) {                       \
+    return sinkbox__export_flush(&sinkbox__sink, ret, err);                                                   \
+  }                                                                                                           \
+  bool exports_sinkbox_sink_sink_status(sinkbox_status_t *ret) { return sinkbox__export_status(&sinkbox__sink, ret); } \
+  void exports_sinkbox_sink_sink_abort(void) { sinkbox__sink.abort(); }                                       \
+  bool exports_sinkbox_sink_sink_close(sinkbox_error_t *err) { return sinkbox__export_close(&sinkbox__sink, err); } \
+  typedef int sinkbox__exported_t
 
 #endif

@@ -33,12 +33,11 @@ static void append(const uint8_t *bytes, size_t n) {
 }
 
 /* The config is tiny and ours to define: find "path" without a JSON library. */
-static bool parse_config(const sink_world_string_t *config, sinkbox_error_t *err) {
+static bool parse_config(const sinkbox_json_t *config, sinkbox_error_t *err) {
   char text[1024];
   if (config->len >= sizeof text) return sinkbox_fatal(err, "config too long");
-  memcpy(text, config->ptr, config->len);
+  memcpy(text, config->text, config->len);
   text[config->len] = 0;
-  if (!sinkbox_json_valid((const uint8_t *)text, config->len)) return sinkbox_fatal(err, "config is not JSON");
   const char *key = strstr(text, "\"path\"");
   const char *start = key ? strchr(key + 6, '"') : NULL;
   const char *end = start ? strchr(start + 1, '"') : NULL;
@@ -60,18 +59,9 @@ static bool write_state(uint64_t len, int64_t offset) {
   return ok && rename(tmp, state_path) == 0;
 }
 
-bool exports_sinkbox_sink_sink_config_schema(sink_world_string_t *ret) {
-  sink_world_string_dup(ret, "{\"type\":\"object\",\"required\":[\"path\"],\"additionalProperties\":false,"
-                             "\"properties\":{\"path\":{\"type\":\"string\",\"minLength\":1}}}");
-  return true;
-}
-
-bool exports_sinkbox_sink_sink_open(sink_world_string_t *config, exports_sinkbox_sink_sink_context_t *context,
-                                    sinkbox_error_t *err) {
-  exports_sinkbox_sink_sink_context_free(context);
-  bool ok = parse_config(config, err);
-  sink_world_string_free(config);
-  if (!ok) return false;
+static bool jsonl_open(const sinkbox_json_t *config, const sinkbox_context_t *context, sinkbox_error_t *err) {
+  (void)context;
+  if (!parse_config(config, err)) return false;
   FILE *state = fopen(state_path, "r");
   if (state) {
     unsigned long long len;
@@ -95,7 +85,7 @@ bool exports_sinkbox_sink_sink_open(sink_world_string_t *config, exports_sinkbox
   return true;
 }
 
-bool exports_sinkbox_sink_sink_add(sinkbox_batch_t *batch, sinkbox_error_t *err) {
+static bool jsonl_add(const sinkbox_batch_t *batch, sinkbox_error_t *err) {
   sinkbox_records_t it = sinkbox_records(batch);
   sinkbox_rejections_t rejected = {0};
   sinkbox_record_t r;
@@ -115,12 +105,11 @@ bool exports_sinkbox_sink_sink_add(sinkbox_batch_t *batch, sinkbox_error_t *err)
   }
   if (more < 0) ok = sinkbox_fatal(err, "malformed record batch");
   else if (sinkbox_rejected(err, &rejected)) ok = false;
-  exports_sinkbox_sink_sink_batch_free(batch);
   return ok;
 }
 
-bool exports_sinkbox_sink_sink_flush(sink_world_option_list_u8_t *snapshot, sinkbox_error_t *err) {
-  snapshot->is_some = false;
+static bool jsonl_flush(sinkbox_snapshot_t *snapshot, sinkbox_error_t *err) {
+  (void)snapshot;
   FILE *f = fopen(path, "a");
   if (!f) return sinkbox_retryable(err, "cannot open the output file");
   bool ok = fwrite(buffer, 1, buffer_len, f) == buffer_len && fflush(f) == 0 && fsync(fileno(f)) == 0;
@@ -134,20 +123,19 @@ bool exports_sinkbox_sink_sink_flush(sink_world_option_list_u8_t *snapshot, sink
   return true;
 }
 
-bool exports_sinkbox_sink_sink_status(sinkbox_status_t *ret) {
-  (void)ret;
-  return false;
-}
-
-void exports_sinkbox_sink_sink_abort(void) {
+static void jsonl_abort(void) {
   buffer_len = 0;
   pending_offset = flushed_offset;
 }
 
-bool exports_sinkbox_sink_sink_close(sinkbox_error_t *err) {
+static bool jsonl_close(sinkbox_error_t *err) {
   (void)err;
   free(buffer);
   buffer = NULL;
   buffer_len = buffer_cap = 0;
   return true;
 }
+
+SINKBOX_EXPORT(.config_schema = "{\"type\":\"object\",\"required\":[\"path\"],\"additionalProperties\":false,"
+                                "\"properties\":{\"path\":{\"type\":\"string\",\"minLength\":1}}}",
+               .open = jsonl_open, .add = jsonl_add, .flush = jsonl_flush, .abort = jsonl_abort, .close = jsonl_close);
