@@ -50,22 +50,9 @@ import os
 import struct
 import sys
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import (
-    Any,
-    Callable,
-    ClassVar,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Literal,
-    NamedTuple,
-    Optional,
-    Tuple,
-    Type,
-    TypeVar,
-)
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 __all__ = [
     "Backpressure",
@@ -99,6 +86,7 @@ _FIXED = struct.Struct("<QqIII")
 _LEN = struct.Struct("<I")
 
 Level = Literal["trace", "debug", "info", "warn", "error"]
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- errors
@@ -144,7 +132,7 @@ class Rejected(SinkError):
     ``flush``, :meth:`BatchingSink.write`) pass the record's ``offset``.
     """
 
-    def __init__(self, reason: str, offset: Optional[int] = None) -> None:
+    def __init__(self, reason: str, offset: int | None = None) -> None:
         super().__init__(reason)
         self.reason = str(reason)
         self.offset = None if offset is None else int(offset)
@@ -154,7 +142,7 @@ class RejectedRecords(SinkError):
     """Several records can never be written, given as ``(offset, reason)``
     pairs; every other record of the call counts as accepted."""
 
-    def __init__(self, rejections: Iterable[Tuple[int, str]]) -> None:
+    def __init__(self, rejections: Iterable[tuple[int, str]]) -> None:
         self.rejections = [Rejection(int(o), str(r)) for o, r in rejections]
         super().__init__(f"{len(self.rejections)} records rejected")
 
@@ -184,7 +172,7 @@ class Context:
     worker_count: int = 1
     #: What this sink's ``snapshot()`` returned at the last committed
     #: checkpoint for this partition and lane; None on a first run.
-    snapshot: Optional[bytes] = None
+    snapshot: bytes | None = None
     #: A probe instance: it only gets ``add``, then ``abort`` and ``close``,
     #: and must write nothing, roll nothing back and take no resource the
     #: live instance holds.
@@ -205,21 +193,21 @@ class Status:
     #: Failures the sink handled itself.
     failures: int = 0
     #: The sink's own counters (at most 32 names of at most 64 bytes kept).
-    custom: Dict[str, int] = field(default_factory=dict)
+    custom: dict[str, int] = field(default_factory=dict)
 
 
 class Record:
     """One record of a batch."""
 
-    __slots__ = ("offset", "timestamp", "key", "value", "headers", "topic", "partition")
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
 
     def __init__(
         self,
         offset: int,
-        timestamp: Optional[int],
-        key: Optional[bytes],
+        timestamp: int | None,
+        key: bytes | None,
         value: bytes,
-        headers: List[Tuple[str, bytes]],
+        headers: list[tuple[str, bytes]],
         topic: str = "",
         partition: int = 0,
     ) -> None:
@@ -257,9 +245,9 @@ class Batch:
     """The records of one ``add`` call: one topic partition, never empty,
     offsets strictly increasing."""
 
-    __slots__ = ("topic", "partition", "records")
+    __slots__ = ("partition", "records", "topic")
 
-    def __init__(self, topic: str, partition: int, records: List[Record]) -> None:
+    def __init__(self, topic: str, partition: int, records: list[Record]) -> None:
         self.topic = topic
         self.partition = partition
         self.records = records
@@ -282,7 +270,7 @@ class Batch:
         return f"Batch(topic={self.topic!r}, partition={self.partition}, records={len(self.records)})"
 
 
-def decode(data: bytes, count: int, topic: str = "", partition: int = 0) -> List[Record]:
+def decode(data: bytes, count: int, topic: str = "", partition: int = 0) -> list[Record]:
     """Decodes the packed batch encoding (see wit/types.wit) into records;
     raises :class:`Fatal` on a malformed buffer."""
     view = memoryview(data)
@@ -293,7 +281,7 @@ def decode(data: bytes, count: int, topic: str = "", partition: int = 0) -> List
         for _ in range(count):
             offset, timestamp, key_len, value_len, header_count = unpack(view, pos)
             pos += 28
-            key: Optional[bytes] = None
+            key: bytes | None = None
             if key_len != NO_KEY:
                 key = _take(view, pos, key_len)
                 pos += key_len
@@ -337,7 +325,7 @@ class Sink:
 
     #: JSON Schema (a dict) of the config, or None. The runtime checks
     #: configs against it before ``open`` and in ``sinkbox validate``.
-    config_schema: ClassVar[Optional[Dict[str, Any]]] = None
+    config_schema: ClassVar[dict[str, Any] | None] = None
 
     def open(self, config: Any, context: Context) -> None:
         """Called once, first, with the config (parsed JSON) and the
@@ -365,13 +353,13 @@ class Sink:
     def flush(self) -> None:
         """Makes everything added since the last flush durable."""
 
-    def snapshot(self) -> Optional[bytes]:
+    def snapshot(self) -> bytes | None:
         """Called after each successful ``flush``: the bytes (at most 64 KiB)
         the runtime commits with the checkpoint and hands back to a later
         ``open`` as ``context.snapshot``, or None."""
         return None
 
-    def status(self) -> Optional[Status]:
+    def status(self) -> Status | None:
         """Called after each successful ``flush`` (and ``snapshot``): counts
         since the previous call, or None."""
         return None
@@ -384,23 +372,20 @@ class Sink:
         """Releases resources; what was not flushed is discarded."""
 
 
-T = TypeVar("T")
-
-
 class SinkBatch:
     """What :meth:`BatchingSink.write` gets: the records of one topic
     partition buffered since the last flush, never empty."""
 
-    __slots__ = ("topic", "partition", "items", "offsets")
+    __slots__ = ("items", "offsets", "partition", "topic")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
         self.partition = partition
         #: What ``prepare`` returned for each record kept: the
         #: :class:`Record` objects unless ``prepare`` is overridden.
-        self.items: List[Any] = []
+        self.items: list[Any] = []
         #: The offset of each item.
-        self.offsets: List[int] = []
+        self.offsets: list[int] = []
 
     @property
     def first_offset(self) -> int:
@@ -433,7 +418,7 @@ class BatchingSink(Sink):
     """
 
     def __init__(self) -> None:
-        self._batches: Dict[Tuple[str, int], SinkBatch] = {}
+        self._batches: dict[tuple[str, int], SinkBatch] = {}
         self._skipped = 0
         self._counts = Status()
 
@@ -462,7 +447,7 @@ class BatchingSink(Sink):
     def add(self, record: Record) -> None:
         self._buffer(record.topic, record.partition, [record])
 
-    def _buffer(self, topic: str, partition: int, records: List[Record]) -> None:
+    def _buffer(self, topic: str, partition: int, records: list[Record]) -> None:
         key = (topic, partition)
         pending = self._batches.get(key)
         if pending is None:
@@ -486,10 +471,10 @@ class BatchingSink(Sink):
             raise RejectedRecords(rejected)
 
     def flush(self) -> None:
-        rejected: List[Rejection] = []
+        rejected: list[Rejection] = []
         for key in list(self._batches):
             batch = self._batches[key]
-            refused: List[Rejection] = []
+            refused: list[Rejection] = []
             try:
                 self.write(batch)
             except Rejected as e:
@@ -510,7 +495,7 @@ class BatchingSink(Sink):
         self._batches.clear()
         self._skipped = 0
 
-    def status(self) -> Optional[Status]:
+    def status(self) -> Status | None:
         counts, self._counts = self._counts, Status()
         return counts
 
@@ -581,7 +566,7 @@ class OutputFile:
         self.length = length
         self._flushed = length
 
-    def _committed(self, snapshot: Optional[bytes]) -> Optional[int]:
+    def _committed(self, snapshot: bytes | None) -> int | None:
         """The length a snapshot names, or None when it names none for this
         path (no snapshot, or one taken for another path)."""
         if snapshot is None:
@@ -595,7 +580,7 @@ class OutputFile:
             raise Fatal(f"snapshot {bytes(snapshot[:100])!r} is not one an output file wrote") from None
         return length if path == self.path else None
 
-    def _size(self) -> Optional[int]:
+    def _size(self) -> int | None:
         try:
             return os.stat(self.path).st_size
         except FileNotFoundError:
@@ -664,13 +649,13 @@ def _sync_dir(path: str) -> None:
 # ---------------------------------------------------------------- logging
 
 
-def _stderr_log(level: str, message: str, fields: List[Tuple[str, str]]) -> None:
+def _stderr_log(level: str, message: str, fields: list[tuple[str, str]]) -> None:
     extra = "".join(f" {k}={v}" for k, v in fields)
     print(f"[{level}] {message}{extra}", file=sys.stderr)
 
 
 #: Where ``log`` goes outside a component (sinkbox_sdk.testing captures it).
-_log_fallback: Callable[[str, str, List[Tuple[str, str]]], None] = _stderr_log
+_log_fallback: Callable[[str, str, list[tuple[str, str]]], None] = _stderr_log
 
 
 def log(level: Level, message: str, **fields: object) -> None:
@@ -711,13 +696,13 @@ class _Instance:
     a normalized :class:`SinkError`; the component export and
     :mod:`sinkbox_sdk.testing` both drive this class."""
 
-    def __init__(self, cls: Type[Sink]) -> None:
+    def __init__(self, cls: type[Sink]) -> None:
         self.cls = cls
-        self.sink: Optional[Sink] = None
+        self.sink: Sink | None = None
         #: Set when abort failed: the instance can no longer be trusted.
-        self.broken: Optional[str] = None
+        self.broken: str | None = None
 
-    def config_schema(self) -> Optional[str]:
+    def config_schema(self) -> str | None:
         schema = self.cls.config_schema
         return None if schema is None else json.dumps(schema)
 
@@ -750,11 +735,12 @@ class _Instance:
         except BaseException as e:  # noqa: BLE001
             raise _normalize(e, "add") from None
 
-    def flush(self) -> Optional[bytes]:
+    def flush(self) -> bytes | None:
         """Flushes, then asks for the snapshot."""
         sink = self._live("flush")
         try:
-            returned = sink.flush()
+            flush: Callable[[], object] = sink.flush
+            returned = flush()
             if returned is not None:
                 raise Fatal(f"flush returned {type(returned).__name__}; return the snapshot from snapshot()")
             snapshot = sink.snapshot()
@@ -769,7 +755,7 @@ class _Instance:
             raise Fatal(f"snapshot is {len(snapshot):,} bytes; the contract allows at most {MAX_SNAPSHOT:,}")
         return snapshot
 
-    def status(self) -> Optional[Status]:
+    def status(self) -> Status | None:
         """The sink's counts; never raises (the export cannot fail)."""
         if self.sink is None or self.broken is not None:
             return None
@@ -816,11 +802,11 @@ class _Wit:
         self.types = types
 
 
-_wit: Optional[_Wit] = None
+_wit: _Wit | None = None
 _wit_missing = False
 
 
-def _bindings() -> Optional[_Wit]:
+def _bindings() -> _Wit | None:
     global _wit, _wit_missing
     if _wit is None and not _wit_missing:
         try:
@@ -853,10 +839,10 @@ def _count(value: int) -> int:
 
 # The live instance. Module level: componentize-py does not keep state on
 # the exported object between calls.
-_current: Optional[_Instance] = None
+_current: _Instance | None = None
 
 
-def export(cls: Type[Sink]) -> type:
+def export(cls: type[Sink]) -> type:
     """Turns a :class:`Sink` subclass into the class componentize-py
     exports; assign the result to ``Sink`` in your app module."""
     _bindings()  # Loaded during componentize-py's pre-initialization.
@@ -873,9 +859,9 @@ def export(cls: Type[Sink]) -> type:
         return _current
 
     class Exported:
-        sink_class: ClassVar[Type[Sink]] = cls
+        sink_class: ClassVar[type[Sink]] = cls
 
-        def config_schema(self) -> Optional[str]:
+        def config_schema(self) -> str | None:
             return _Instance(cls).config_schema()
 
         def open(self, config: str, context: Any) -> None:
@@ -900,7 +886,7 @@ def export(cls: Type[Sink]) -> type:
             instance = current()
             call(lambda: instance.add(batch.topic, batch.partition, batch.count, batch.data))
 
-        def flush(self) -> Optional[bytes]:
+        def flush(self) -> bytes | None:
             return call(current().flush)
 
         def status(self) -> Any:
@@ -911,7 +897,11 @@ def export(cls: Type[Sink]) -> type:
             assert wit is not None
             custom = [(str(k), _count(v)) for k, v in status.custom.items()]
             return wit.types.SinkStatus(
-                _count(status.written), _count(status.warnings), _count(status.filtered), _count(status.failures), custom
+                _count(status.written),
+                _count(status.warnings),
+                _count(status.filtered),
+                _count(status.failures),
+                custom,
             )
 
         def abort(self) -> None:

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any
 
 import sinkbox_sdk
 from sinkbox_sdk import (
@@ -71,14 +72,14 @@ class Message:
     """A record to feed; the host gives it its offset."""
 
     value: bytes
-    key: Optional[bytes] = None
-    headers: Tuple[Tuple[str, bytes], ...] = ()
-    timestamp: Optional[int] = None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int | None = None
 
 
 #: What :meth:`FakeHost.add` accepts per record: a :class:`Message`, bytes,
 #: a str (UTF-8), or anything else (encoded as JSON).
-Value = Union[Message, bytes, str, Any]
+Value = Any
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _message(value: Value) -> Message:
     return Message(json.dumps(value, separators=(",", ":")).encode())
 
 
-def encode(records: Iterable[Tuple[int, Message]]) -> Tuple[bytes, int]:
+def encode(records: Iterable[tuple[int, Message]]) -> tuple[bytes, int]:
     """Packs ``(offset, message)`` pairs in the contract's batch encoding;
     returns the buffer and the record count."""
     out = bytearray()
@@ -138,7 +139,7 @@ class FakeHost:
         worker_index: int = 0,
         worker_count: int = 1,
     ) -> None:
-        self.sink_class: Type[Sink] = getattr(sink, "sink_class", sink)
+        self.sink_class: type[Sink] = getattr(sink, "sink_class", sink)
         if not (isinstance(self.sink_class, type) and issubclass(self.sink_class, Sink)):
             raise TypeError(f"{sink!r} is neither a sinkbox_sdk.Sink subclass nor an exported one")
         self.config = config
@@ -155,21 +156,21 @@ class FakeHost:
             worker_count=worker_count,
         )
         #: The snapshot of the last committed checkpoint.
-        self.snapshot: Optional[bytes] = None
+        self.snapshot: bytes | None = None
         #: Every record rejected so far, as the dead-letter queue holds them.
-        self.dead_letters: List[Rejection] = []
+        self.dead_letters: list[Rejection] = []
         #: The sum of the sink's status reports.
         self.status = Status()
         #: Log lines: (level, message, fields).
-        self.logs: List[Tuple[str, str, List[Tuple[str, str]]]] = []
+        self.logs: list[tuple[str, str, list[tuple[str, str]]]] = []
         #: How many instances were opened successfully.
         self.opened = 0
-        self._instance: Optional[_Instance] = None
+        self._instance: _Instance | None = None
         # Fed and not committed; of those, delivered to the live instance
         # since its last flush or abort; and flushed but not committed.
-        self._uncommitted: List[_Fed] = []
-        self._unflushed: List[_Fed] = []
-        self._flushed: Set[int] = set()
+        self._uncommitted: list[_Fed] = []
+        self._unflushed: list[_Fed] = []
+        self._flushed: set[int] = set()
         self._next_offset = 0
 
     # -- what the runtime does -------------------------------------------
@@ -180,12 +181,12 @@ class FakeHost:
         return self._instance is not None
 
     @property
-    def uncommitted(self) -> List[Tuple[int, Message]]:
+    def uncommitted(self) -> list[tuple[int, Message]]:
         """The records fed since the last committed checkpoint: what a
         replay sends again."""
         return [(f.offset, f.message) for f in self._uncommitted]
 
-    def config_schema(self) -> Optional[Any]:
+    def config_schema(self) -> Any | None:
         """The sink's schema, as the runtime reads it (parsed)."""
         text = _Instance(self.sink_class).config_schema()
         return None if text is None else json.loads(text)
@@ -209,7 +210,7 @@ class FakeHost:
             if status is not None:
                 self._sum(status)
 
-    def add(self, values: Iterable[Value]) -> List[Rejection]:
+    def add(self, values: Iterable[Value]) -> list[Rejection]:
         """Feeds records (offsets continue from the last one fed) in one
         batch; returns the rejected ones."""
         fed = [_Fed(self._next_offset + i, _message(v)) for i, v in enumerate(values)]
@@ -218,12 +219,12 @@ class FakeHost:
         self._uncommitted.extend(fed)
         return self._add(fed)
 
-    def replay(self) -> List[Rejection]:
+    def replay(self) -> list[Rejection]:
         """Sends the records that were not flushed since the last commit
         again, as the runtime does after ``abort`` or on a fresh instance."""
         return self._add([f for f in self._uncommitted if f.offset not in self._flushed])
 
-    def flush(self, commit: bool = True) -> List[Rejection]:
+    def flush(self, commit: bool = True) -> list[Rejection]:
         """Flushes; on success sums the sink's status and commits the
         checkpoint: the records fed so far and the snapshot the flush
         returned. ``commit=False`` leaves the checkpoint uncommitted, as when
@@ -274,7 +275,7 @@ class FakeHost:
         self.open()
         self.replay()
 
-    def probe(self, values: Optional[Sequence[Tuple[int, Message]]] = None) -> Optional[SinkError]:
+    def probe(self, values: Sequence[tuple[int, Message]] | None = None) -> SinkError | None:
         """Runs a probe instance beside the live one, as the runtime's
         bisection does: ``open`` (with ``probe = true`` and the committed
         snapshot), ``add``, ``abort``, ``close``. ``values`` are
@@ -389,7 +390,7 @@ class FakeHost:
             raise ContractViolation(f"{call} without an open instance")
         return self._instance
 
-    def _add(self, fed: List[_Fed]) -> List[Rejection]:
+    def _add(self, fed: list[_Fed]) -> list[Rejection]:
         instance = self._live("add")
         if not fed:
             return []
@@ -401,14 +402,14 @@ class FakeHost:
             return self._check_rejections(e, {f.offset for f in fed}, "add")
         return []
 
-    def _check_rejections(self, error: RejectedRecords, carried: Set[int], call: str) -> List[Rejection]:
+    def _check_rejections(self, error: RejectedRecords, carried: set[int], call: str) -> list[Rejection]:
         for r in error.rejections:
             if r.offset not in carried:
                 raise ContractViolation(f"{call} rejected offset {r.offset}, which it was not given")
         self.dead_letters.extend(error.rejections)
         return list(error.rejections)
 
-    def _commit(self, snapshot: Optional[bytes]) -> None:
+    def _commit(self, snapshot: bytes | None) -> None:
         self.snapshot = snapshot
         self._uncommitted = [f for f in self._uncommitted if f.offset not in self._flushed]
         self._flushed = set()

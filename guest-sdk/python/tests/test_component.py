@@ -11,7 +11,6 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import PYTHON_SDK, REPO
 
 wasmtime = pytest.importorskip("wasmtime")
@@ -61,9 +60,8 @@ class Runtime:
         self.logs = []
         self.linker = component.Linker(engine)
         self.linker.add_wasip2()
-        with self.linker.root() as root:
-            with root.add_instance("sinkbox:sink/host@0.2.0") as host:
-                host.add_func("log", lambda store, level, message, fields: self.logs.append(message))
+        with self.linker.root() as root, root.add_instance("sinkbox:sink/host@0.2.0") as host:
+            host.add_func("log", lambda store, level, message, fields: self.logs.append(message))
 
     def instance(self):
         store = wasmtime.Store(self.engine)
@@ -127,9 +125,9 @@ def test_the_example_component_follows_the_contract(engine, csv_component, tmp_p
     assert sink.open(CONFIG, context()) is None
     initial = sink.flush()
     assert json.loads(initial) == {"len": 0, "path": "/out/out.csv"}
-    sink.add(batch(range(0, 10)))
+    sink.add(batch(range(10)))
     sink.abort()
-    sink.add(batch(range(0, 10)))
+    sink.add(batch(range(10)))
     sink.add(batch(range(10, 25)))
     snapshot = sink.flush()
     status = sink.status()
@@ -177,9 +175,7 @@ def test_the_example_component_follows_the_contract(engine, csv_component, tmp_p
     assert tag == "fatal" and "is not one an output file wrote" in message
 
 
-def test_the_scaffold_component_writes_the_sample_and_dead_letters_the_bad_line(
-    engine, scaffold_component, tmp_path
-):
+def test_the_scaffold_component_writes_the_sample_and_dead_letters_the_bad_line(engine, scaffold_component, tmp_path):
     runtime = Runtime(engine, scaffold_component, tmp_path)
     sample = (REPO / "runtime/templates/sample.jsonl").read_text().splitlines()
     sink = runtime.instance()

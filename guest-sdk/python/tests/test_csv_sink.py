@@ -2,8 +2,8 @@
 runtime snapshots and no state of its own."""
 
 import pytest
-
 from conftest import PYTHON_SDK, load_module
+
 from sinkbox_sdk import Fatal
 from sinkbox_sdk.testing import FakeHost
 
@@ -31,7 +31,7 @@ def host(out, **kwargs):
 def test_the_compliance_sequence_writes_exactly_the_flushed_records(out):
     h = host(out)
     h.open()
-    h.add(n(range(0, 10)))
+    h.add(n(range(10)))
     h.abort()
     h.replay()
     h.add(n(range(10, 25)))
@@ -64,7 +64,7 @@ def test_cells_follow_the_rust_file_sink(tmp_path):
 def test_a_restart_after_an_uncommitted_flush_writes_each_record_once(out):
     h = host(out)
     h.open()
-    h.add(n(range(0, 5)))
+    h.add(n(range(5)))
     h.flush()
     h.add(n(range(5, 9)))
     h.flush(commit=False)  # written, but the checkpoint never committed

@@ -54,7 +54,7 @@ def test_open_refuses_an_output_shorter_than_its_snapshot(tmp_path, content, mes
         path.write_bytes(content)
     with pytest.raises(Fatal, match=message):
         OutputFile(str(path), Context(snapshot=snapshot(path, 4000)))
-    assert (path.read_bytes() if content is not None else not path.exists())
+    assert path.read_bytes() if content is not None else not path.exists()
 
 
 def test_a_snapshot_of_zero_bytes_and_no_file_is_a_start(tmp_path):

@@ -4,8 +4,8 @@ project's sample input, as tests/all/cli.rs runs the built component."""
 import json
 
 import pytest
-
 from conftest import REPO, load_module
+
 from sinkbox_sdk.testing import FakeHost
 
 TEMPLATES = REPO / "runtime/templates"
