@@ -1,27 +1,30 @@
-/* Sinkbox C SDK: helpers over the wit-bindgen bindings in bindings/
- * (contract sinkbox:sink@0.2.0, wit/).
+/* Sinkbox C SDK (contract sinkbox:sink@0.2.0, wit/): helpers over the
+ * wit-bindgen bindings in bindings/.
  *
- * A C sink implements the seven exports declared in bindings/sink_world.h
- * (exports_sinkbox_sink_sink_config_schema, _open, _add, _flush, _status,
- * _abort, _close). This header adds what the raw bindings lack:
+ * A sink is a set of plain C callbacks handed to SINKBOX_EXPORT, which
+ * defines the seven component exports, frees what the runtime passes in and
+ * checks the config before `open`. Beside it:
  *
- *   - sinkbox_context_view: the context open receives, with C strings;
- *   - sinkbox_records_*: decode the packed batch (wit/types.wit) into record
- *     views that point into the batch buffer (no copies);
- *   - sinkbox_snapshot_set: the snapshot flush hands the runtime;
- *   - sinkbox_status_custom: a named counter in what status reports;
+ *   - sinkbox_records / sinkbox_records_next: the packed batch
+ *     (wit/types.wit) as record views into the batch buffer (no copies);
+ *   - sinkbox_json_*: a bounded JSON reader for the config's top-level keys
+ *     (and the sink's own snapshot), with error messages that name the key;
  *   - sinkbox_fatal / sinkbox_retryable / sinkbox_backpressure /
- *     sinkbox_rejected: fill the error out-parameter;
- *   - sinkbox_log: log to the host;
- *   - sinkbox_json_valid: check that bytes are one JSON value (RFC 8259).
+ *     sinkbox_reject + sinkbox_rejected: fill the error out-parameter;
+ *   - sinkbox_snapshot_set, sinkbox_status_custom: what flush and status
+ *     hand back;
+ *   - sinkbox_buf_*: a growable byte buffer;
+ *   - sinkbox_log: log to the host.
  *
- * Header-only; include it in exactly the files that need it.
+ * Header-only: include it in the one file that uses SINKBOX_EXPORT.
  */
 #ifndef SINKBOX_SDK_H
 #define SINKBOX_SDK_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,182 +33,67 @@
 typedef exports_sinkbox_sink_sink_sink_error_t sinkbox_error_t;
 typedef exports_sinkbox_sink_sink_batch_t sinkbox_batch_t;
 typedef exports_sinkbox_sink_sink_sink_status_t sinkbox_status_t;
-/* What flush hands back to the runtime; set it with sinkbox_snapshot_set. */
+/* What flush hands back; none unless set with sinkbox_snapshot_set. */
 typedef sink_world_option_list_u8_t sinkbox_snapshot_t;
 
 /* The largest snapshot the runtime keeps (wit/sink.wit). */
 #define SINKBOX_SNAPSHOT_MAX (64u << 10)
 
-/* What an instance serves (wit/types.wit `context`), with NUL-terminated
- * copies of its strings. */
-typedef struct {
-  char *pipeline;
-  char *sink;
-  char *topic; /* empty when not known yet: the first batch names it */
-  uint32_t partition;
-  uint32_t lane, lanes; /* 0 <= lane < lanes */
-  uint32_t worker_index, worker_count;
-  bool has_snapshot; /* the snapshot of the last committed flush */
-  const uint8_t *snapshot;
-  size_t snapshot_len;
-  bool probe; /* a probe instance: make nothing durable or visible */
-} sinkbox_context_t;
+#if defined(__GNUC__) || defined(__clang__)
+#define SINKBOX__PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define SINKBOX__PRINTF(f, a)
+#endif
 
-static inline char *sinkbox__cstr(const sink_world_string_t *s) {
-  char *c = malloc(s->len + 1);
-  if (!c) abort();
-  if (s->len) memcpy(c, s->ptr, s->len);
-  c[s->len] = 0;
-  return c;
+/* --- errors ------------------------------------------------------------- */
+
+/* A heap copy of the formatted text, never cut. */
+static inline char *sinkbox__vformat(size_t *len, const char *format, va_list ap) {
+  va_list again;
+  va_copy(again, ap);
+  int n = vsnprintf(NULL, 0, format, ap);
+  if (n < 0) n = 0;
+  char *text = malloc((size_t)n + 1);
+  if (!text) abort();
+  vsnprintf(text, (size_t)n + 1, format, again);
+  va_end(again);
+  *len = (size_t)n;
+  return text;
 }
 
-/* A view of the raw context; its snapshot points into *raw. Release it with
- * sinkbox_context_release before freeing raw. */
-static inline sinkbox_context_t sinkbox_context_view(const exports_sinkbox_sink_sink_context_t *raw) {
-  sinkbox_context_t c;
-  c.pipeline = sinkbox__cstr(&raw->pipeline);
-  c.sink = sinkbox__cstr(&raw->sink);
-  c.topic = sinkbox__cstr(&raw->topic);
-  c.partition = raw->partition;
-  c.lane = raw->lane;
-  c.lanes = raw->lanes;
-  c.worker_index = raw->worker_index;
-  c.worker_count = raw->worker_count;
-  c.has_snapshot = raw->snapshot.is_some;
-  c.snapshot = raw->snapshot.is_some ? raw->snapshot.val.ptr : NULL;
-  c.snapshot_len = raw->snapshot.is_some ? raw->snapshot.val.len : 0;
-  c.probe = raw->probe;
-  return c;
-}
-
-static inline void sinkbox_context_release(sinkbox_context_t *c) {
-  free(c->pipeline);
-  free(c->sink);
-  free(c->topic);
-  c->pipeline = c->sink = c->topic = NULL;
-}
-
-/* Sets the snapshot flush returns to a copy of bytes (at most
- * SINKBOX_SNAPSHOT_MAX). */
-static inline void sinkbox_snapshot_set(sinkbox_snapshot_t *snapshot, const void *bytes, size_t len) {
-  sink_world_option_list_u8_free(snapshot);
-  snapshot->is_some = true;
-  snapshot->val.len = len;
-  snapshot->val.ptr = NULL;
-  if (len) {
-    snapshot->val.ptr = malloc(len);
-    if (!snapshot->val.ptr) abort();
-    memcpy(snapshot->val.ptr, bytes, len);
-  }
-}
-
-/* Adds a named counter (a count since the previous status) to status. */
-static inline void sinkbox_status_custom(sinkbox_status_t *status, const char *name, uint64_t count) {
-  sink_world_list_tuple2_string_u64_t *list = &status->custom;
-  sink_world_tuple2_string_u64_t *items = realloc(list->ptr, (list->len + 1) * sizeof *items);
-  if (!items) abort();
-  sink_world_string_dup(&items[list->len].f0, name);
-  items[list->len].f1 = count;
-  list->ptr = items;
-  list->len++;
-}
-
-/* One record, pointing into its batch's buffer. */
-typedef struct {
-  const uint8_t *topic; /* the batch's topic (not NUL-terminated) */
-  size_t topic_len;
-  uint32_t partition;
-  uint64_t offset;
-  bool has_timestamp;
-  int64_t timestamp; /* ms since the Unix epoch */
-  bool has_key;
-  const uint8_t *key;
-  size_t key_len;
-  const uint8_t *value;
-  size_t value_len;
-  uint32_t header_count;
-  const uint8_t *headers; /* header_count x (u32 len, name, u32 len, value) */
-} sinkbox_record_t;
-
-typedef struct {
-  const sinkbox_batch_t *batch;
-  const uint8_t *data;
-  size_t len;
-  size_t pos;
-  uint32_t left;
-} sinkbox_records_t;
-
-static inline uint32_t sinkbox__u32(const uint8_t *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t sinkbox__u64(const uint8_t *p) {
-  return (uint64_t)sinkbox__u32(p) | (uint64_t)sinkbox__u32(p + 4) << 32;
-}
-
-static inline sinkbox_records_t sinkbox_records(const sinkbox_batch_t *batch) {
-  sinkbox_records_t it = {batch, batch->data.ptr, batch->data.len, 0, batch->count};
-  return it;
-}
-
-/* Decodes the next record into *out. Returns 1 on success, 0 at the end,
- * -1 if the buffer is malformed. */
-static inline int sinkbox_records_next(sinkbox_records_t *it, sinkbox_record_t *out) {
-  if (it->left == 0) return 0;
-  if (it->len - it->pos < 28) return -1;
-  const uint8_t *p = it->data + it->pos;
-  out->topic = it->batch->topic.ptr;
-  out->topic_len = it->batch->topic.len;
-  out->partition = it->batch->partition;
-  out->offset = sinkbox__u64(p);
-  int64_t ts = (int64_t)sinkbox__u64(p + 8);
-  out->has_timestamp = ts != INT64_MIN;
-  out->timestamp = ts;
-  uint32_t key_len = sinkbox__u32(p + 16);
-  uint32_t value_len = sinkbox__u32(p + 20);
-  out->header_count = sinkbox__u32(p + 24);
-  size_t at = it->pos + 28;
-  out->has_key = key_len != 0xFFFFFFFFu;
-  out->key = NULL;
-  out->key_len = 0;
-  if (out->has_key) {
-    if (it->len - at < key_len) return -1;
-    out->key = it->data + at;
-    out->key_len = key_len;
-    at += key_len;
-  }
-  if (it->len - at < value_len) return -1;
-  out->value = it->data + at;
-  out->value_len = value_len;
-  at += value_len;
-  out->headers = it->data + at;
-  for (uint32_t h = 0; h < out->header_count * 2; h++) {
-    if (it->len - at < 4) return -1;
-    uint32_t n = sinkbox__u32(it->data + at);
-    if (it->len - at - 4 < n) return -1;
-    at += 4 + n;
-  }
-  it->pos = at;
-  it->left--;
-  return 1;
-}
-
-static inline void sinkbox__string(sink_world_string_t *s, const char *text) {
-  sink_world_string_dup(s, text);
-}
-
-/* The instance is broken: the runtime replaces it and replays. */
+/* The instance is broken: the runtime drops it, opens a fresh one and
+ * replays the checkpoint; from open, it stops the pipeline. */
 static inline bool sinkbox_fatal(sinkbox_error_t *err, const char *message) {
   err->tag = SINKBOX_SINK_TYPES_SINK_ERROR_FATAL;
-  sinkbox__string(&err->val.fatal, message);
+  sink_world_string_dup(&err->val.fatal, message);
   return false;
 }
 
-/* A transient failure: the runtime drops the instance, waits with backoff,
- * opens a fresh one and replays. */
+/* sinkbox_fatal with a printf-style message. */
+SINKBOX__PRINTF(2, 3) static inline bool sinkbox_fatalf(sinkbox_error_t *err, const char *format, ...) {
+  va_list ap;
+  va_start(ap, format);
+  err->tag = SINKBOX_SINK_TYPES_SINK_ERROR_FATAL;
+  err->val.fatal.ptr = (uint8_t *)sinkbox__vformat(&err->val.fatal.len, format, ap);
+  va_end(ap);
+  return false;
+}
+
+/* A transient failure (timeout, lost connection): the runtime drops the
+ * instance, waits with backoff, opens a fresh one and replays. */
 static inline bool sinkbox_retryable(sinkbox_error_t *err, const char *message) {
   err->tag = SINKBOX_SINK_TYPES_SINK_ERROR_RETRYABLE;
-  sinkbox__string(&err->val.retryable, message);
+  sink_world_string_dup(&err->val.retryable, message);
+  return false;
+}
+
+/* sinkbox_retryable with a printf-style message. */
+SINKBOX__PRINTF(2, 3) static inline bool sinkbox_retryablef(sinkbox_error_t *err, const char *format, ...) {
+  va_list ap;
+  va_start(ap, format);
+  err->tag = SINKBOX_SINK_TYPES_SINK_ERROR_RETRYABLE;
+  err->val.retryable.ptr = (uint8_t *)sinkbox__vformat(&err->val.retryable.len, format, ap);
+  va_end(ap);
   return false;
 }
 
@@ -229,13 +117,14 @@ static inline void sinkbox_reject(sinkbox_rejections_t *list, uint64_t offset, c
     if (!list->items) abort();
   }
   list->items[list->len].offset = offset;
-  sinkbox__string(&list->items[list->len].reason, reason);
+  sink_world_string_dup(&list->items[list->len].reason, reason);
   list->len++;
 }
 
-/* These records can never be written; the rest of the call counts as done.
- * Takes ownership of the list. Returns false when the list is empty (no
- * error to report), so `return !sinkbox_rejected(...)` reads naturally. */
+/* These records can never be written: they go to the dead-letter queue and
+ * the rest of the call counts as done. Takes ownership of the list. Returns
+ * false when the list is empty (no error to report), so
+ * `if (sinkbox_rejected(err, &list)) return false;` reads naturally. */
 static inline bool sinkbox_rejected(sinkbox_error_t *err, sinkbox_rejections_t *list) {
   if (list->len == 0) return false;
   err->tag = SINKBOX_SINK_TYPES_SINK_ERROR_REJECTED;
@@ -246,6 +135,8 @@ static inline bool sinkbox_rejected(sinkbox_error_t *err, sinkbox_rejections_t *
   return true;
 }
 
+/* --- host log ----------------------------------------------------------- */
+
 /* Logs to the host, attributed to this sink. */
 static inline void sinkbox_log(sinkbox_sink_types_level_t level, const char *message) {
   sink_world_string_t text = {(uint8_t *)message, strlen(message)};
@@ -253,12 +144,152 @@ static inline void sinkbox_log(sinkbox_sink_types_level_t level, const char *mes
   sinkbox_sink_host_log(level, &text, &fields);
 }
 
-/* --- a small validating JSON scanner ------------------------------------ */
+/* --- records ------------------------------------------------------------ */
+
+/* One record, pointing into its batch's buffer. */
+typedef struct {
+  const uint8_t *topic; /* the batch's topic, topic_len bytes (no NUL) */
+  size_t topic_len;
+  uint32_t partition;
+  uint64_t offset;
+  bool has_timestamp;
+  int64_t timestamp; /* ms since the Unix epoch */
+  bool has_key;
+  const uint8_t *key;
+  size_t key_len;
+  const uint8_t *value;
+  size_t value_len;
+  uint32_t header_count;
+  const uint8_t *headers; /* header_count x (u32 len, name, u32 len, value) */
+} sinkbox_record_t;
+
+typedef struct {
+  const sinkbox_batch_t *batch;
+  size_t pos;
+  uint32_t left;
+} sinkbox_records_t;
+
+static inline uint32_t sinkbox__u32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t sinkbox__u64(const uint8_t *p) {
+  return (uint64_t)sinkbox__u32(p) | (uint64_t)sinkbox__u32(p + 4) << 32;
+}
+
+static inline sinkbox_records_t sinkbox_records(const sinkbox_batch_t *batch) {
+  sinkbox_records_t it = {batch, 0, batch->count};
+  return it;
+}
+
+/* Decodes the next record into *out. Returns 1 on success, 0 at the end,
+ * -1 if the buffer is malformed (report it with sinkbox_fatal). */
+static inline int sinkbox_records_next(sinkbox_records_t *it, sinkbox_record_t *out) {
+  if (it->left == 0) return 0;
+  const uint8_t *data = it->batch->data.ptr;
+  size_t len = it->batch->data.len;
+  if (len - it->pos < 28) return -1;
+  const uint8_t *p = data + it->pos;
+  out->topic = it->batch->topic.ptr;
+  out->topic_len = it->batch->topic.len;
+  out->partition = it->batch->partition;
+  out->offset = sinkbox__u64(p);
+  int64_t ts = (int64_t)sinkbox__u64(p + 8);
+  out->has_timestamp = ts != INT64_MIN;
+  out->timestamp = ts;
+  uint32_t key_len = sinkbox__u32(p + 16);
+  uint32_t value_len = sinkbox__u32(p + 20);
+  out->header_count = sinkbox__u32(p + 24);
+  size_t at = it->pos + 28;
+  out->has_key = key_len != 0xFFFFFFFFu;
+  out->key = NULL;
+  out->key_len = 0;
+  if (out->has_key) {
+    if (len - at < key_len) return -1;
+    out->key = data + at;
+    out->key_len = key_len;
+    at += key_len;
+  }
+  if (len - at < value_len) return -1;
+  out->value = data + at;
+  out->value_len = value_len;
+  at += value_len;
+  out->headers = data + at;
+  for (uint64_t h = 0; h < (uint64_t)out->header_count * 2; h++) {
+    if (len - at < 4) return -1;
+    uint32_t n = sinkbox__u32(data + at);
+    if (len - at - 4 < n) return -1;
+    at += 4 + n;
+  }
+  it->pos = at;
+  it->left--;
+  return 1;
+}
+
+/* --- what flush and status hand back ------------------------------------ */
+
+/* Sets the snapshot flush returns to a copy of bytes (at most
+ * SINKBOX_SNAPSHOT_MAX; SINKBOX_EXPORT turns a larger one into `fatal`). */
+static inline void sinkbox_snapshot_set(sinkbox_snapshot_t *snapshot, const void *bytes, size_t len) {
+  sink_world_option_list_u8_free(snapshot);
+  snapshot->is_some = true;
+  snapshot->val.len = len;
+  snapshot->val.ptr = NULL;
+  if (len) {
+    snapshot->val.ptr = malloc(len);
+    if (!snapshot->val.ptr) abort();
+    memcpy(snapshot->val.ptr, bytes, len);
+  }
+}
+
+/* Adds a named counter (a count since the previous status) to status. */
+static inline void sinkbox_status_custom(sinkbox_status_t *status, const char *name, uint64_t count) {
+  sink_world_list_tuple2_string_u64_t *list = &status->custom;
+  sink_world_tuple2_string_u64_t *items = realloc(list->ptr, (list->len + 1) * sizeof *items);
+  if (!items) abort();
+  sink_world_string_dup(&items[list->len].f0, name);
+  items[list->len].f1 = count;
+  list->ptr = items;
+  list->len++;
+}
+
+/* --- a growable byte buffer --------------------------------------------- */
+
+typedef struct {
+  uint8_t *data;
+  size_t len, cap;
+} sinkbox_buf_t;
+
+static inline void sinkbox_buf_append(sinkbox_buf_t *b, const void *bytes, size_t n) {
+  if (b->cap - b->len < n) {
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < n) cap *= 2;
+    b->data = realloc(b->data, cap);
+    if (!b->data) abort();
+    b->cap = cap;
+  }
+  if (n) memcpy(b->data + b->len, bytes, n);
+  b->len += n;
+}
+
+static inline void sinkbox_buf_free(sinkbox_buf_t *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+/* --- JSON: a validating scanner ----------------------------------------- */
 
 typedef struct {
   const uint8_t *s;
   size_t len, i;
+  const char *why; /* what went wrong where the scan stopped */
 } sinkbox__json;
+
+static inline bool sinkbox__json_fail(sinkbox__json *j, const char *why) {
+  if (!j->why) j->why = why;
+  return false;
+}
 
 static inline void sinkbox__ws(sinkbox__json *j) {
   while (j->i < j->len && (j->s[j->i] == ' ' || j->s[j->i] == '\t' || j->s[j->i] == '\n' || j->s[j->i] == '\r')) j->i++;
@@ -266,7 +297,7 @@ static inline void sinkbox__ws(sinkbox__json *j) {
 
 static inline bool sinkbox__lit(sinkbox__json *j, const char *word) {
   size_t n = strlen(word);
-  if (j->len - j->i < n || memcmp(j->s + j->i, word, n) != 0) return false;
+  if (j->len - j->i < n || memcmp(j->s + j->i, word, n) != 0) return sinkbox__json_fail(j, "expected a value");
   j->i += n;
   return true;
 }
@@ -274,7 +305,11 @@ static inline bool sinkbox__lit(sinkbox__json *j, const char *word) {
 static inline bool sinkbox__digits(sinkbox__json *j) {
   size_t start = j->i;
   while (j->i < j->len && j->s[j->i] >= '0' && j->s[j->i] <= '9') j->i++;
-  return j->i > start;
+  return j->i > start || sinkbox__json_fail(j, "expected a digit");
+}
+
+static inline bool sinkbox__is_hex(uint8_t h) {
+  return (h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F');
 }
 
 static inline bool sinkbox__string_body(sinkbox__json *j) {
@@ -285,28 +320,27 @@ static inline bool sinkbox__string_body(sinkbox__json *j) {
       j->i++;
       return true;
     }
-    if (c < 0x20) return false;
+    if (c < 0x20) return sinkbox__json_fail(j, "control character in a string (escape it)");
     if (c == '\\') {
-      if (++j->i >= j->len) return false;
+      if (++j->i >= j->len) break;
       c = j->s[j->i];
       if (c == 'u') {
-        if (j->len - j->i < 5) return false;
-        for (int k = 1; k <= 4; k++) {
-          uint8_t h = j->s[j->i + k];
-          if (!((h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F'))) return false;
-        }
+        if (j->len - j->i < 5) break;
+        for (int k = 1; k <= 4; k++)
+          if (!sinkbox__is_hex(j->s[j->i + k])) return sinkbox__json_fail(j, "invalid \\u escape in a string");
         j->i += 5;
         continue;
       }
-      if (!strchr("\"\\/bfnrt", c)) return false;
+      if (!strchr("\"\\/bfnrt", c) || c == 0) return sinkbox__json_fail(j, "invalid escape in a string");
     }
     j->i++;
   }
-  return false;
+  return sinkbox__json_fail(j, "unterminated string");
 }
 
 static inline bool sinkbox__value(sinkbox__json *j, int depth) {
-  if (depth > 128 || j->i >= j->len) return false;
+  if (depth > 128) return sinkbox__json_fail(j, "nested deeper than 128 levels");
+  if (j->i >= j->len) return sinkbox__json_fail(j, "unexpected end, expected a value");
   uint8_t c = j->s[j->i];
   if (c == '"') return sinkbox__string_body(j);
   if (c == 't') return sinkbox__lit(j, "true");
@@ -327,77 +361,415 @@ static inline bool sinkbox__value(sinkbox__json *j, int depth) {
     }
     return true;
   }
-  if (c == '{' || c == '[') {
-    uint8_t close = c == '{' ? '}' : ']';
+  if (c != '{' && c != '[') return sinkbox__json_fail(j, "expected a value");
+  uint8_t close = c == '{' ? '}' : ']';
+  j->i++;
+  sinkbox__ws(j);
+  if (j->i < j->len && j->s[j->i] == close) {
     j->i++;
+    return true;
+  }
+  for (;;) {
+    if (c == '{') {
+      if (j->i >= j->len || j->s[j->i] != '"') return sinkbox__json_fail(j, "expected a string key");
+      if (!sinkbox__string_body(j)) return false;
+      sinkbox__ws(j);
+      if (j->i >= j->len || j->s[j->i] != ':') return sinkbox__json_fail(j, "expected ':' after the key");
+      j->i++;
+      sinkbox__ws(j);
+    }
+    if (!sinkbox__value(j, depth + 1)) return false;
     sinkbox__ws(j);
+    if (j->i < j->len && j->s[j->i] == ',') {
+      j->i++;
+      sinkbox__ws(j);
+      continue;
+    }
     if (j->i < j->len && j->s[j->i] == close) {
       j->i++;
       return true;
     }
-    for (;;) {
-      if (c == '{') {
-        if (j->i >= j->len || j->s[j->i] != '"' || !sinkbox__string_body(j)) return false;
-        sinkbox__ws(j);
-        if (j->i >= j->len || j->s[j->i] != ':') return false;
-        j->i++;
-        sinkbox__ws(j);
-      }
-      if (!sinkbox__value(j, depth + 1)) return false;
-      sinkbox__ws(j);
-      if (j->i >= j->len) return false;
-      if (j->s[j->i] == ',') {
-        j->i++;
-        sinkbox__ws(j);
-        continue;
-      }
-      if (j->s[j->i] == close) {
-        j->i++;
-        return true;
-      }
-      return false;
-    }
+    return sinkbox__json_fail(j, c == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
   }
-  return false;
 }
 
 /* Whether bytes hold exactly one JSON value (surrounding whitespace allowed). */
 static inline bool sinkbox_json_valid(const uint8_t *bytes, size_t len) {
-  sinkbox__json j = {bytes, len, 0};
+  sinkbox__json j = {bytes, len, 0, NULL};
   sinkbox__ws(&j);
   if (!sinkbox__value(&j, 0)) return false;
   sinkbox__ws(&j);
   return j.i == j.len;
 }
 
-/* --- SINKBOX_EXPORT: a sink as plain C callbacks -------------------------- */
+/* --- JSON: reading top-level keys (the config accessor) ----------------- *
+ *
+ * A document is one JSON object, checked once by sinkbox_json_parse (the
+ * config handed to open already is). Each getter reads one top-level key:
+ *
+ *   - present with the right type: sets *out, returns true;
+ *   - absent or null, and SINKBOX_OPTIONAL: returns true; scalars keep the
+ *     value *out had (your default), strings and lists are set to empty
+ *     (NULL, {NULL, 0});
+ *   - otherwise: fills err with `fatal` naming the document and the key
+ *     ("config needs \"path\" (a string)", "config \"size\" must be an
+ *     integer, not a string", "config has the key \"path\" twice") and
+ *     returns false.
+ *
+ * Strings come back as NUL-terminated heap copies (free them), escapes
+ * decoded, of any length. Every call scans the document once; the scan is
+ * bounded by its length and a nesting depth of 128. */
 
-/* A JSON document handed to a callback: the config in open. `what` names it
- * in error messages ("config"). Valid only during the call. */
+#define SINKBOX_REQUIRED true
+#define SINKBOX_OPTIONAL false
+
 typedef struct {
   const uint8_t *text;
   size_t len;
-  const char *what;
+  const char *what; /* names the document in messages: "config" */
 } sinkbox_json_t;
 
-/* A sink's callbacks. open, add, flush and abort are required; the others
- * may be left out. Every callback that returns bool returns true on
- * success, or fills *err (sinkbox_fatal, sinkbox_rejected, ...) and returns
- * false. Arguments are valid only during the call and freed by the SDK. */
+/* A list of NUL-terminated heap strings; free it with sinkbox_strings_free. */
 typedef struct {
-  /* The JSON Schema of the config, or NULL for none. */
+  char **items;
+  size_t len;
+} sinkbox_strings_t;
+
+static inline void sinkbox_strings_free(sinkbox_strings_t *list) {
+  for (size_t k = 0; k < list->len; k++) free(list->items[k]);
+  free(list->items);
+  list->items = NULL;
+  list->len = 0;
+}
+
+static inline const char *sinkbox__json_kind(uint8_t c) {
+  switch (c) {
+    case '"': return "a string";
+    case '{': return "an object";
+    case '[': return "an array";
+    case 't':
+    case 'f': return "a boolean";
+    case 'n': return "null";
+    default: return "a number";
+  }
+}
+
+/* Checks that bytes hold one JSON object and points doc at them (no copy:
+ * bytes must outlive doc). `what` names the document in error messages. */
+static inline bool sinkbox_json_parse(sinkbox_json_t *doc, const char *what, const void *bytes, size_t len,
+                                      sinkbox_error_t *err) {
+  sinkbox__json j = {bytes, len, 0, NULL};
+  doc->text = bytes;
+  doc->len = len;
+  doc->what = what;
+  sinkbox__ws(&j);
+  if (j.i == j.len) return sinkbox_fatalf(err, "%s is empty; expected a JSON object", what);
+  size_t start = j.i;
+  bool ok = sinkbox__value(&j, 0);
+  if (ok) {
+    sinkbox__ws(&j);
+    if (j.i != j.len) ok = sinkbox__json_fail(&j, "unexpected text after the value");
+  }
+  if (!ok) return sinkbox_fatalf(err, "%s is not valid JSON: %s at byte %zu", what, j.why, j.i);
+  if (j.s[start] != '{') return sinkbox_fatalf(err, "%s must be a JSON object, not %s", what, sinkbox__json_kind(j.s[start]));
+  return true;
+}
+
+static inline unsigned sinkbox__hex4(const uint8_t *p) {
+  unsigned v = 0;
+  for (int k = 0; k < 4; k++) {
+    uint8_t h = p[k];
+    v = v << 4 | (unsigned)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
+  }
+  return v;
+}
+
+/* Decodes the body of a valid JSON string (raw, n bytes, between the quotes)
+ * into out, which has room for n bytes (decoding never grows). Returns the
+ * decoded length, or sets *why on an unpaired UTF-16 surrogate. */
+static inline size_t sinkbox__unescape(const uint8_t *raw, size_t n, uint8_t *out, const char **why) {
+  size_t o = 0;
+  for (size_t i = 0; i < n;) {
+    uint8_t c = raw[i];
+    if (c != '\\') {
+      out[o++] = c;
+      i++;
+      continue;
+    }
+    c = raw[i + 1];
+    i += 2;
+    switch (c) {
+      case 'b': out[o++] = '\b'; continue;
+      case 'f': out[o++] = '\f'; continue;
+      case 'n': out[o++] = '\n'; continue;
+      case 'r': out[o++] = '\r'; continue;
+      case 't': out[o++] = '\t'; continue;
+      case 'u': break;
+      default: out[o++] = c; continue; /* " \ / */
+    }
+    uint32_t cp = sinkbox__hex4(raw + i);
+    i += 4;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+      unsigned low = n - i >= 6 && raw[i] == '\\' && raw[i + 1] == 'u' ? sinkbox__hex4(raw + i + 2) : 0;
+      if (low < 0xDC00 || low > 0xDFFF) {
+        *why = "an unpaired UTF-16 surrogate";
+        return 0;
+      }
+      cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+      i += 6;
+    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+      *why = "an unpaired UTF-16 surrogate";
+      return 0;
+    }
+    if (cp < 0x80) {
+      out[o++] = (uint8_t)cp;
+    } else if (cp < 0x800) {
+      out[o++] = (uint8_t)(0xC0 | cp >> 6);
+      out[o++] = (uint8_t)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      out[o++] = (uint8_t)(0xE0 | cp >> 12);
+      out[o++] = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
+      out[o++] = (uint8_t)(0x80 | (cp & 0x3F));
+    } else {
+      out[o++] = (uint8_t)(0xF0 | cp >> 18);
+      out[o++] = (uint8_t)(0x80 | (cp >> 12 & 0x3F));
+      out[o++] = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
+      out[o++] = (uint8_t)(0x80 | (cp & 0x3F));
+    }
+  }
+  return o;
+}
+
+static inline bool sinkbox__key_is(const uint8_t *raw, size_t n, const char *key, size_t key_len) {
+  if (!memchr(raw, '\\', n)) return n == key_len && memcmp(raw, key, n) == 0;
+  uint8_t *decoded = malloc(n);
+  if (!decoded) abort();
+  const char *why = NULL;
+  size_t m = sinkbox__unescape(raw, n, decoded, &why);
+  bool same = !why && m == key_len && memcmp(decoded, key, m) == 0;
+  free(decoded);
+  return same;
+}
+
+/* Finds KEY's value among doc's top-level members: 1 (at set), 0 absent,
+ * -1 if the key is there twice (err filled). */
+static inline int sinkbox__json_find(const sinkbox_json_t *doc, const char *key, size_t *at, sinkbox_error_t *err) {
+  sinkbox__json j = {doc->text, doc->len, 0, NULL};
+  size_t key_len = strlen(key);
+  int found = 0;
+  sinkbox__ws(&j);
+  if (j.i >= j.len || j.s[j.i] != '{') return 0;
+  j.i++;
+  sinkbox__ws(&j);
+  while (j.i < j.len && j.s[j.i] == '"') {
+    size_t name = j.i + 1;
+    if (!sinkbox__string_body(&j)) return 0;
+    bool match = sinkbox__key_is(j.s + name, j.i - 1 - name, key, key_len);
+    sinkbox__ws(&j);
+    j.i++; /* ':' */
+    sinkbox__ws(&j);
+    if (match) {
+      if (found) {
+        sinkbox_fatalf(err, "%s has the key \"%s\" twice", doc->what, key);
+        return -1;
+      }
+      found = 1;
+      *at = j.i;
+    }
+    if (!sinkbox__value(&j, 0)) return 0;
+    sinkbox__ws(&j);
+    if (j.i >= j.len || j.s[j.i] != ',') break;
+    j.i++;
+    sinkbox__ws(&j);
+  }
+  return found;
+}
+
+/* 1: KEY holds a value at *at; 0: absent or null and optional; -1: err filled. */
+static inline int sinkbox__json_get(const sinkbox_json_t *doc, const char *key, bool required, const char *want,
+                                    size_t *at, sinkbox_error_t *err) {
+  int found = sinkbox__json_find(doc, key, at, err);
+  if (found < 0) return -1;
+  if (found && doc->text[*at] != 'n') return 1;
+  if (!required) return 0;
+  sinkbox_fatalf(err, "%s needs \"%s\" (%s)", doc->what, key, want);
+  return -1;
+}
+
+static inline bool sinkbox__json_wrong(const sinkbox_json_t *doc, const char *key, const char *want, size_t at,
+                                       sinkbox_error_t *err) {
+  return sinkbox_fatalf(err, "%s \"%s\" must be %s, not %s", doc->what, key, want, sinkbox__json_kind(doc->text[at]));
+}
+
+/* The end of the value that starts at `at` (a valid document). */
+static inline size_t sinkbox__json_end(const sinkbox_json_t *doc, size_t at) {
+  sinkbox__json j = {doc->text, doc->len, at, NULL};
+  sinkbox__value(&j, 0);
+  return j.i;
+}
+
+/* The string at `at` as a heap C string; `name` and `index` name it in
+ * messages (index < 0: not in a list). */
+static inline bool sinkbox__json_cstr(const sinkbox_json_t *doc, const char *name, long index, size_t at, char **out,
+                                      sinkbox_error_t *err) {
+  size_t end = sinkbox__json_end(doc, at);
+  size_t n = end - at - 2;
+  char *text = malloc(n + 1);
+  if (!text) abort();
+  const char *why = NULL;
+  size_t m = sinkbox__unescape(doc->text + at + 1, n, (uint8_t *)text, &why);
+  if (!why && memchr(text, 0, m)) why = "a NUL character (\\u0000), which a C string cannot carry";
+  if (why) {
+    free(text);
+    if (index < 0) return sinkbox_fatalf(err, "%s \"%s\" holds %s", doc->what, name, why);
+    return sinkbox_fatalf(err, "%s \"%s\"[%ld] holds %s", doc->what, name, index, why);
+  }
+  text[m] = 0;
+  *out = text;
+  return true;
+}
+
+/* A string; *out is a heap copy (NULL when absent and optional). */
+static inline bool sinkbox_json_string(const sinkbox_json_t *doc, const char *key, bool required, char **out,
+                                       sinkbox_error_t *err) {
+  size_t at;
+  *out = NULL;
+  int got = sinkbox__json_get(doc, key, required, "a string", &at, err);
+  if (got <= 0) return got == 0;
+  if (doc->text[at] != '"') return sinkbox__json_wrong(doc, key, "a string", at, err);
+  return sinkbox__json_cstr(doc, key, -1, at, out, err);
+}
+
+/* A boolean. */
+static inline bool sinkbox_json_bool(const sinkbox_json_t *doc, const char *key, bool required, bool *out,
+                                     sinkbox_error_t *err) {
+  size_t at;
+  int got = sinkbox__json_get(doc, key, required, "true or false", &at, err);
+  if (got <= 0) return got == 0;
+  if (doc->text[at] != 't' && doc->text[at] != 'f') return sinkbox__json_wrong(doc, key, "true or false", at, err);
+  *out = doc->text[at] == 't';
+  return true;
+}
+
+/* An integer that fits int64_t, written without fraction or exponent. */
+static inline bool sinkbox_json_int(const sinkbox_json_t *doc, const char *key, bool required, int64_t *out,
+                                    sinkbox_error_t *err) {
+  size_t at;
+  int got = sinkbox__json_get(doc, key, required, "an integer", &at, err);
+  if (got <= 0) return got == 0;
+  uint8_t c = doc->text[at];
+  if (c != '-' && (c < '0' || c > '9')) return sinkbox__json_wrong(doc, key, "an integer", at, err);
+  size_t end = sinkbox__json_end(doc, at);
+  int shown = end - at > 40 ? 40 : (int)(end - at);
+  bool negative = c == '-';
+  uint64_t v = 0, limit = negative ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+  size_t i = at + negative;
+  for (; i < end && doc->text[i] >= '0' && doc->text[i] <= '9'; i++) {
+    unsigned d = doc->text[i] - '0';
+    if (v > (limit - d) / 10)
+      return sinkbox_fatalf(err, "%s \"%s\" is out of range: %.*s", doc->what, key, shown, (const char *)doc->text + at);
+    v = v * 10 + d;
+  }
+  if (i < end)
+    return sinkbox_fatalf(err, "%s \"%s\" must be an integer, not %.*s", doc->what, key, shown, (const char *)doc->text + at);
+  *out = !negative ? (int64_t)v : v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v;
+  return true;
+}
+
+/* Any finite number. */
+static inline bool sinkbox_json_number(const sinkbox_json_t *doc, const char *key, bool required, double *out,
+                                       sinkbox_error_t *err) {
+  size_t at;
+  int got = sinkbox__json_get(doc, key, required, "a number", &at, err);
+  if (got <= 0) return got == 0;
+  uint8_t c = doc->text[at];
+  if (c != '-' && (c < '0' || c > '9')) return sinkbox__json_wrong(doc, key, "a number", at, err);
+  size_t n = sinkbox__json_end(doc, at) - at;
+  char *token = malloc(n + 1);
+  if (!token) abort();
+  memcpy(token, doc->text + at, n);
+  token[n] = 0;
+  double v = strtod(token, NULL);
+  bool finite = v - v == 0;
+  if (!finite) sinkbox_fatalf(err, "%s \"%s\" is out of range: %.40s", doc->what, key, token);
+  free(token);
+  if (finite) *out = v;
+  return finite;
+}
+
+/* An array of strings; *out holds heap copies ({NULL, 0} when absent and
+ * optional). */
+static inline bool sinkbox_json_strings(const sinkbox_json_t *doc, const char *key, bool required,
+                                        sinkbox_strings_t *out, sinkbox_error_t *err) {
+  size_t at;
+  out->items = NULL;
+  out->len = 0;
+  int got = sinkbox__json_get(doc, key, required, "an array of strings", &at, err);
+  if (got <= 0) return got == 0;
+  if (doc->text[at] != '[') return sinkbox__json_wrong(doc, key, "an array of strings", at, err);
+  sinkbox__json j = {doc->text, doc->len, at + 1, NULL};
+  sinkbox_strings_t list = {NULL, 0};
+  sinkbox__ws(&j);
+  while (j.i < j.len && j.s[j.i] != ']') {
+    if (j.s[j.i] != '"') {
+      size_t index = list.len;
+      sinkbox_strings_free(&list);
+      return sinkbox_fatalf(err, "%s \"%s\"[%zu] must be a string, not %s", doc->what, key, index,
+                            sinkbox__json_kind(j.s[j.i]));
+    }
+    char **items = realloc(list.items, (list.len + 1) * sizeof *items);
+    if (!items) abort();
+    list.items = items;
+    if (!sinkbox__json_cstr(doc, key, (long)list.len, j.i, &list.items[list.len], err)) {
+      sinkbox_strings_free(&list);
+      return false;
+    }
+    list.len++;
+    sinkbox__string_body(&j);
+    sinkbox__ws(&j);
+    if (j.i < j.len && j.s[j.i] == ',') j.i++;
+    sinkbox__ws(&j);
+  }
+  *out = list;
+  return true;
+}
+
+/* --- SINKBOX_EXPORT: a sink as plain C callbacks ------------------------ */
+
+/* What an instance serves (wit/types.wit `context`), with NUL-terminated
+ * copies of its strings; valid during open only. */
+typedef struct {
+  const char *pipeline;
+  const char *sink;
+  const char *topic; /* "" when not known yet: the first batch names it */
+  uint32_t partition;
+  uint32_t lane, lanes; /* 0 <= lane < lanes */
+  uint32_t worker_index, worker_count;
+  bool has_snapshot; /* the snapshot of the last committed flush */
+  const uint8_t *snapshot;
+  size_t snapshot_len;
+  bool probe; /* a probe instance: make nothing durable or visible */
+} sinkbox_context_t;
+
+/* A sink's callbacks. open, add, flush and abort are required; the others
+ * may be left out. A callback that returns bool returns true on success,
+ * or fills *err (sinkbox_fatal, sinkbox_rejected, ...) and returns false.
+ * Arguments are valid only during the call: the SDK frees them after. */
+typedef struct {
+  /* The JSON Schema (draft 2020-12) of the config, or NULL for none. */
   const char *config_schema;
-  /* config: a JSON object (the SDK refused anything else with `fatal`);
+  /* config: a JSON object (the SDK answered anything else with `fatal`);
    * context: what this instance serves, with its last committed snapshot.
-   * A probe instance (context->probe) must make nothing durable or visible. */
+   * A probe instance (context->probe) must not write, roll back or take
+   * anything the live instance holds: flush is never called on it. */
   bool (*open)(const sinkbox_json_t *config, const sinkbox_context_t *context, sinkbox_error_t *err);
   /* Take a batch; decode it with sinkbox_records. */
   bool (*add)(const sinkbox_batch_t *batch, sinkbox_error_t *err);
   /* Make everything added since the last flush durable; optionally set the
-   * snapshot the runtime hands to a later open (at most 64 KiB). */
+   * snapshot (starts as none) that a later open receives. */
   bool (*flush)(sinkbox_snapshot_t *snapshot, sinkbox_error_t *err);
-  /* Fill counts since the previous call and return true, or return false
-   * for none. NULL: the sink reports none. */
+  /* Fill the counts since the previous call (status starts zeroed) and
+   * return true, or return false for none. NULL: none, always. */
   bool (*status)(sinkbox_status_t *status);
   /* Drop everything added since the last successful flush. */
   void (*abort)(void);
@@ -411,18 +783,40 @@ static inline bool sinkbox__export_config_schema(const sinkbox_sink_t *s, sink_w
   return true;
 }
 
+static inline char *sinkbox__cstr(const sink_world_string_t *s) {
+  char *c = malloc(s->len + 1);
+  if (!c) abort();
+  if (s->len) memcpy(c, s->ptr, s->len);
+  c[s->len] = 0;
+  return c;
+}
+
 static inline bool sinkbox__export_open(const sinkbox_sink_t *s, sink_world_string_t *config,
                                         exports_sinkbox_sink_sink_context_t *raw, sinkbox_error_t *err) {
-  sinkbox_json_t doc = {config->ptr, config->len, "config"};
-  sinkbox_context_t context = sinkbox_context_view(raw);
+  char *pipeline = sinkbox__cstr(&raw->pipeline), *sink = sinkbox__cstr(&raw->sink), *topic = sinkbox__cstr(&raw->topic);
+  sinkbox_context_t context = {
+      pipeline,
+      sink,
+      topic,
+      raw->partition,
+      raw->lane,
+      raw->lanes,
+      raw->worker_index,
+      raw->worker_count,
+      raw->snapshot.is_some,
+      raw->snapshot.is_some ? raw->snapshot.val.ptr : NULL,
+      raw->snapshot.is_some ? raw->snapshot.val.len : 0,
+      raw->probe,
+  };
+  sinkbox_json_t doc;
   bool ok;
   if (!s->open || !s->add || !s->flush || !s->abort)
     ok = sinkbox_fatal(err, "the sink's SINKBOX_EXPORT lacks one of open, add, flush, abort");
-  else if (!sinkbox_json_valid(config->ptr, config->len))
-    ok = sinkbox_fatal(err, "config is not JSON");
   else
-    ok = s->open(&doc, &context, err);
-  sinkbox_context_release(&context);
+    ok = sinkbox_json_parse(&doc, "config", config->ptr, config->len, err) && s->open(&doc, &context, err);
+  free(pipeline);
+  free(sink);
+  free(topic);
   sink_world_string_free(config);
   exports_sinkbox_sink_sink_context_free(raw);
   return ok;
@@ -440,7 +834,8 @@ static inline bool sinkbox__export_flush(const sinkbox_sink_t *s, sinkbox_snapsh
   ret->val.len = 0;
   bool ok = s->flush(ret, err);
   if (ok && ret->is_some && ret->val.len > SINKBOX_SNAPSHOT_MAX)
-    ok = sinkbox_fatal(err, "flush returned a snapshot larger than 64 KiB");
+    ok = sinkbox_fatalf(err, "flush returned a snapshot of %zu bytes; the limit is %u", ret->val.len,
+                        SINKBOX_SNAPSHOT_MAX);
   if (!ok) {
     sink_world_option_list_u8_free(ret);
     ret->is_some = false;
@@ -450,7 +845,10 @@ static inline bool sinkbox__export_flush(const sinkbox_sink_t *s, sinkbox_snapsh
 
 static inline bool sinkbox__export_status(const sinkbox_sink_t *s, sinkbox_status_t *ret) {
   memset(ret, 0, sizeof *ret);
-  return s->status && s->status(ret);
+  if (!s->status) return false;
+  if (s->status(ret)) return true;
+  exports_sinkbox_sink_sink_sink_status_free(ret);
+  return false;
 }
 
 static inline bool sinkbox__export_close(const sinkbox_sink_t *s, sinkbox_error_t *err) {
@@ -458,12 +856,14 @@ static inline bool sinkbox__export_close(const sinkbox_sink_t *s, sinkbox_error_
 }
 
 /* Defines the sink's exports from its callbacks, given as designated
- * initializers of sinkbox_sink_t; use it once, at file scope:
+ * initializers of sinkbox_sink_t. Use it once, at file scope:
  *
- *   SINKBOX_EXPORT(.open = my_open, .add = my_add, .flush = my_flush, .abort = my_abort);
+ *   SINKBOX_EXPORT(.config_schema = SCHEMA, .open = my_open, .add = my_add,
+ *                  .flush = my_flush, .abort = my_abort);
  *
- * The SDK frees what the runtime passes in (config, context, batch), checks
- * that the config is JSON before open, and checks the snapshot's size. */
+ * The SDK frees what the runtime passes in (config, context, batch), refuses
+ * a config that is not a JSON object before calling open, and refuses a
+ * snapshot over 64 KiB. */
 #define SINKBOX_EXPORT(...)                                                                                   \
   static const sinkbox_sink_t sinkbox__sink = {__VA_ARGS__};                                                  \
   bool exports_sinkbox_sink_sink_config_schema(sink_world_string_t *ret) {                                    \

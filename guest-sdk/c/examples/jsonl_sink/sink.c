@@ -15,8 +15,8 @@
 
 #include "sinkbox_sdk.h"
 
-static char path[512];
-static char state_path[560];
+static char *path;
+static char *state_path;
 static char *buffer;
 static size_t buffer_len, buffer_cap;
 static uint64_t flushed_len;
@@ -32,31 +32,28 @@ static void append(const uint8_t *bytes, size_t n) {
   buffer_len += n;
 }
 
-/* The config is tiny and ours to define: find "path" without a JSON library. */
 static bool parse_config(const sinkbox_json_t *config, sinkbox_error_t *err) {
-  char text[1024];
-  if (config->len >= sizeof text) return sinkbox_fatal(err, "config too long");
-  memcpy(text, config->text, config->len);
-  text[config->len] = 0;
-  const char *key = strstr(text, "\"path\"");
-  const char *start = key ? strchr(key + 6, '"') : NULL;
-  const char *end = start ? strchr(start + 1, '"') : NULL;
-  if (!end || end - start - 1 >= (long)sizeof path - 1) return sinkbox_fatal(err, "config needs \"path\": a string");
-  memcpy(path, start + 1, end - start - 1);
-  path[end - start - 1] = 0;
-  snprintf(state_path, sizeof state_path, "%s.sinkbox-state", path);
+  if (!sinkbox_json_string(config, "path", SINKBOX_REQUIRED, &path, err)) return false;
+  state_path = malloc(strlen(path) + sizeof ".sinkbox-state");
+  if (!state_path) abort();
+  strcat(strcpy(state_path, path), ".sinkbox-state");
   return true;
 }
 
 static bool write_state(uint64_t len, int64_t offset) {
-  char tmp[600];
-  snprintf(tmp, sizeof tmp, "%s.tmp", state_path);
+  char *tmp = malloc(strlen(state_path) + sizeof ".tmp");
+  if (!tmp) abort();
+  strcat(strcpy(tmp, state_path), ".tmp");
   FILE *f = fopen(tmp, "w");
-  if (!f) return false;
-  fprintf(f, "{\"len\":%llu,\"offset\":%lld}", (unsigned long long)len, (long long)offset);
-  bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-  ok = fclose(f) == 0 && ok;
-  return ok && rename(tmp, state_path) == 0;
+  bool ok = f != NULL;
+  if (f) {
+    fprintf(f, "{\"len\":%llu,\"offset\":%lld}", (unsigned long long)len, (long long)offset);
+    ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok = fclose(f) == 0 && ok;
+  }
+  ok = ok && rename(tmp, state_path) == 0;
+  free(tmp);
+  return ok;
 }
 
 static bool jsonl_open(const sinkbox_json_t *config, const sinkbox_context_t *context, sinkbox_error_t *err) {
@@ -132,6 +129,9 @@ static bool jsonl_close(sinkbox_error_t *err) {
   (void)err;
   free(buffer);
   buffer = NULL;
+  free(path);
+  free(state_path);
+  path = state_path = NULL;
   buffer_len = buffer_cap = 0;
   return true;
 }
