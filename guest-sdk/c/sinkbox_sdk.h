@@ -13,6 +13,8 @@
  *     sinkbox_reject + sinkbox_rejected: fill the error out-parameter;
  *   - sinkbox_snapshot_set, sinkbox_status_custom: what flush and status
  *     hand back;
+ *   - sinkbox_output_*: an output file written exactly once through the
+ *     runtime's snapshots (the pattern of wit/sink.wit for file sinks);
  *   - sinkbox_buf_*: a growable byte buffer;
  *   - sinkbox_log: log to the host.
  *
@@ -21,12 +23,16 @@
 #ifndef SINKBOX_SDK_H
 #define SINKBOX_SDK_H
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "sink_world.h"
 
@@ -119,6 +125,13 @@ static inline void sinkbox_reject(sinkbox_rejections_t *list, uint64_t offset, c
   list->items[list->len].offset = offset;
   sink_world_string_dup(&list->items[list->len].reason, reason);
   list->len++;
+}
+
+static inline void sinkbox_rejections_free(sinkbox_rejections_t *list) {
+  for (size_t k = 0; k < list->len; k++) sink_world_string_free(&list->items[k].reason);
+  free(list->items);
+  list->items = NULL;
+  list->len = list->cap = 0;
 }
 
 /* These records can never be written: they go to the dead-letter queue and
@@ -734,7 +747,7 @@ static inline bool sinkbox_json_strings(const sinkbox_json_t *doc, const char *k
   return true;
 }
 
-/* --- SINKBOX_EXPORT: a sink as plain C callbacks ------------------------ */
+/* --- the context open receives ------------------------------------------ */
 
 /* What an instance serves (wit/types.wit `context`), with NUL-terminated
  * copies of its strings; valid during open only. */
@@ -750,6 +763,233 @@ typedef struct {
   size_t snapshot_len;
   bool probe; /* a probe instance: make nothing durable or visible */
 } sinkbox_context_t;
+
+/* --- an output file, exactly once through snapshots --------------------- *
+ *
+ * For a sink that appends to one file: the snapshot is the file's length
+ * after each flush ({"len":N}), so the runtime keeps all the state there is
+ * and no state file sits beside the output.
+ *
+ *   - open without a snapshot (first run): creates the file, or takes an
+ *     empty one (or one holding exactly `header`); refuses a file that holds
+ *     anything else, since this pipeline did not write it.
+ *   - open with a snapshot {"len":N}: the file must hold at least N bytes
+ *     (else `fatal`: it was truncated, replaced or deleted outside sinkbox);
+ *     bytes past N belong to a checkpoint that was never committed and are
+ *     cut off; the runtime replays them.
+ *   - open on a probe instance: fills in the path and touches nothing.
+ *   - append (from flush): checks that the file by its path is still the
+ *     one the sink left, of the length it left (else `fatal`), writes,
+ *     syncs and sets the snapshot to the new length.
+ *
+ * The path may hold {partition} and {lane}, filled in from the context;
+ * without them an instance refuses to open when it would share the file
+ * (lanes > 1, or a partition other than 0). */
+
+typedef struct {
+  char *path;   /* the output's path, placeholders filled in */
+  bool probe;   /* a probe instance: the file is never touched */
+  uint64_t len; /* what the file holds: the length the sink made durable */
+  uint64_t ino; /* the file's identity, to notice a replacement */
+} sinkbox_output_t;
+
+/* Frees the path; the file needs no closing (flush opens it each time). */
+static inline void sinkbox_output_close(sinkbox_output_t *out) {
+  free(out->path);
+  memset(out, 0, sizeof *out);
+}
+
+/* 4000 -> "4,000", for messages. */
+typedef struct {
+  char text[32];
+} sinkbox__number_t;
+
+static inline sinkbox__number_t sinkbox__grouped(uint64_t n) {
+  char digits[24];
+  int len = snprintf(digits, sizeof digits, "%llu", (unsigned long long)n);
+  sinkbox__number_t out;
+  int o = 0;
+  for (int k = 0; k < len; k++) {
+    if (k > 0 && (len - k) % 3 == 0) out.text[o++] = ',';
+    out.text[o++] = digits[k];
+  }
+  out.text[o] = 0;
+  return out;
+}
+
+/* Fills {partition} and {lane} in a path from the context; *out is a heap
+ * string. Refuses a path that instances would share. */
+static inline bool sinkbox_output_path(const char *path, const sinkbox_context_t *context, char **out,
+                                       sinkbox_error_t *err) {
+  static const char *const names[2] = {"{partition}", "{lane}"};
+  uint32_t values[2] = {context->partition, context->lane};
+  bool has_lane = strstr(path, names[1]) != NULL, has_partition = strstr(path, names[0]) != NULL;
+  if (context->lanes > 1 && !has_lane)
+    return sinkbox_fatalf(err,
+                          "path %s has no {lane} placeholder but the sink runs on %u lanes, which would all write "
+                          "the same file",
+                          path, context->lanes);
+  if (context->partition != 0 && !has_partition)
+    return sinkbox_fatalf(err,
+                          "path %s has no {partition} placeholder but this instance serves partition %u: the "
+                          "partitions would all write the same file",
+                          path, context->partition);
+  sinkbox_buf_t b = {NULL, 0, 0};
+  for (const char *p = path; *p;) {
+    int k = strncmp(p, names[0], strlen(names[0])) == 0 ? 0 : strncmp(p, names[1], strlen(names[1])) == 0 ? 1 : -1;
+    if (k < 0) {
+      sinkbox_buf_append(&b, p++, 1);
+      continue;
+    }
+    char digits[12];
+    int n = snprintf(digits, sizeof digits, "%u", values[k]);
+    sinkbox_buf_append(&b, digits, (size_t)n);
+    p += strlen(names[k]);
+  }
+  sinkbox_buf_append(&b, "", 1);
+  *out = (char *)b.data;
+  return true;
+}
+
+static inline bool sinkbox__pwrite_all(int fd, const void *bytes, size_t n, uint64_t at) {
+  const uint8_t *p = bytes;
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, (off_t)at);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= (size_t)w;
+    at += (uint64_t)w;
+  }
+  return true;
+}
+
+static inline bool sinkbox__output_snapshot(const sinkbox_output_t *out, sinkbox_snapshot_t *snapshot) {
+  char text[40];
+  int n = snprintf(text, sizeof text, "{\"len\":%llu}", (unsigned long long)out->len);
+  sinkbox_snapshot_set(snapshot, text, (size_t)n);
+  return true;
+}
+
+/* Rolls the file back to the committed snapshot. */
+static inline bool sinkbox__output_resume(sinkbox_output_t *out, const sinkbox_context_t *context,
+                                          sinkbox_error_t *err) {
+  sinkbox_json_t doc;
+  int64_t committed = -1;
+  if (!sinkbox_json_parse(&doc, "snapshot", context->snapshot, context->snapshot_len, err) ||
+      !sinkbox_json_int(&doc, "len", SINKBOX_REQUIRED, &committed, err))
+    return false;
+  if (committed < 0) return sinkbox_fatalf(err, "snapshot \"len\" is negative: %lld", (long long)committed);
+  const char *path = out->path;
+  int fd = open(path, O_RDWR);
+  if (fd < 0 && errno == ENOENT)
+    return sinkbox_fatalf(err, "output %s is missing but %s bytes were committed: it was deleted or moved outside sinkbox",
+                          path, sinkbox__grouped((uint64_t)committed).text);
+  if (fd < 0) return sinkbox_fatalf(err, "cannot open output %s: %s", path, strerror(errno));
+  struct stat st;
+  memset(&st, 0, sizeof st);
+  bool ok = true;
+  if (fstat(fd, &st) != 0)
+    ok = sinkbox_retryablef(err, "cannot stat output %s: %s", path, strerror(errno));
+  else if (!S_ISREG(st.st_mode))
+    ok = sinkbox_fatalf(err, "output %s is not a regular file", path);
+  else if ((uint64_t)st.st_size < (uint64_t)committed)
+    ok = sinkbox_fatalf(err, "output %s is %s bytes but %s were committed: it was truncated or replaced outside sinkbox",
+                        path, sinkbox__grouped((uint64_t)st.st_size).text, sinkbox__grouped((uint64_t)committed).text);
+  else if ((uint64_t)st.st_size > (uint64_t)committed && (ftruncate(fd, (off_t)committed) != 0 || fsync(fd) != 0))
+    ok = sinkbox_retryablef(err, "cannot cut output %s back to the committed %s bytes: %s", path,
+                            sinkbox__grouped((uint64_t)committed).text, strerror(errno));
+  close(fd);
+  out->len = (uint64_t)committed;
+  out->ino = (uint64_t)st.st_ino;
+  return ok;
+}
+
+/* Starts the file on a first run. */
+static inline bool sinkbox__output_start(sinkbox_output_t *out, const void *header, size_t header_len,
+                                         sinkbox_error_t *err) {
+  const char *path = out->path;
+  int fd = open(path, O_RDWR | O_CREAT, 0644);
+  if (fd < 0) return sinkbox_fatalf(err, "cannot open output %s: %s", path, strerror(errno));
+  struct stat st;
+  memset(&st, 0, sizeof st);
+  bool ok = true;
+  if (fstat(fd, &st) != 0) {
+    ok = sinkbox_retryablef(err, "cannot stat output %s: %s", path, strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    ok = sinkbox_fatalf(err, "output %s is not a regular file", path);
+  } else if (st.st_size == 0) {
+    if (header_len && (!sinkbox__pwrite_all(fd, header, header_len, 0) || fsync(fd) != 0))
+      ok = sinkbox_retryablef(err, "cannot write output %s: %s", path, strerror(errno));
+  } else {
+    /* A file holding exactly the header is one an earlier first run started. */
+    bool ours = header_len && (uint64_t)st.st_size == header_len;
+    uint8_t *head = ours ? malloc(header_len) : NULL;
+    ours = ours && head && pread(fd, head, header_len, 0) == (ssize_t)header_len && memcmp(head, header, header_len) == 0;
+    free(head);
+    if (!ours)
+      ok = sinkbox_fatalf(err, "output %s already holds %s bytes this pipeline did not write; remove it or choose another path",
+                          path, sinkbox__grouped((uint64_t)st.st_size).text);
+  }
+  close(fd);
+  out->len = header_len;
+  out->ino = (uint64_t)st.st_ino;
+  return ok;
+}
+
+/* Opens the output at `path` (placeholders allowed) for this instance; see
+ * above. `header` (may be NULL) starts a new file, e.g. a CSV header line. */
+static inline bool sinkbox_output_open(sinkbox_output_t *out, const char *path, const sinkbox_context_t *context,
+                                       const void *header, size_t header_len, sinkbox_error_t *err) {
+  memset(out, 0, sizeof *out);
+  if (!sinkbox_output_path(path, context, &out->path, err)) return false;
+  out->probe = context->probe;
+  if (context->probe) return true;
+  bool ok = context->has_snapshot ? sinkbox__output_resume(out, context, err)
+                                  : sinkbox__output_start(out, header, header_len, err);
+  /* After a failed open nothing else is called, close included. */
+  if (!ok) sinkbox_output_close(out);
+  return ok;
+}
+
+/* Appends bytes (may be none) to the output, syncs, and sets the snapshot to
+ * the new length. Call it from flush. */
+static inline bool sinkbox_output_append(sinkbox_output_t *out, const void *bytes, size_t len,
+                                         sinkbox_snapshot_t *snapshot, sinkbox_error_t *err) {
+  const char *path = out->path;
+  if (!path) return sinkbox_fatal(err, "output written before it was opened");
+  if (out->probe) return sinkbox_fatal(err, "a probe instance must not write its output");
+  int fd = open(path, O_WRONLY);
+  if (fd < 0 && errno == ENOENT)
+    return sinkbox_fatalf(err, "output %s was deleted or moved while the sink was writing it (it should hold %s bytes)",
+                          path, sinkbox__grouped(out->len).text);
+  if (fd < 0) return sinkbox_retryablef(err, "cannot open output %s: %s", path, strerror(errno));
+  struct stat st;
+  memset(&st, 0, sizeof st);
+  bool ok = true;
+  if (fstat(fd, &st) != 0) {
+    ok = sinkbox_retryablef(err, "cannot stat output %s: %s", path, strerror(errno));
+  } else if ((uint64_t)st.st_ino != out->ino) {
+    ok = sinkbox_fatalf(err, "output %s was replaced by another file while the sink was writing it", path);
+  } else if ((uint64_t)st.st_size < out->len) {
+    ok = sinkbox_fatalf(err, "output %s is %s bytes but the sink made %s durable: it was truncated outside sinkbox", path,
+                        sinkbox__grouped((uint64_t)st.st_size).text, sinkbox__grouped(out->len).text);
+  } else if ((uint64_t)st.st_size > out->len) {
+    ok = sinkbox_fatalf(err, "output %s is %s bytes but the sink wrote %s: something else writes to it", path,
+                        sinkbox__grouped((uint64_t)st.st_size).text, sinkbox__grouped(out->len).text);
+  } else if (len > 0 && (!sinkbox__pwrite_all(fd, bytes, len, out->len) || fsync(fd) != 0)) {
+    ok = sinkbox_retryablef(err, "cannot write output %s: %s", path, strerror(errno));
+    /* Leave the file as the last flush left it (best effort: a fresh
+     * instance cuts it back to the committed snapshot anyway). */
+    (void)ftruncate(fd, (off_t)out->len);
+  }
+  close(fd);
+  if (!ok) return false;
+  out->len += len;
+  return sinkbox__output_snapshot(out, snapshot);
+}
+
+/* --- SINKBOX_EXPORT: a sink as plain C callbacks ------------------------ */
 
 /* A sink's callbacks. open, add, flush and abort are required; the others
  * may be left out. A callback that returns bool returns true on success,

@@ -1,8 +1,9 @@
 /* Native tests of sinkbox_sdk.h: the JSON accessor, the record decoder and
- * the SINKBOX_EXPORT wrappers, with cases as data. Run from the repository
+ * the SINKBOX_EXPORT wrappers, with cases as data (tests/jsonl_sink_test.c
+ * covers sinkbox_output_t through the example). Run from the repository
  * root (for the host, not wasm32):
  *
- *   clang -std=c11 -Wall -Werror -Wno-unknown-attributes -Iguest-sdk/c -Iguest-sdk/c/bindings \
+ *   clang -std=gnu11 -Wall -Werror -Wno-unknown-attributes -Iguest-sdk/c -Iguest-sdk/c/bindings \
  *      guest-sdk/c/tests/sdk_test.c guest-sdk/c/bindings/sink_world.c -o /tmp/sdk_test && /tmp/sdk_test
  */
 
@@ -277,7 +278,17 @@ static void test_export(void) {
   free(opened_topic);
 }
 
+static void test_grouped(void) {
+  static const struct {
+    uint64_t n;
+    const char *text;
+  } cases[] = {{0, "0"}, {999, "999"}, {4000, "4,000"}, {1234567, "1,234,567"}, {UINT64_MAX, "18,446,744,073,709,551,615"}};
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++)
+    CHECK(strcmp(sinkbox__grouped(cases[k].n).text, cases[k].text) == 0, "%s", sinkbox__grouped(cases[k].n).text);
+}
+
 int main(void) {
+  test_grouped();
   test_parse();
   test_getters();
   test_records();
