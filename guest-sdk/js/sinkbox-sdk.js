@@ -711,6 +711,7 @@ export class BatchingSink extends Sink {
 // `sink-error`. A thrown value must match the variant shape exactly or the
 // QuickJS guest aborts, so every error goes through `lower`.
 
+const MAX_EXACT_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 const u32 = (n) => Math.max(0, Math.min(0xffffffff, Math.trunc(Number(n)) || 0));
 const u64 = (n) => Math.max(0, Number(n) || 0);
 
@@ -730,7 +731,12 @@ export function lowerError(e, call) {
     const list = e instanceof Rejected ? [{ offset: e.offset, reason: e.message }] : e.rejections;
     if (call === 'open' || call === 'close') return { tag: 'fatal', val: `records rejected in ${call}: ${e.message}` };
     if (list.length === 0) return { tag: 'fatal', val: `RejectedRecords with no records thrown from ${call}` };
-    // The QuickJS backend carries a u64 as a Number: exact up to 2^53.
+    // The QuickJS backend carries a u64 as a Number, exact up to 2^53: past
+    // that a rejection would name another record.
+    const inexact = list.find((r) => BigInt(r.offset) > MAX_EXACT_OFFSET);
+    if (inexact !== undefined) {
+      return { tag: 'fatal', val: `cannot reject the record at offset ${inexact.offset}: the QuickJS backend passes offsets past 2^53 inexactly (${inexact.reason})` };
+    }
     return { tag: 'rejected', val: list.map((r) => ({ offset: Number(r.offset), reason: String(r.reason) })) };
   }
   if (e instanceof Rejected) {
@@ -762,8 +768,19 @@ function lowerStatus(status) {
   };
 }
 
-/** Turns a `Sink` subclass into the object to export as `sink`. */
+/**
+ * Turns a `Sink` subclass into the object to export as `sink`. The object
+ * also carries the class (`sinkClass`) and, for sinkbox-sdk/testing, a way to
+ * make the glue of a fresh instance.
+ */
 export function exportSink(SinkClass) {
+  const exported = glue(SinkClass);
+  Object.defineProperty(exported, 'sinkClass', { value: SinkClass });
+  Object.defineProperty(exported, Symbol.for('sinkbox-sdk.instance'), { value: () => glue(SinkClass) });
+  return exported;
+}
+
+function glue(SinkClass) {
   let instance = null;
   const current = () => {
     if (instance === null) throw new Fatal('sink called before a successful open');
