@@ -709,11 +709,11 @@ export class BatchingSink extends Sink {
 // ---------------------------------------------------------------------------
 // The export glue: maps the WIT functions onto a Sink and thrown errors onto
 // `sink-error`. A thrown value must match the variant shape exactly or the
-// QuickJS guest aborts, so every error goes through `lower`.
+// QuickJS guest aborts, so every error goes through `lowerError`.
 
 const MAX_EXACT_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 const u32 = (n) => Math.max(0, Math.min(0xffffffff, Math.trunc(Number(n)) || 0));
-const u64 = (n) => Math.max(0, Number(n) || 0);
+const u64 = (n) => Math.max(0, Math.trunc(Number(n)) || 0);
 
 function describe(e) {
   if (e instanceof Error) {
