@@ -1,14 +1,26 @@
 //! Write [Sinkbox](https://example.invalid/sinkbox) sinks in Rust.
 //!
 //! A sink is a type implementing [`Sink`]; [`export_sink!`] turns it into the
-//! exports of the `sinkbox:sink/sink-world` component world. Build the crate
-//! as a `cdylib` for `wasm32-wasip2` and the result is a component that
-//! `sinkbox run` drives: `open` once with the typed config, `add` per record
-//! (or [`Sink::add_batch`] per batch), `flush` at each checkpoint, `abort`
+//! exports of the `sinkbox:sink/sink-world` component world (contract
+//! `sinkbox:sink@0.2.0`). Build the crate as a `cdylib` for `wasm32-wasip2`
+//! and the result is a component that `sinkbox run` drives: `open` once
+//! with the typed config and a [`Context`], `add` per record (or
+//! [`Sink::add_batch`] per batch), `flush` at each checkpoint, `abort`
 //! before a replay, `close` once at the end.
 //!
+//! Most destination sinks are simpler to write as a [`Writer`]: it gets
+//! the records of a checkpoint per partition at flush, and
+//! [`export_writer!`] wraps it in a [`Batching`] sink that buffers (without
+//! copying) and clears on abort.
+//!
+//! Exactly-once: [`Sink::snapshot`] returns a small snapshot after each
+//! successful flush; the runtime commits it with the source offsets and
+//! hands it back in [`Context::snapshot`] when an instance opens again.
+//! A file sink truncates its output to the length its snapshot names, and
+//! everything after it is replayed (see `sinks/file`).
+//!
 //! ```
-//! use sinkbox_sdk::{Error, Record, Sink, export_sink};
+//! use sinkbox_sdk::{Context, Error, Record, Sink, export_sink};
 //!
 //! /// Counts records with a value above a threshold.
 //! struct Threshold {
@@ -25,8 +37,12 @@
 //! impl Sink for Threshold {
 //!     type Config = Config;
 //!
-//!     fn open(config: Config) -> Result<Self, Error> {
-//!         Ok(Threshold { min: config.min, seen: 0, pending: 0 })
+//!     fn open(config: Config, context: &Context) -> Result<Self, Error> {
+//!         // The count survives restarts in the runtime-kept snapshot.
+//!         let seen = context.snapshot.as_deref().map_or(Ok(0), |s| {
+//!             s.try_into().map(u64::from_le_bytes).map_err(|_| Error::fatal("bad snapshot"))
+//!         })?;
+//!         Ok(Threshold { min: config.min, seen, pending: 0 })
 //!     }
 //!
 //!     fn add(&mut self, record: Record<'_>) -> Result<(), Error> {
@@ -46,6 +62,10 @@
 //!         Ok(())
 //!     }
 //!
+//!     fn snapshot(&mut self) -> Option<Vec<u8>> {
+//!         Some(self.seen.to_le_bytes().to_vec())
+//!     }
+//!
 //!     fn abort(&mut self) {
 //!         // The runtime replays everything since the last flush.
 //!         self.pending = 0;
@@ -60,11 +80,50 @@
 //! fresh one and replays; use it only for bugs.
 #![deny(missing_docs)]
 
+mod batching;
+
 use std::cell::RefCell;
 use std::fmt;
 use std::time::Duration;
 
+pub use batching::{Batching, Buffered, Writer};
 pub use sinkbox_format::{DecodeError, Headers};
+
+/// Encode batches natively, to unit-test a sink without building a
+/// component: write records with [`testing::BatchWriter`], wrap the buffer
+/// in [`Batch::new`], and call the sink's methods directly.
+pub mod testing {
+    pub use sinkbox_format::{BatchWriter, RecordRef};
+
+    use crate::{Batch, Context};
+
+    /// A batch of the given `(offset, key, value)` records of
+    /// `topic[partition]`.
+    pub fn batch(topic: &str, partition: u32, records: &[(u64, Option<&[u8]>, &[u8])]) -> Batch {
+        let mut writer = BatchWriter::default();
+        for &(offset, key, value) in records {
+            writer.push(&RecordRef { offset, timestamp: None, key, value, headers: &[] });
+        }
+        let (data, count) = writer.finish();
+        Batch::new(topic.to_string(), partition, count, data)
+    }
+
+    /// The context of a first open of `topic[partition]`, with no snapshot.
+    pub fn context(topic: &str, partition: u32) -> Context {
+        Context {
+            pipeline: "test".into(),
+            sink: "test".into(),
+            topic: topic.into(),
+            partition,
+            lane: 0,
+            lanes: 1,
+            worker_index: 0,
+            worker_count: 1,
+            snapshot: None,
+            probe: false,
+        }
+    }
+}
 
 #[doc(hidden)]
 pub mod __bindings {
@@ -98,8 +157,12 @@ pub trait Sink: Sized + 'static {
         None
     }
 
-    /// Creates the sink from its config.
-    fn open(config: Self::Config) -> Result<Self, Error>;
+    /// Creates the sink from its config. `context` says what this instance
+    /// serves (pipeline, sink, topic, partition, lane) and carries the
+    /// snapshot of the last committed flush. A probe instance
+    /// (`context.probe`) only receives `add`, then `abort` and `close`: it
+    /// must not roll anything back or write anything.
+    fn open(config: Self::Config, context: &Context) -> Result<Self, Error>;
 
     /// Takes one record. Return [`Error::reject`] to dead-letter just this
     /// record; any other error fails the whole batch.
@@ -122,7 +185,23 @@ pub trait Sink: Sized + 'static {
     }
 
     /// Makes everything added since the last successful flush durable.
+    /// Return [`Error::Rejected`] to dead-letter records it could not
+    /// write; the rest count as flushed.
     fn flush(&mut self) -> Result<(), Error>;
+
+    /// The snapshot to commit with this checkpoint, called after each
+    /// successful flush: small (at most 64 KiB) and opaque to the runtime,
+    /// which hands the last committed one to `open` in
+    /// [`Context::snapshot`]. Default: none.
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Counts since the previous call, merged into the runtime's status.
+    /// Called after each successful flush. Default: none.
+    fn status(&mut self) -> Option<Status> {
+        None
+    }
 
     /// Drops everything added since the last successful flush. Default: does
     /// nothing, right for sinks that only write in `flush` from state that
@@ -133,6 +212,62 @@ pub trait Sink: Sized + 'static {
     fn close(self) -> Result<(), Error> {
         Ok(())
     }
+}
+
+/// What an instance serves, given to [`Sink::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The sink's name in the pipeline.
+    pub sink: String,
+    /// The topic this instance serves (for a file source, its path).
+    pub topic: String,
+    /// The partition this instance serves.
+    pub partition: u32,
+    /// The lane within the partition.
+    pub lane: u32,
+    /// How many lanes the partition is spread over.
+    pub lanes: u32,
+    /// This instance's index among the sink's instances in the process.
+    pub worker_index: u32,
+    /// How many instances the sink has in the process.
+    pub worker_count: u32,
+    /// The snapshot of the last committed flush of this sink, partition
+    /// and lane; `None` on the very first open.
+    pub snapshot: Option<Vec<u8>>,
+    /// A probe instance: only `add`, then `abort` and `close`; must not
+    /// roll back or write anything.
+    pub probe: bool,
+}
+
+impl Context {
+    /// `template` with `{partition}`, `{lane}`, `{sink}` and `{pipeline}`
+    /// replaced, for outputs named per instance (instances of one pipeline
+    /// run concurrently and must not share an output).
+    pub fn expand(&self, template: &str) -> String {
+        template
+            .replace("{partition}", &self.partition.to_string())
+            .replace("{lane}", &self.lane.to_string())
+            .replace("{sink}", &self.sink)
+            .replace("{pipeline}", &self.pipeline)
+    }
+}
+
+/// Counts a sink reports about itself after each flush, since its previous
+/// report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Records written to the destination.
+    pub written: u64,
+    /// Records written with a problem.
+    pub warnings: u64,
+    /// Records skipped on purpose.
+    pub filtered: u64,
+    /// Failures the sink handled itself.
+    pub failures: u64,
+    /// Named counters (at most 32 names of up to 64 bytes are kept).
+    pub custom: Vec<(String, u64)>,
 }
 
 /// Why a call did not fully succeed; the runtime acts on the kind.
@@ -148,7 +283,8 @@ pub enum Error {
     /// Reject the record being added (only from [`Sink::add`]): it goes to
     /// the dead-letter queue with this reason, the batch carries on.
     Reject(String),
-    /// Reject these records of the batch; the rest count as accepted.
+    /// Reject these records (from `add` or `flush`, wherever the records
+    /// are known); the rest count as accepted.
     Rejected(Vec<Rejection>),
     /// The instance is broken: the runtime replaces it and replays.
     Fatal(String),
@@ -168,6 +304,11 @@ impl Error {
     /// Rejects the current record.
     pub fn reject(reason: impl fmt::Display) -> Self {
         Error::Reject(reason.to_string())
+    }
+
+    /// Rejects the record at `offset`.
+    pub fn reject_offset(offset: u64, reason: impl fmt::Display) -> Self {
+        Error::Rejected(vec![Rejection { offset, reason: reason.to_string() }])
     }
 
     /// A broken instance.
@@ -355,14 +496,17 @@ macro_rules! export_sink {
                 fn config_schema() -> ::std::option::Option<::std::string::String> {
                     <$sink as $crate::Sink>::config_schema()
                 }
-                fn open(config: ::std::string::String) -> $crate::__rt::Result {
-                    STATE.with(|s| $crate::__rt::open::<$sink>(s, config))
+                fn open(config: ::std::string::String, context: $crate::__rt::RawContext) -> $crate::__rt::Result {
+                    STATE.with(|s| $crate::__rt::open::<$sink>(s, config, context))
                 }
                 fn add(batch: $crate::__rt::RawBatch) -> $crate::__rt::Result {
                     STATE.with(|s| $crate::__rt::add::<$sink>(s, batch))
                 }
-                fn flush() -> $crate::__rt::Result {
+                fn flush() -> $crate::__rt::Flushed {
                     STATE.with(|s| $crate::__rt::flush::<$sink>(s))
+                }
+                fn status() -> ::std::option::Option<$crate::__rt::RawStatus> {
+                    STATE.with(|s| $crate::__rt::status::<$sink>(s))
                 }
                 fn abort() {
                     STATE.with(|s| $crate::__rt::abort::<$sink>(s))
@@ -382,15 +526,25 @@ macro_rules! export_sink {
     };
 }
 
+/// Exports a [`Writer`] as the component's sink contract, wrapped in
+/// [`Batching`]: `export_writer!(MyWriter);`.
+#[macro_export]
+macro_rules! export_writer {
+    ($writer:ty) => {
+        $crate::export_sink!($crate::Batching<$writer>);
+    };
+}
+
 /// Glue called by [`export_sink!`]; not a stable API.
 #[doc(hidden)]
 pub mod __rt {
     use super::*;
 
     pub use crate::__bindings::exports::sinkbox::sink::sink::Guest;
-    pub use types::Batch as RawBatch;
+    pub use types::{Batch as RawBatch, Context as RawContext, SinkStatus as RawStatus};
 
     pub type Result = std::result::Result<(), types::SinkError>;
+    pub type Flushed = std::result::Result<Option<Vec<u8>>, types::SinkError>;
 
     type State<S> = RefCell<Option<S>>;
 
@@ -398,10 +552,22 @@ pub mod __rt {
         types::SinkError::Fatal("sink called before a successful open".into())
     }
 
-    pub fn open<S: Sink>(state: &State<S>, config: String) -> Result {
+    pub fn open<S: Sink>(state: &State<S>, config: String, context: RawContext) -> Result {
         let config: S::Config =
             serde_json::from_str(&config).map_err(|e| types::SinkError::Fatal(format!("invalid sink config: {e}")))?;
-        *state.borrow_mut() = Some(S::open(config).map_err(lower)?);
+        let context = Context {
+            pipeline: context.pipeline,
+            sink: context.sink,
+            topic: context.topic,
+            partition: context.partition,
+            lane: context.lane,
+            lanes: context.lanes,
+            worker_index: context.worker_index,
+            worker_count: context.worker_count,
+            snapshot: context.snapshot,
+            probe: context.probe,
+        };
+        *state.borrow_mut() = Some(S::open(config, &context).map_err(lower)?);
         Ok(())
     }
 
@@ -411,8 +577,22 @@ pub mod __rt {
         sink.add_batch(Batch { inner: batch }).map_err(lower)
     }
 
-    pub fn flush<S: Sink>(state: &State<S>) -> Result {
-        state.borrow_mut().as_mut().ok_or_else(not_open)?.flush().map_err(lower)
+    pub fn flush<S: Sink>(state: &State<S>) -> Flushed {
+        let mut state = state.borrow_mut();
+        let sink = state.as_mut().ok_or_else(not_open)?;
+        sink.flush().map_err(lower)?;
+        Ok(sink.snapshot())
+    }
+
+    pub fn status<S: Sink>(state: &State<S>) -> Option<RawStatus> {
+        let status = state.borrow_mut().as_mut()?.status()?;
+        Some(RawStatus {
+            written: status.written,
+            warnings: status.warnings,
+            filtered: status.filtered,
+            failures: status.failures,
+            custom: status.custom,
+        })
     }
 
     pub fn abort<S: Sink>(state: &State<S>) {
@@ -436,6 +616,7 @@ pub mod __rt {
             Error::Retryable(m) => types::SinkError::Retryable(m),
             // A bare `Reject` outside `add` has no record to name; it means
             // the call failed for good, which the runtime handles as fatal.
+            // Name the record with `Error::reject_offset` instead.
             Error::Reject(m) => types::SinkError::Fatal(format!("record rejected outside add: {m}")),
             Error::Rejected(list) => types::SinkError::Rejected(
                 list.into_iter().map(|r| types::Rejection { offset: r.offset, reason: r.reason }).collect(),

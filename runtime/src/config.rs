@@ -4,6 +4,8 @@
 //! [pipeline]
 //! name = "orders"                   # default: the file's stem
 //! batch_size = 1000                 # records per add
+//! batch_bytes = "1MiB"              # and at most this much data per add
+//! checkpoint_bytes = "16MiB"        # held for replays; reaching it closes the checkpoint
 //! commit_every = 10000              # records per checkpoint
 //! commit_interval = "5s"            # longest a checkpoint stays open
 //! offsets = "state/orders.offsets.json"     # default: .sinkbox/NAME.offsets.json
@@ -20,12 +22,15 @@
 //! cap = "10s"
 //! max_attempts = 5
 //! max_backpressure = 1000
-//! max_poison = 10
+//! max_poison = 5
+//! max_wait = "60s"                  # cap on a backpressure wait a sink asks for
+//! max_retry_time = "10m"            # cap on recovering one checkpoint
 //!
 //! [[sink]]
 //! name = "csv"
 //! component = "builtin:file"        # or a path to a .wasm component
 //! on_error = "dead-letter"          # or "fail"
+//! lanes = 1                         # instances per partition, spread by key
 //! config = { path = "/out/orders.csv", format = "csv", columns = ["id", "total"] }
 //! limits = { memory = "64MiB", fuel_per_record = 10000000, fuel_per_call = 1000000000, timeout = "10s" }
 //! grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }], env = { TZ = "UTC" } }
@@ -41,10 +46,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::checkpoint::{Batching, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
-use crate::engine::{Engine, SinkComponent};
+use crate::sandbox::{Engine, SinkComponent};
 use crate::error::{Error, Result};
 use crate::sandbox::{DirGrant, Grants, SandboxLimits};
 use crate::source::{LineFormat, LineSource, Source};
+
+/// Most lanes (instances per partition) a sink may have.
+pub const MAX_LANES: u32 = 64;
 
 /// A parsed pipeline file.
 #[derive(Debug, Deserialize)]
@@ -71,6 +79,10 @@ pub struct PipelineSection {
     pub name: Option<String>,
     /// Records per `add`.
     pub batch_size: Option<usize>,
+    /// Bytes of record data per `add`.
+    pub batch_bytes: Option<HumanBytes>,
+    /// Bytes of batches held for replays before a checkpoint closes.
+    pub checkpoint_bytes: Option<HumanBytes>,
     /// Records per checkpoint.
     pub commit_every: Option<u64>,
     /// Longest a checkpoint stays open.
@@ -118,6 +130,10 @@ pub struct RetrySection {
     pub max_backpressure: Option<u32>,
     /// Poison records per checkpoint.
     pub max_poison: Option<u32>,
+    /// Longest backpressure wait.
+    pub max_wait: Option<HumanDuration>,
+    /// Longest time recovering one checkpoint.
+    pub max_retry_time: Option<HumanDuration>,
 }
 
 /// `[[sink]]`.
@@ -134,6 +150,9 @@ pub struct SinkSection {
     /// What a repeated trap does.
     #[serde(default)]
     pub on_error: OnError,
+    /// Instances per partition (default 1), spread by key hash.
+    #[serde(default)]
+    pub lanes: Option<u32>,
     /// Limits.
     #[serde(default)]
     pub limits: LimitsSection,
@@ -276,6 +295,14 @@ impl PipelineFile {
             if !names.insert(sink.name.as_str()) {
                 return Err(Error::Config(format!("{origin}: two sinks are named \"{}\"", sink.name)));
             }
+            if let Some(lanes) = sink.lanes
+                && !(1..=MAX_LANES).contains(&lanes)
+            {
+                return Err(Error::Config(format!(
+                    "{origin}: sink \"{}\": lanes = {lanes}; it must be 1 to {MAX_LANES}",
+                    sink.name
+                )));
+            }
         }
         Ok(file)
     }
@@ -339,6 +366,7 @@ impl SinkSection {
             limits,
             grants: Grants { dirs, env },
             on_error: self.on_error,
+            lanes: self.lanes.unwrap_or(1),
         })
     }
 }
@@ -369,6 +397,12 @@ impl PipelineFile {
         if let Some(n) = p.batch_size {
             batching = batching.batch_size(n);
         }
+        if let Some(n) = p.batch_bytes {
+            batching = batching.batch_bytes(usize::try_from(n.0).unwrap_or(usize::MAX));
+        }
+        if let Some(n) = p.checkpoint_bytes {
+            batching = batching.checkpoint_bytes(n.0);
+        }
         if let Some(n) = p.commit_every {
             batching = batching.commit_every(n);
         }
@@ -392,6 +426,12 @@ impl PipelineFile {
         if let Some(n) = r.max_poison {
             retry = retry.max_poison(n);
         }
+        if let Some(d) = r.max_wait {
+            retry = retry.max_wait(d.0);
+        }
+        if let Some(d) = r.max_retry_time {
+            retry = retry.max_retry_time(d.0);
+        }
         let state_dir = base.join(".sinkbox");
         let offsets = OffsetStore::new(
             p.offsets.as_ref().map_or_else(|| state_dir.join(format!("{name}.offsets.json")), |o| base.join(o)),
@@ -409,9 +449,9 @@ impl PipelineFile {
         };
         let source: Box<dyn Source> = match &self.source {
             SourceSection::File { path, format } => {
-                Box::new(LineSource::file(&base.join(path), *format, Some(&start))?)
+                Box::new(LineSource::file(&base.join(path), *format, Some(&start.position))?)
             }
-            SourceSection::Stdin { format } => Box::new(LineSource::stdin(*format, Some(&start))?),
+            SourceSection::Stdin { format } => Box::new(LineSource::stdin(*format, Some(&start.position))?),
         };
         let sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
         Ok(Pipeline { name, engine: engine.clone(), source, sinks, batching, retry, offsets, dead_letters, start })

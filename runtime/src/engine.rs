@@ -1,9 +1,14 @@
 //! The one place that configures wasmtime.
 //!
-//! An [`Engine`] owns a `wasmtime::Engine` set up for sinks (fuel, epoch
-//! interruption driven by a ticker thread, optionally the pooling
-//! allocator), the linker with WASI and the host interface, and an on-disk
-//! cache of compiled components. `wasmtime::Config` never leaves this file.
+//! An [`Engine`] owns a `wasmtime::Engine` set up for sinks (async calls,
+//! fuel, epoch interruption driven by a ticker thread, optionally the
+//! pooling allocator), a linker, and an on-disk cache of compiled
+//! components. `wasmtime::Config` never leaves this file.
+//!
+//! The engine is generic over its store data, as Spin's is: it knows
+//! nothing of sandboxes or of the sink world. The sandbox module supplies
+//! the store type and links its imports (`sandbox::Engine` is the engine of
+//! sink sandboxes).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -11,11 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 
-use crate::bindings::{SinkWorld, SinkWorldPre};
 use crate::error::{Error, Result};
-use crate::sandbox::StoreState;
 
 /// How often the ticker advances the epoch; wall-clock deadlines are
 /// counted in these ticks.
@@ -96,24 +99,30 @@ impl EngineOptions {
     }
 }
 
-/// A configured wasmtime engine, linker and component cache. Cheap to clone.
-#[derive(Clone)]
-pub struct Engine {
-    inner: Arc<Inner>,
+/// A configured wasmtime engine, a linker for stores holding `T`, and the
+/// component cache. Cheap to clone.
+pub struct Engine<T: 'static> {
+    inner: Arc<Inner<T>>,
 }
 
-struct Inner {
+impl<T: 'static> Clone for Engine<T> {
+    fn clone(&self) -> Self {
+        Engine { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<T: 'static> {
     engine: wasmtime::Engine,
-    linker: Linker<StoreState>,
+    linker: Linker<T>,
     options: EngineOptions,
     /// Hash of the engine settings that compiled code depends on.
     settings_hash: u64,
 }
 
-/// A compiled, pre-linked sink component, ready to instantiate.
-#[derive(Clone)]
-pub struct SinkComponent {
-    pub(crate) pre: SinkWorldPre<StoreState>,
+/// A compiled, pre-linked component, ready to instantiate.
+pub struct Linked<T: 'static> {
+    /// The component linked against the engine's linker.
+    pub pre: InstancePre<T>,
     /// Where the component came from, for messages.
     pub origin: String,
     /// How it was obtained.
@@ -121,13 +130,13 @@ pub struct SinkComponent {
 }
 
 /// A component's interface, as `sinkbox inspect` shows it.
-pub struct ComponentInfo {
+pub struct Described<T: 'static> {
     /// Imported interface names, e.g. `wasi:cli/stdout@0.2.6`.
     pub imports: Vec<String>,
-    /// Exported interface names, e.g. `sinkbox:sink/sink@0.1.0`.
+    /// Exported interface names, e.g. `sinkbox:sink/sink@0.2.0`.
     pub exports: Vec<String>,
-    /// The component ready to run, or why it cannot be linked as a sink.
-    pub sink: Result<SinkComponent>,
+    /// The component linked, or why it cannot be.
+    pub linked: Result<Linked<T>>,
 }
 
 /// How a component was loaded, for status and benchmarks.
@@ -139,11 +148,14 @@ pub struct LoadInfo {
     pub elapsed: Duration,
 }
 
-impl Engine {
-    /// Builds an engine. The pooling allocator reserves address space up
-    /// front; when the machine refuses that, the engine falls back to
-    /// on-demand allocation and logs a warning.
-    pub fn new(options: EngineOptions) -> Result<Engine> {
+impl<T: 'static> Engine<T> {
+    /// Builds an engine whose linker `link` fills. The pooling allocator
+    /// reserves address space up front; when the machine refuses that, the
+    /// engine falls back to on-demand allocation and logs a warning.
+    pub fn with_linker(
+        options: EngineOptions,
+        link: impl FnOnce(&mut Linker<T>) -> wasmtime::Result<()>,
+    ) -> Result<Engine<T>> {
         let (engine, options) = match build(&options) {
             Ok(engine) => (engine, options),
             Err(e) if options.pooling.is_some() => {
@@ -154,8 +166,7 @@ impl Engine {
             Err(e) => return Err(Error::Engine(e.into())),
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine(e.into()))?;
-        SinkWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| Error::Engine(e.into()))?;
+        link(&mut linker).map_err(|e| Error::Engine(e.into()))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let settings_hash = hasher.finish();
@@ -165,6 +176,7 @@ impl Engine {
         Ok(Engine { inner: Arc::new(Inner { engine, linker, options, settings_hash }) })
     }
 
+    /// The wasmtime engine, for stores.
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner.engine
     }
@@ -187,14 +199,14 @@ impl Engine {
     /// modification and change times): an unchanged file loads without
     /// being read. Any write to the file changes its change time, which a
     /// user cannot set, so a modified file is always hashed again.
-    pub fn load_file(&self, path: &Path) -> Result<SinkComponent> {
+    pub fn link_file(&self, path: &Path) -> Result<Linked<T>> {
         let origin = path.display().to_string();
         let memo = self.file_memo(path);
         if let Some(entry) = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
             let started = Instant::now();
             if let Some(component) = self.cache_dir().and_then(|dir| self.deserialize(&dir.join(entry.trim()))) {
                 let pre = self.instantiate_pre(&component, &origin)?;
-                return Ok(SinkComponent { pre, origin, load: LoadInfo { cached: true, elapsed: started.elapsed() } });
+                return Ok(Linked { pre, origin, load: LoadInfo { cached: true, elapsed: started.elapsed() } });
             }
         }
         let bytes = std::fs::read(path)
@@ -253,41 +265,47 @@ impl Engine {
 
     /// Loads a component from its bytes, through the cache. `origin` names
     /// it in messages.
-    pub fn load(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
+    pub fn link(&self, bytes: &[u8], origin: &str) -> Result<Linked<T>> {
         self.load_entry(bytes, origin).map(|(component, _)| component)
     }
 
-    /// [`Engine::load`], also returning the cache entry's path.
-    fn load_entry(&self, bytes: &[u8], origin: &str) -> Result<(SinkComponent, Option<PathBuf>)> {
+    /// [`Engine::link`], also returning the cache entry's path.
+    fn load_entry(&self, bytes: &[u8], origin: &str) -> Result<(Linked<T>, Option<PathBuf>)> {
         let started = Instant::now();
         let (component, cached, entry) = self.compile_cached(bytes, origin)?;
         let pre = self.instantiate_pre(&component, origin)?;
         let load = LoadInfo { cached, elapsed: started.elapsed() };
-        Ok((SinkComponent { pre, origin: origin.to_string(), load }, entry))
+        Ok((Linked { pre, origin: origin.to_string(), load }, entry))
     }
 
-    /// What a component imports and exports, and whether it is a sink; for
+    /// What a component imports and exports, and whether it links; for
     /// `sinkbox inspect`. Fails only if the bytes are not a component.
-    pub fn describe(&self, bytes: &[u8], origin: &str) -> Result<ComponentInfo> {
+    pub fn describe(&self, bytes: &[u8], origin: &str) -> Result<Described<T>> {
         let (component, _, _) = self.compile_cached(bytes, origin)?;
-        let ty = component.component_type();
-        let engine = &self.inner.engine;
-        let imports = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
-        let exports = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
-        let sink = self.instantiate_pre(&component, origin).map(|pre| SinkComponent {
+        let (imports, exports) = self.interface(&component);
+        let linked = self.instantiate_pre(&component, origin).map(|pre| Linked {
             pre,
             origin: origin.to_string(),
             load: LoadInfo { cached: true, elapsed: Duration::ZERO },
         });
-        Ok(ComponentInfo { imports, exports, sink })
+        Ok(Described { imports, exports, linked })
+    }
+
+    /// The names of what `component` imports and exports.
+    pub fn interface(&self, component: &Component) -> (Vec<String>, Vec<String>) {
+        let ty = component.component_type();
+        let engine = &self.inner.engine;
+        let imports = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+        let exports = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+        (imports, exports)
     }
 
     /// Compiles without the cache, for benchmarks of cold starts.
-    pub fn compile_uncached(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
+    pub fn link_uncached(&self, bytes: &[u8], origin: &str) -> Result<Linked<T>> {
         let started = Instant::now();
         let component = self.compile(bytes, origin)?;
         let pre = self.instantiate_pre(&component, origin)?;
-        Ok(SinkComponent {
+        Ok(Linked {
             pre,
             origin: origin.to_string(),
             load: LoadInfo { cached: false, elapsed: started.elapsed() },
@@ -299,13 +317,11 @@ impl Engine {
             .map_err(|e| Error::Component { origin: origin.to_string(), source: e.into() })
     }
 
-    fn instantiate_pre(&self, component: &Component, origin: &str) -> Result<SinkWorldPre<StoreState>> {
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| Error::Component { origin: origin.to_string(), source: e.into() })?;
-        SinkWorldPre::new(pre).map_err(|e| Error::NotASink { origin: origin.to_string(), source: e.into() })
+    fn instantiate_pre(&self, component: &Component, origin: &str) -> Result<InstancePre<T>> {
+        self.inner.linker.instantiate_pre(component).map_err(|e| Error::Component {
+            origin: origin.to_string(),
+            source: e.into(),
+        })
     }
 
     /// The cache key: the component's content hash and the engine settings
@@ -354,6 +370,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn build(options: &EngineOptions) -> wasmtime::Result<wasmtime::Engine> {
     let mut config = wasmtime::Config::new();
+    // Every guest call is async: a guest yields to the executor at each
+    // epoch tick, and a call's deadline covers its host calls too.
     config.consume_fuel(options.fuel);
     config.epoch_interruption(options.epochs);
     // Sinks are built from untrusted sources: keep Spectre mitigations and

@@ -28,6 +28,8 @@ pub enum Phase {
     Add,
     /// `flush`.
     Flush,
+    /// `status`.
+    Status,
     /// `abort`.
     Abort,
     /// `close`.
@@ -42,6 +44,7 @@ impl fmt::Display for Phase {
             Phase::Open => "open",
             Phase::Add => "add",
             Phase::Flush => "flush",
+            Phase::Status => "status",
             Phase::Abort => "abort",
             Phase::Close => "close",
         })
@@ -91,6 +94,12 @@ pub enum Fault {
     /// The sink returned `rejected` where rejections are not allowed (open).
     #[error("rejected {0} records")]
     Rejected(usize),
+    /// The sink broke the contract (an oversized snapshot, say).
+    #[error("broke the contract: {0}")]
+    Violation(String),
+    /// The call was cut off because the pipeline is aborting.
+    #[error("was stopped by an abort request")]
+    Stopped,
 }
 
 impl Fault {
@@ -98,6 +107,13 @@ impl Fault {
     /// (limits included) or a fatal error.
     pub fn kills_instance(&self) -> bool {
         !matches!(self, Fault::Retryable(_) | Fault::Backpressure(_))
+    }
+
+    /// Whether the sandbox ran out of a resource (memory, fuel, time): the
+    /// batch may simply have been too big, so smaller batches are tried
+    /// before any record is blamed.
+    pub fn is_resource_limit(&self) -> bool {
+        matches!(self, Fault::OutOfFuel { .. } | Fault::Timeout { .. } | Fault::Memory { .. })
     }
 
     /// Whether this is a trap (as opposed to an error the sink returned).
@@ -153,13 +169,25 @@ pub enum Error {
         source: BoxError,
     },
     /// A component does not export the sink contract.
-    #[error("component {origin} does not implement the sinkbox:sink/sink-world@0.1.0 world")]
+    #[error("component {origin} does not implement the sinkbox:sink/sink-world@0.2.0 world")]
     NotASink {
         /// File or built-in name.
         origin: String,
         /// What is missing.
         #[source]
         source: BoxError,
+    },
+    /// A component implements another version of the contract.
+    #[error(
+        "component {origin} implements {found}, but this runtime runs {expected}; rebuild it with the SDK for {expected}"
+    )]
+    ContractVersion {
+        /// File or built-in name.
+        origin: String,
+        /// The version the component exports.
+        found: String,
+        /// The version this runtime needs.
+        expected: String,
     },
     /// A host I/O operation failed.
     #[error("{what}")]

@@ -5,12 +5,15 @@
 //! - [`Engine`]: the configured wasmtime engine, linker and compiled-component
 //!   cache; one per process.
 //! - [`SinkInstance`]: one sink in its own sandbox ([`SandboxLimits`],
-//!   [`Grants`]); every call runs under fuel, a wall-clock deadline and a
-//!   memory cap.
+//!   [`Grants`]); every call is async and runs under a wall-clock deadline
+//!   that covers its host calls, a memory cap and optionally fuel.
 //! - [`Source`]: where records come from ([`LineSource`] reads JSON lines from
-//!   a file or stdin).
-//! - [`Pipeline`]: a source fanned out to sinks, with checkpoints, replays,
-//!   an [`OffsetStore`] and a dead-letter queue ([`DeadLetters`]).
+//!   a file or stdin), on its own thread behind a [`SourceHandle`].
+//! - [`Pipeline`]: a source fanned out to sinks, one task per sink instance
+//!   (per sink, partition and lane), checkpoints as barriers, replays per
+//!   instance, an [`OffsetStore`] holding positions and sink snapshots, and
+//!   a dead-letter queue ([`DeadLetters`]). All of it runs on one tokio
+//!   runtime per process ([`runtime`]).
 //! - [`PipelineFile`]: the `pipeline.toml` format that builds a pipeline.
 //!
 //! Run the built-in blackhole sink over three records:
@@ -38,6 +41,7 @@
 //! let (status, result) = pipeline.run(&Control::default());
 //! result?;
 //! assert_eq!(status.committed, 3);
+//! assert_eq!(status.outcome, sinkbox::Outcome::Finished);
 //! assert_eq!(status.sinks[0].added, 3);
 //! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -55,11 +59,14 @@ pub mod schema;
 pub mod source;
 pub mod status;
 
-pub use bindings::Batch;
-pub use checkpoint::{Batching, Control, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
+pub use bindings::{Batch, CONTRACT, Context};
+pub use checkpoint::{
+    Batching, Committed, Control, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec, Snapshots,
+    runtime,
+};
 pub use config::PipelineFile;
-pub use engine::{Engine, EngineOptions, Pooling, SinkComponent};
+pub use engine::{EngineOptions, Pooling};
 pub use error::{Error, Fault, Phase, Result, SinkFailure};
-pub use sandbox::{DirGrant, Failure, Grants, SandboxLimits, SinkInstance};
-pub use source::{LineFormat, LineSource, Position, Source};
-pub use status::{SinkMetrics, Status};
+pub use sandbox::{CallStats, DirGrant, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance};
+pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle};
+pub use status::{Outcome, SinkMetrics, Status};

@@ -1,17 +1,17 @@
 //! Checking a sink's config against the JSON Schema it publishes.
 
-use crate::checkpoint::SinkSpec;
-use crate::engine::Engine;
+use crate::checkpoint::{SinkSpec, runtime};
 use crate::error::{Error, Phase, Result};
-use crate::sandbox::SinkInstance;
-use crate::status::SinkMetrics;
+use crate::sandbox::{Engine, Interrupt, SinkInstance};
 
 /// Asks the sink for its config schema (in a throwaway instance) and checks
 /// the spec's config against it. Returns the schema, if the sink has one.
 pub fn check_config(engine: &Engine, spec: &SinkSpec) -> Result<Option<String>> {
-    let mut metrics = SinkMetrics::new(&spec.name);
-    let mut instance = SinkInstance::new(engine, &spec.component, &spec.name, spec.limits, &spec.grants)?;
-    let schema = instance.config_schema(&mut metrics).map_err(|e| e.into_failure(&spec.name, Phase::ConfigSchema))?;
+    let schema = runtime()?.block_on(async {
+        let mut instance =
+            SinkInstance::new(engine, &spec.component, &spec.name, spec.limits, &spec.grants, Interrupt::never()).await?;
+        instance.config_schema().await.map_err(|e| e.into_failure(&spec.name, Phase::ConfigSchema))
+    })?;
     let Some(schema_text) = schema else {
         return Ok(None);
     };

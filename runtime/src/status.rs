@@ -1,11 +1,79 @@
 //! What a pipeline did: counters for the run and per sink.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::{Bytes, Phase};
+use crate::bindings::GuestStatus;
+use crate::error::Bytes;
+use crate::sandbox::CallStats;
+
+/// How a run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state", content = "error")]
+pub enum Outcome {
+    /// Still running (a status taken mid-run).
+    #[default]
+    Running,
+    /// The source ended and everything read was committed.
+    Finished,
+    /// A stop request ended it; what was committed is in `position`.
+    Interrupted,
+    /// An error ended it; the text is the whole error chain.
+    Failed(String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Running => f.write_str("running"),
+            Outcome::Finished => f.write_str("finished"),
+            Outcome::Interrupted => f.write_str("interrupted"),
+            Outcome::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// Counts a sink reported about itself (contract `status`), summed over
+/// its instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Reported {
+    /// Records written to the destination.
+    pub written: u64,
+    /// Records written with a problem.
+    pub warnings: u64,
+    /// Records the sink skipped on purpose.
+    pub filtered: u64,
+    /// Failures the sink handled itself.
+    pub failures: u64,
+    /// The sink's own named counters.
+    pub custom: BTreeMap<String, u64>,
+}
+
+impl Reported {
+    pub(crate) fn add(&mut self, status: &GuestStatus) {
+        self.written = self.written.saturating_add(status.written);
+        self.warnings = self.warnings.saturating_add(status.warnings);
+        self.filtered = self.filtered.saturating_add(status.filtered);
+        self.failures = self.failures.saturating_add(status.failures);
+        for (name, n) in &status.custom {
+            let entry = self.custom.entry(name.clone()).or_default();
+            *entry = entry.saturating_add(*n);
+        }
+    }
+
+    fn merge(&mut self, other: &Reported) {
+        self.written += other.written;
+        self.warnings += other.warnings;
+        self.filtered += other.filtered;
+        self.failures += other.failures;
+        for (name, n) in &other.custom {
+            *self.custom.entry(name.clone()).or_default() += n;
+        }
+    }
+}
 
 /// Counters for one pipeline run.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -25,8 +93,8 @@ pub struct Status {
     /// Wall-clock time of the run.
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
-    /// How the run ended: `"finished"`, `"interrupted"` or the error.
-    pub outcome: String,
+    /// How the run ended.
+    pub outcome: Outcome,
     /// Peak resident memory of the whole process, in bytes (Linux only).
     pub peak_rss: Option<u64>,
     /// Per sink.
@@ -46,8 +114,10 @@ pub struct SinkMetrics {
     pub retries: u64,
     /// Traps, limits included, and fatal errors: each cost an instance.
     pub traps: u64,
-    /// Instances created.
+    /// Instances created (probes not counted).
     pub instances: u64,
+    /// Partitions and lanes served: one instance at a time each.
+    pub lanes: u64,
     /// Fuel consumed by all calls.
     pub fuel: u64,
     /// Largest linear memory of any instance, in bytes.
@@ -66,6 +136,9 @@ pub struct SinkMetrics {
     /// than rejected), in percent; 100 when it saw none. Set at the end of
     /// the run.
     pub success_percent: f64,
+    /// What the sink reported about itself, if it reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported: Option<Reported>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -78,15 +151,37 @@ impl SinkMetrics {
         SinkMetrics { name: name.to_string(), ..Default::default() }
     }
 
-    pub(crate) fn record_call(&mut self, phase: Phase, elapsed: Duration, fuel: u64, memory: u64, ok: bool) {
-        self.calls += 1;
-        self.calls_ok += u64::from(ok);
-        self.fuel += fuel;
-        self.peak_memory = self.peak_memory.max(memory);
-        match phase {
-            Phase::Add => self.add_time += elapsed,
-            Phase::Flush => self.flush_time += elapsed,
-            _ => {}
+    /// Adds what an instance's calls cost.
+    pub(crate) fn absorb(&mut self, stats: &CallStats) {
+        self.calls += stats.calls;
+        self.calls_ok += stats.calls_ok;
+        self.fuel += stats.fuel;
+        self.peak_memory = self.peak_memory.max(stats.peak_memory);
+        self.add_time += stats.add_time;
+        self.flush_time += stats.flush_time;
+    }
+
+    /// Adds a sink status report.
+    pub(crate) fn report(&mut self, status: &GuestStatus) {
+        self.reported.get_or_insert_with(Reported::default).add(status);
+    }
+
+    /// Adds another lane's metrics of the same sink.
+    pub(crate) fn merge(&mut self, other: &SinkMetrics) {
+        self.added += other.added;
+        self.rejected += other.rejected;
+        self.retries += other.retries;
+        self.traps += other.traps;
+        self.instances += other.instances;
+        self.lanes += other.lanes;
+        self.fuel += other.fuel;
+        self.peak_memory = self.peak_memory.max(other.peak_memory);
+        self.add_time += other.add_time;
+        self.flush_time += other.flush_time;
+        self.calls += other.calls;
+        self.calls_ok += other.calls_ok;
+        if let Some(reported) = &other.reported {
+            self.reported.get_or_insert_with(Reported::default).merge(reported);
         }
     }
 
@@ -135,6 +230,17 @@ impl fmt::Display for Status {
                 s.flush_time.as_secs_f64(),
                 s.success_percent
             )?;
+            if let Some(r) = &s.reported {
+                write!(
+                    f,
+                    "  {:<16} reported: written {}  warnings {}  filtered {}  failures {}",
+                    "", r.written, r.warnings, r.filtered, r.failures
+                )?;
+                for (name, n) in &r.custom {
+                    write!(f, "  {name} {n}")?;
+                }
+                writeln!(f)?;
+            }
         }
         Ok(())
     }

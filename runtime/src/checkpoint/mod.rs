@@ -1,150 +1,62 @@
 //! The checkpoint loop: batching, flush, commit, replay.
 //!
-//! A [`Pipeline`] reads batches from one source on a reader thread and
-//! hands each batch to every sink. A checkpoint closes after
-//! `commit_every` records (at the first batch boundary at or past it) or
-//! `commit_interval`, whichever comes first: every sink flushes, dead
-//! letters are synced, then the source position is committed to the offset
-//! store. The loop keeps the open checkpoint's batches in memory, so a
-//! replay never needs the source to rewind.
+//! A [`Pipeline`] reads events from its source (on the source's own
+//! thread) and routes each batch to the lanes of every sink: one task per
+//! sink instance, per (sink, partition, lane). A checkpoint closes after
+//! `commit_every` records, `commit_interval`, or `checkpoint_bytes` of
+//! held batches, whichever comes first. It is a barrier: every lane
+//! flushes (concurrently), dead letters are synced, then the source
+//! position and the lanes' snapshots are committed together to the offset
+//! store, and the source hears of it ([`Source::committed`]). Each lane
+//! keeps the open checkpoint's batches it took, so a replay never needs
+//! the source to rewind.
 //!
-//! Recovery is per sink: a sink that fails is aborted (or replaced) and
-//! replayed from the checkpoint start on its own; sinks that did not fail
-//! keep what they already took, which is equivalent for the output and
-//! does no work twice. What each failure does:
+//! Recovery is per lane: a lane whose sink fails is aborted (or its
+//! instance replaced) and replays its own held batches; other lanes, of the
+//! same sink or not, keep what they took. What each failure does:
 //!
 //! | failure | action |
 //! |---|---|
 //! | `rejected` | dead-letter the named records; the rest count as taken |
-//! | `backpressure(ms)` | `abort`, wait `ms`, replay (up to `max_backpressure` times) |
-//! | `retryable` | `abort`, exponential backoff, replay; after `max_attempts` stop, checkpoint uncommitted |
-//! | trap, limit, `fatal` | drop the instance, open a fresh one, replay; if the same checkpoint fails so again: `on_error = "fail"` stops, `"dead-letter"` bisects to the poison record, dead-letters it and carries on |
+//! | `backpressure(ms)` | `abort`, wait `ms` (at most `max_wait`), replay (up to `max_backpressure` times) |
+//! | `retryable` | drop the instance, exponential backoff, a fresh instance, replay; after `max_attempts` stop, checkpoint uncommitted |
+//! | memory, fuel or time limit in `add` | drop the instance, replay in batches a quarter the size, down to one record |
+//! | trap, `fatal` | drop the instance, open a fresh one, replay; if the same checkpoint fails so again: `on_error = "fail"` stops, `"dead-letter"` bisects to the poison record, dead-letters it and carries on |
+//!
+//! Failures of the host's own world (the dead-letter file, the offset
+//! store, the disk) stop the pipeline with a host error; they are never
+//! blamed on a sink and never cause a replacement or a bisection.
+//!
+//! [`Source::committed`]: crate::source::Source::committed
 
+mod bisect;
 mod deadletter;
+mod lane;
 mod offsets;
+mod policy;
+mod route;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use deadletter::DeadLetters;
-pub use offsets::OffsetStore;
-use sinkbox_format::{BatchWriter, Record, Records};
+pub use offsets::{Committed, OffsetStore, Snapshots};
+pub use policy::{Batching, OnError, RetryPolicy};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
-use crate::bindings::{Batch, Rejection};
-use crate::engine::{Engine, SinkComponent};
-use crate::error::{Error, Fault, Phase, Result, SinkFailure};
-use crate::sandbox::{Failure, Grants, SandboxLimits, SinkInstance};
-use crate::source::{Position, Source, SourceBatch};
-use crate::status::{SinkMetrics, Status};
+use self::lane::{Command, Flushed, Lane, LaneEnd, Shared};
+use crate::bindings::{Batch, Context};
+use crate::error::{Error, Result};
+use crate::sandbox::{Engine, Grants, Interrupt, SandboxLimits, SinkComponent};
+use crate::source::{PartitionId, Position, Source, SourceEvent, SourceHandle};
+use crate::status::{Outcome, SinkMetrics, Status};
 
-/// What to do when a checkpoint traps twice in a row for a sink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnError {
-    /// Isolate the record that makes the sink trap, dead-letter it, carry on.
-    #[default]
-    DeadLetter,
-    /// Stop the pipeline; the checkpoint stays uncommitted.
-    Fail,
-}
-
-/// Retry and backoff policy. Defaults: 100 ms base, 10 s cap, 5 attempts,
-/// 1,000 backpressure waits per checkpoint, 10 poison records per
-/// checkpoint before the sink is considered broken.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub(crate) base: Duration,
-    pub(crate) cap: Duration,
-    pub(crate) max_attempts: u32,
-    pub(crate) max_backpressure: u32,
-    pub(crate) max_poison: u32,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(10),
-            max_attempts: 5,
-            max_backpressure: 1_000,
-            max_poison: 10,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// First backoff delay; it doubles with each attempt.
-    pub fn base(mut self, base: Duration) -> Self {
-        self.base = base;
-        self
-    }
-
-    /// Longest backoff delay.
-    pub fn cap(mut self, cap: Duration) -> Self {
-        self.cap = cap;
-        self
-    }
-
-    /// Attempts at a checkpoint (the first included) before giving up.
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n.max(1);
-        self
-    }
-
-    /// Backpressure waits allowed within one checkpoint.
-    pub fn max_backpressure(mut self, n: u32) -> Self {
-        self.max_backpressure = n;
-        self
-    }
-
-    /// Poison records isolated within one checkpoint before giving up.
-    pub fn max_poison(mut self, n: u32) -> Self {
-        self.max_poison = n;
-        self
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-}
-
-/// Checkpoint sizing. Defaults: batches of 1,000 records, a checkpoint
-/// every 10,000 records or 5 s.
-#[derive(Debug, Clone, Copy)]
-pub struct Batching {
-    pub(crate) batch_size: usize,
-    pub(crate) commit_every: u64,
-    pub(crate) commit_interval: Duration,
-}
-
-impl Default for Batching {
-    fn default() -> Self {
-        Batching { batch_size: 1_000, commit_every: 10_000, commit_interval: Duration::from_secs(5) }
-    }
-}
-
-impl Batching {
-    /// Records per `add` call.
-    pub fn batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n.max(1);
-        self
-    }
-
-    /// Records per checkpoint.
-    pub fn commit_every(mut self, n: u64) -> Self {
-        self.commit_every = n.max(1);
-        self
-    }
-
-    /// Longest time a checkpoint stays open.
-    pub fn commit_interval(mut self, d: Duration) -> Self {
-        self.commit_interval = d;
-        self
-    }
-}
+/// How long a checkpoint may still run after a stop request before it is
+/// aborted (its offsets then stay uncommitted and are replayed next run).
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// One sink of a pipeline.
 #[derive(Clone)]
@@ -161,13 +73,18 @@ pub struct SinkSpec {
     pub grants: Grants,
     /// What a repeated trap does.
     pub on_error: OnError,
+    /// Instances per partition (default 1). With more than one, records
+    /// are spread by a hash of their key, so records with one key stay in
+    /// order in one lane; records without a key go round-robin by batch.
+    pub lanes: u32,
 }
 
 /// Shared with the caller while a pipeline runs: stop requests and live
 /// counters for a progress display.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Control {
-    stop: AtomicU8,
+    state: watch::Sender<u8>,
+    abort: watch::Sender<bool>,
     /// Records read so far.
     pub read: AtomicU64,
     /// Input bytes read so far.
@@ -176,19 +93,45 @@ pub struct Control {
     pub committed: AtomicU64,
 }
 
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            state: watch::Sender::new(RUN),
+            abort: watch::Sender::new(false),
+            read: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+        }
+    }
+}
+
 const RUN: u8 = 0;
 const FINISH: u8 = 1;
 const ABORT: u8 = 2;
 
 impl Control {
     /// Asks the pipeline to stop reading, flush and commit what it has, and
-    /// close its sinks. A second call aborts the open checkpoint instead.
+    /// close its sinks. A second call aborts the open checkpoint instead,
+    /// cutting off any guest call in progress.
     pub fn stop(&self) {
-        let _ = self.stop.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| Some((s + 1).min(ABORT)));
+        self.state.send_modify(|s| *s = (*s + 1).min(ABORT));
+        if *self.state.borrow() == ABORT {
+            self.abort.send_replace(true);
+        }
+    }
+
+    fn abort_now(&self) {
+        self.state.send_replace(ABORT);
+        self.abort.send_replace(true);
     }
 
     fn state(&self) -> u8 {
-        self.stop.load(Ordering::SeqCst)
+        *self.state.borrow()
+    }
+
+    /// Whether a stop was requested.
+    pub fn stopping(&self) -> bool {
+        self.state() != RUN
     }
 }
 
@@ -207,601 +150,454 @@ pub struct Pipeline {
     pub batching: Batching,
     /// Retries.
     pub retry: RetryPolicy,
-    /// Where committed positions go; `None` keeps them in memory only.
+    /// Where committed positions and snapshots go; `None` keeps them in
+    /// memory only.
     pub offsets: Option<OffsetStore>,
     /// Where rejected records go.
     pub dead_letters: DeadLetters,
-    /// The position the source starts from (from the offset store).
-    pub start: Position,
+    /// What was committed last (from the offset store): where the source
+    /// starts, and the snapshots the sinks' instances open with.
+    pub start: Committed,
 }
 
-/// A batch of the open checkpoint, kept for replays.
-struct Held {
-    batch: Batch,
-}
-
-impl Held {
-    fn records(&self) -> impl Iterator<Item = Record<'_>> {
-        // The runtime encoded this buffer itself; it always decodes.
-        Records::new(&self.batch.data, self.batch.count).flatten()
-    }
-}
-
-/// A sink's state in the running pipeline.
-struct Slot {
-    spec: SinkSpec,
-    instance: Option<SinkInstance>,
-    metrics: SinkMetrics,
-    /// Per open checkpoint: records this sink must not see again, as
-    /// (batch index, offset); dead-lettered already.
-    skip: BTreeSet<(usize, u64)>,
-    added: u64,
-    attempts: u32,
-    backpressure: u32,
-    traps: u32,
-    poison: u32,
-}
-
-impl Slot {
-    fn reset_checkpoint(&mut self) {
-        self.skip.clear();
-        self.added = 0;
-        self.attempts = 0;
-        self.backpressure = 0;
-        self.traps = 0;
-        self.poison = 0;
-    }
-}
-
-struct Runner<'a> {
-    pipeline_name: String,
-    engine: Engine,
-    retry: RetryPolicy,
-    control: &'a Control,
-    dead_letters: DeadLetters,
-    source_name: String,
-    /// The open checkpoint.
-    held: Vec<Held>,
-    committed: Position,
+/// The process's one async runtime, started on first use with a worker
+/// thread per core.
+pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("sinkbox-worker")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::Io { what: "cannot start the async runtime".into(), source: std::io::Error::other(e.clone()) })
 }
 
 impl Pipeline {
     /// Runs until the source ends, a stop is requested, or an error the
     /// pipeline cannot recover from. Always returns the status; the error,
-    /// if any, says why the run ended early.
+    /// if any, says why the run ended early. Blocks on the process's
+    /// runtime; from async code use [`Pipeline::run_async`].
     pub fn run(self, control: &Control) -> (Status, Result<()>) {
+        match runtime() {
+            Ok(rt) => rt.block_on(self.run_async(control)),
+            Err(e) => (Status { outcome: Outcome::Failed(e.to_string()), ..Default::default() }, Err(e)),
+        }
+    }
+
+    /// [`Pipeline::run`], as a future.
+    pub async fn run_async(self, control: &Control) -> (Status, Result<()>) {
         let started = Instant::now();
-        let Pipeline { name, engine, mut source, sinks, batching, retry, offsets, dead_letters, start } = self;
-        let source_name = source.describe();
-        let mut status = Status { pipeline: name.clone(), position: start.to_string(), ..Default::default() };
-        let mut runner = Runner {
-            pipeline_name: name,
+        let Pipeline { name, engine, source, sinks, batching, retry, offsets, dead_letters, start } = self;
+        let mut status = Status { pipeline: name.clone(), position: start.position.to_string(), ..Default::default() };
+        let shared = Arc::new(Shared {
             engine,
             retry,
-            control,
-            dead_letters,
-            source_name: source_name.clone(),
-            held: Vec::new(),
-            committed: start,
-        };
-        let mut slots: Vec<Slot> = sinks
-            .into_iter()
-            .map(|spec| Slot {
-                metrics: SinkMetrics::new(&spec.name),
-                spec,
-                instance: None,
-                skip: BTreeSet::new(),
-                added: 0,
-                attempts: 0,
-                backpressure: 0,
-                traps: 0,
-                poison: 0,
-            })
-            .collect();
-
-        // The source runs on its own thread, so parsing overlaps with the
-        // sinks and a quiet stdin cannot hold a checkpoint open past its
-        // interval. The bounded channel applies backpressure to the reader.
-        let (tx, rx) = mpsc::sync_channel::<Result<SourceBatch>>(4);
-        let batch_size = batching.batch_size;
-        let (source_tx, source_rx) = mpsc::channel::<Box<dyn Source>>();
-        let reader = std::thread::Builder::new().name("sinkbox-source".into()).spawn(move || {
-            loop {
-                match source.next_batch(batch_size) {
-                    Ok(Some(batch)) => {
-                        if tx.send(Ok(batch)).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        break;
-                    }
-                }
-            }
-            let _ = source_tx.send(source);
+            dead_letters: Arc::new(Mutex::new(dead_letters)),
+            interrupt: Interrupt::new(control.abort.subscribe()),
+            state: control.state.subscribe(),
+            committed: Mutex::new(start.position.to_string()),
         });
-        let result = match reader {
-            Err(e) => Err(Error::io("cannot start the source thread", e)),
-            Ok(_) => {
-                let result = runner
-                    .open_all(&mut slots)
-                    .and_then(|()| runner.run(&mut slots, &rx, batching, &offsets, &mut status));
-                // Close every live instance exactly once, whatever happened.
-                for slot in &mut slots {
-                    if let Some(instance) = slot.instance.take()
-                        && let Err(e) = instance.close(&mut slot.metrics)
-                    {
-                        tracing::warn!("{}", e.into_failure(&slot.spec.name, Phase::Close));
-                    }
-                }
-                drop(rx);
-                // Give the source a chance to commit with its own protocol.
-                if let Ok(mut source) = source_rx.recv_timeout(Duration::from_millis(100))
-                    && let Err(e) = source.committed(&runner.committed)
-                {
-                    tracing::warn!("{e}");
-                }
+        let mut run = Run {
+            pipeline: name,
+            source_name: String::new(),
+            sinks: sinks.into_iter().map(Arc::new).collect(),
+            shared: shared.clone(),
+            control,
+            batching,
+            offsets,
+            committed: start.position,
+            snapshots: start.snapshots,
+            lanes: BTreeMap::new(),
+            ended: Vec::new(),
+            workers: BTreeMap::new(),
+            round_robin: 0,
+            checkpoints: 0,
+            malformed: 0,
+        };
+        let result = match SourceHandle::spawn(source, batching.batch_size, batching.batch_bytes) {
+            Ok(mut source) => {
+                run.source_name = source.describe().to_string();
+                let result = run.run(&mut source).await;
+                run.close_all().await;
+                source.finish().await;
                 result
             }
+            Err(e) => Err(e),
         };
         status.elapsed = started.elapsed();
         status.peak_rss = crate::status::peak_rss();
-        status.position = runner.committed.to_string();
+        status.position = run.committed.to_string();
         status.read = control.read.load(Ordering::Relaxed);
         status.committed = control.committed.load(Ordering::Relaxed);
-        status.sinks = slots.into_iter().map(|s| s.metrics.finish()).collect();
+        status.checkpoints = run.checkpoints;
+        status.malformed = run.malformed;
+        status.sinks = run.metrics();
         status.outcome = match &result {
-            Ok(()) if control.state() != RUN => "interrupted".into(),
-            Ok(()) => "finished".into(),
-            Err(e) => format!("failed: {e}"),
+            Ok(()) if control.stopping() => Outcome::Interrupted,
+            Ok(()) => Outcome::Finished,
+            Err(Error::Interrupted { .. }) => Outcome::Interrupted,
+            Err(e) => Outcome::Failed(crate::error::chain(e)),
         };
         (status, result)
     }
 }
 
-impl Runner<'_> {
-    fn open_all(&mut self, slots: &mut [Slot]) -> Result<()> {
-        for slot in slots {
-            self.start_instance(slot)?;
-        }
-        Ok(())
-    }
-
-    /// Instantiates and opens a fresh instance for `slot`.
-    fn start_instance(&mut self, slot: &mut Slot) -> Result<()> {
-        let spec = &slot.spec;
-        slot.metrics.instances += 1;
-        let mut instance = SinkInstance::new(&self.engine, &spec.component, &spec.name, spec.limits, &spec.grants)?;
-        let mut attempt = 0;
-        loop {
-            match instance.open(&spec.config, &mut slot.metrics) {
-                Ok(()) => break,
-                Err(Failure::Fault(f)) if !f.fault.kills_instance() && attempt + 1 < self.retry.max_attempts => {
-                    attempt += 1;
-                    let wait = match f.fault {
-                        Fault::Backpressure(ms) => Duration::from_millis(u64::from(ms)),
-                        _ => self.retry.backoff(attempt),
-                    };
-                    tracing::warn!("{f}; retrying in {wait:?}");
-                    self.sleep(wait)?;
-                }
-                Err(e) => return Err(e.into_failure(&spec.name, Phase::Open).into()),
-            }
-        }
-        slot.instance = Some(instance);
-        Ok(())
-    }
-
-    /// Sleeps, waking early with an error if a stop is requested.
-    fn sleep(&self, total: Duration) -> Result<()> {
-        let until = Instant::now() + total;
-        loop {
-            if self.control.state() != RUN {
-                return Err(Error::Interrupted { from: self.committed.to_string() });
-            }
-            let now = Instant::now();
-            if now >= until {
-                return Ok(());
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(50)));
+/// Runs `step`, unless a stop request has waited [`STOP_GRACE`] for it:
+/// then the pipeline aborts (calls in progress are cut off) and the open
+/// checkpoint stays uncommitted.
+async fn bounded<T>(control: &Control, from: String, step: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut state = control.state.subscribe();
+    let overdue = async {
+        let _ = state.wait_for(|s| *s != RUN).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        result = step => result,
+        () = overdue => {
+            tracing::warn!("the checkpoint did not finish within {STOP_GRACE:?} of the stop request; aborting it");
+            control.abort_now();
+            Err(Error::Interrupted { from })
         }
     }
+}
 
-    fn run(
-        &mut self,
-        slots: &mut [Slot],
-        rx: &Receiver<Result<SourceBatch>>,
-        batching: Batching,
-        offsets: &Option<OffsetStore>,
-        status: &mut Status,
-    ) -> Result<()> {
-        let mut pending_end: Option<Position> = None;
-        let mut cp_records = 0u64;
-        let mut cp_started: Option<Instant> = None;
+/// A running lane, seen from the loop.
+struct LaneHandle {
+    sink: usize,
+    commands: mpsc::Sender<Command>,
+    task: JoinHandle<LaneEnd>,
+}
+
+/// The loop's state for one run.
+struct Run<'a> {
+    pipeline: String,
+    /// The source's description, recorded with each commit.
+    source_name: String,
+    sinks: Vec<Arc<SinkSpec>>,
+    shared: Arc<Shared>,
+    control: &'a Control,
+    batching: Batching,
+    offsets: Option<OffsetStore>,
+    committed: Position,
+    snapshots: Snapshots,
+    /// Per partition: its lanes, sink by sink, lane by lane.
+    lanes: BTreeMap<PartitionId, Vec<LaneHandle>>,
+    /// Lanes that ended (revoked partitions): their metrics.
+    ended: Vec<(usize, SinkMetrics)>,
+    /// Per sink: lanes opened so far (the next worker index).
+    workers: BTreeMap<usize, u32>,
+    round_robin: u64,
+    checkpoints: u64,
+    malformed: u64,
+}
+
+/// The checkpoint in progress.
+#[derive(Default)]
+struct Open {
+    end: Option<Position>,
+    records: u64,
+    bytes: u64,
+    started: Option<Instant>,
+}
+
+impl Run<'_> {
+    async fn run(&mut self, source: &mut SourceHandle) -> Result<()> {
+        let initial = source.partitions().to_vec();
+        self.assign(initial).await?;
+        let mut open = Open::default();
         let mut source_error = None;
         let mut source_done = false;
+        let mut state = self.control.state.subscribe();
         loop {
-            let state = self.control.state();
-            if state == ABORT {
-                for slot in slots.iter_mut() {
-                    if let Some(instance) = slot.instance.as_mut() {
-                        let _ = instance.abort(&mut slot.metrics);
-                    }
-                }
-                return Err(Error::Interrupted { from: self.committed.to_string() });
+            let now = *state.borrow_and_update();
+            if now == ABORT {
+                return Err(self.interrupted());
             }
-            let interval_over = cp_started.is_some_and(|t| t.elapsed() >= batching.commit_interval);
-            let due = cp_records >= batching.commit_every || interval_over || source_done || state == FINISH;
-            if due && pending_end.is_some() {
-                self.checkpoint(slots, pending_end.take(), offsets, status)?;
-                cp_records = 0;
-                cp_started = None;
+            let interval_over = open.started.is_some_and(|t| t.elapsed() >= self.batching.commit_interval);
+            let due = open.records >= self.batching.commit_every
+                || open.bytes >= self.batching.checkpoint_bytes
+                || interval_over
+                || source_done
+                || now == FINISH;
+            if due && let Some(end) = open.end.take() {
+                bounded(self.control, self.committed.to_string(), self.checkpoint(end, open.records)).await?;
+                open = Open::default();
             }
-            if source_done || state == FINISH {
-                return match source_error {
-                    Some(e) => Err(e),
-                    None => Ok(()),
-                };
+            if source_done || now == FINISH {
+                return source_error.map_or(Ok(()), Err);
             }
-            let wait = match cp_started {
-                Some(t) => batching.commit_interval.saturating_sub(t.elapsed()).min(Duration::from_millis(100)),
-                None => Duration::from_millis(100),
+            let wait = match open.started {
+                Some(t) => self.batching.commit_interval.saturating_sub(t.elapsed()),
+                None => Duration::from_secs(3600),
             };
-            let batch = match rx.recv_timeout(wait) {
-                Ok(Ok(batch)) => batch,
-                Ok(Err(e)) => {
+            let event = tokio::select! {
+                event = source.next() => event,
+                () = tokio::time::sleep(wait) => continue,
+                _ = state.changed() => continue,
+            };
+            let batch = match event {
+                None => {
+                    source_done = true;
+                    continue;
+                }
+                Some(Err(e)) => {
                     source_error = Some(e);
                     source_done = true;
                     continue;
                 }
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    source_done = true;
+                Some(Ok(SourceEvent::Assigned(parts))) => {
+                    bounded(self.control, self.committed.to_string(), self.assign(parts)).await?;
                     continue;
                 }
+                Some(Ok(SourceEvent::Revoked(parts))) => {
+                    if let Some(end) = open.end.take() {
+                        bounded(self.control, self.committed.to_string(), self.checkpoint(end, open.records)).await?;
+                        open = Open::default();
+                    }
+                    bounded(self.control, self.committed.to_string(), self.revoke(parts)).await?;
+                    continue;
+                }
+                Some(Ok(SourceEvent::Batch(batch))) => batch,
             };
-            cp_started.get_or_insert_with(Instant::now);
+            open.started.get_or_insert_with(Instant::now);
             let count = u64::from(batch.records.len());
             self.control.read.fetch_add(count + batch.malformed.len() as u64, Ordering::Relaxed);
             self.control.bytes.fetch_add(batch.bytes, Ordering::Relaxed);
-            status.malformed += batch.malformed.len() as u64;
-            for m in &batch.malformed {
-                self.dead_letters.push_malformed(&m.reason, &batch.topic, batch.partition, m.offset, &m.raw)?;
+            self.malformed += batch.malformed.len() as u64;
+            if !batch.malformed.is_empty() {
+                let mut dead_letters = self.shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner());
+                for m in &batch.malformed {
+                    dead_letters.push_malformed(&m.reason, &batch.topic, batch.partition, m.offset, &m.raw)?;
+                }
             }
-            pending_end = Some(batch.end);
+            open.end = Some(batch.end);
             if count == 0 {
                 continue;
             }
-            cp_records += count;
-            let (data, count) = batch.records.finish();
-            self.held.push(Held { batch: Batch { topic: batch.topic, partition: batch.partition, count, data } });
-            let index = self.held.len() - 1;
-            for slot in slots.iter_mut() {
-                self.deliver(slot, index)?;
+            let partition = PartitionId { topic: batch.topic, partition: batch.partition };
+            if !self.lanes.contains_key(&partition) {
+                bounded(self.control, self.committed.to_string(), self.assign(vec![partition.clone()])).await?;
             }
+            let (data, count) = batch.records.finish();
+            open.records += u64::from(count);
+            open.bytes += data.len() as u64;
+            let batch = Batch { topic: partition.topic.clone(), partition: partition.partition, count, data };
+            bounded(self.control, self.committed.to_string(), self.route(&partition, batch)).await?;
         }
     }
 
-    /// Flushes every sink, syncs dead letters and commits `end`.
-    fn checkpoint(
-        &mut self,
-        slots: &mut [Slot],
-        end: Option<Position>,
-        offsets: &Option<OffsetStore>,
-        status: &mut Status,
-    ) -> Result<()> {
-        for slot in slots.iter_mut() {
-            self.flush(slot)?;
+    fn interrupted(&self) -> Error {
+        Error::Interrupted { from: self.committed.to_string() }
+    }
+
+
+    /// Opens the lanes of `parts` for every sink, each with its committed
+    /// snapshot. Lanes with no snapshot yet flush at once, and their first
+    /// snapshots are committed before any record reaches them.
+    async fn assign(&mut self, mut parts: Vec<PartitionId>) -> Result<()> {
+        parts.retain(|p| !self.lanes.contains_key(p));
+        parts.dedup();
+        let mut opening = Vec::new();
+        for part in &parts {
+            let part = part.clone();
+            let mut handles = Vec::new();
+            for (index, spec) in self.sinks.iter().enumerate() {
+                for lane in 0..spec.lanes.max(1) {
+                    let worker = self.workers.entry(index).or_default();
+                    let worker_index = *worker;
+                    *worker += 1;
+                    let key = Snapshots::key(&spec.name, &part.topic, part.partition, lane);
+                    let context = Context {
+                        pipeline: self.pipeline.clone(),
+                        sink: spec.name.clone(),
+                        topic: part.topic.clone(),
+                        partition: part.partition,
+                        lane,
+                        lanes: spec.lanes.max(1),
+                        worker_index,
+                        worker_count: self.workers_after(index, parts.len()),
+                        snapshot: None,
+                        probe: false,
+                    };
+                    let snapshot = self.snapshots.get(&key).cloned();
+                    let state = Lane::new(spec.clone(), key, context, snapshot, self.shared.clone());
+                    let (commands, rx) = mpsc::channel(2);
+                    let (opened_tx, opened) = oneshot::channel();
+                    let task = tokio::spawn(state.run(rx, opened_tx));
+                    handles.push((LaneHandle { sink: index, commands, task }, opened));
+                }
+            }
+            opening.push((part, handles));
         }
-        self.dead_letters.sync()?;
-        let Some(end) = end else { return Ok(()) };
-        if let Some(store) = offsets {
-            store.commit(&self.source_name, &end)?;
+        // Wait for every lane to open.
+        let mut first = Vec::new();
+        let mut failure = None;
+        for (part, handles) in opening {
+            let mut kept = Vec::new();
+            for (handle, opened) in handles {
+                match opened.await {
+                    Ok(Ok(Some(flushed))) => first.push(flushed),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        failure.get_or_insert_with(|| Error::Config("a sink instance ended while opening".into()));
+                    }
+                }
+                kept.push(handle);
+            }
+            self.lanes.insert(part, kept);
         }
-        let records: u64 = self.held.iter().map(|h| u64::from(h.batch.count)).sum();
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if !first.is_empty() {
+            for flushed in first {
+                self.snapshots.set(flushed.key, flushed.snapshot);
+            }
+            if let Some(store) = &self.offsets {
+                store.commit(&self.source_name, &self.committed, &self.snapshots)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many lanes sink `index` has once `new_parts` more partitions
+    /// are open.
+    fn workers_after(&self, index: usize, new_parts: usize) -> u32 {
+        let per_partition = self.sinks[index].lanes.max(1);
+        let open = u32::try_from(self.lanes.len() + new_parts).unwrap_or(u32::MAX);
+        open.saturating_mul(per_partition)
+    }
+
+    /// Sends `batch` of `partition` to every sink's lanes.
+    async fn route(&mut self, partition: &PartitionId, batch: Batch) -> Result<()> {
+        let batch = Arc::new(batch);
+        self.round_robin += 1;
+        let Some(handles) = self.lanes.get(partition) else { return Ok(()) };
+        let mut sends = Vec::new();
+        let mut i = 0;
+        for spec in &self.sinks {
+            let n = spec.lanes.max(1) as usize;
+            if n == 1 {
+                sends.push((i, batch.clone()));
+            } else {
+                for (lane, part) in route::split(&batch, n, self.round_robin).into_iter().enumerate() {
+                    if let Some(part) = part {
+                        sends.push((i + lane, Arc::new(part)));
+                    }
+                }
+            }
+            i += n;
+        }
+        for (index, batch) in sends {
+            if handles[index].commands.send(Command::Add(batch)).await.is_err() {
+                return Err(self.lane_failed(partition.clone(), index).await);
+            }
+        }
+        Ok(())
+    }
+
+    /// The error a lane's task ended with.
+    async fn lane_failed(&mut self, partition: PartitionId, index: usize) -> Error {
+        let Some(handles) = self.lanes.get_mut(&partition) else { return self.interrupted() };
+        let handle = handles.remove(index);
+        let sink = handle.sink;
+        match handle.task.await {
+            Ok(end) => {
+                self.ended.push((sink, end.metrics));
+                end.error.unwrap_or_else(|| self.interrupted())
+            }
+            Err(e) => Error::Config(format!("a sink task failed: {e}")),
+        }
+    }
+
+    /// Flushes every lane (concurrently: a barrier), syncs dead letters,
+    /// and commits `end` with every lane's snapshot.
+    async fn checkpoint(&mut self, end: Position, records: u64) -> Result<()> {
+        let mut replies = Vec::new();
+        for (partition, handles) in &self.lanes {
+            for (index, handle) in handles.iter().enumerate() {
+                let (tx, rx) = oneshot::channel();
+                if handle.commands.send(Command::Flush(tx)).await.is_err() {
+                    let partition = partition.clone();
+                    return Err(self.lane_failed(partition, index).await);
+                }
+                replies.push((partition.clone(), index, rx));
+            }
+        }
+        let mut flushed: Vec<Flushed> = Vec::new();
+        for (partition, index, rx) in replies {
+            match rx.await {
+                Ok(Ok(f)) => flushed.push(f),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(self.lane_failed(partition, index).await),
+            }
+        }
+        for f in flushed {
+            self.snapshots.set(f.key, f.snapshot);
+        }
+        self.shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
+        if let Some(store) = &self.offsets {
+            store.commit(&self.source_name, &end, &self.snapshots)?;
+        }
         self.control.committed.fetch_add(records, Ordering::Relaxed);
-        status.checkpoints += 1;
-        for slot in slots.iter_mut() {
-            slot.metrics.added += slot.added;
-            slot.reset_checkpoint();
-        }
-        self.held.clear();
-        tracing::debug!(pipeline = %self.pipeline_name, "committed {end}");
+        self.checkpoints += 1;
+        tracing::debug!(pipeline = %self.pipeline, "committed {end}");
+        *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
         self.committed = end;
         Ok(())
     }
 
-    /// The batch at `index` as `slot` must see it: without the records it
-    /// already dead-lettered as poison.
-    fn batch_for(&self, slot: &Slot, index: usize) -> Option<Batch> {
-        let held = &self.held[index];
-        // No record of this batch to skip: the caller uses it as is.
-        slot.skip.range((index, 0)..=(index, u64::MAX)).next()?;
-        let mut writer = BatchWriter::default();
-        for record in held.records().filter(|r| !slot.skip.contains(&(index, r.offset))) {
-            push_record(&mut writer, &record);
-        }
-        let (data, count) = writer.finish();
-        Some(Batch { topic: held.batch.topic.clone(), partition: held.batch.partition, count, data })
-    }
-
-    /// Adds the batch at `index` to `slot`, recovering from failures.
-    fn deliver(&mut self, slot: &mut Slot, index: usize) -> Result<()> {
-        match self.add_once(slot, index) {
-            Ok(()) => Ok(()),
-            Err(failure) => self.recover(slot, index, failure),
-        }
-    }
-
-    /// One `add` call, with rejections dead-lettered; any other failure is
-    /// returned for recovery.
-    fn add_once(&mut self, slot: &mut Slot, index: usize) -> Result<(), SinkFailure> {
-        let filtered = self.batch_for(slot, index);
-        let batch = filtered.as_ref().unwrap_or(&self.held[index].batch);
-        let Some(instance) = slot.instance.as_mut() else {
-            return Err(SinkFailure {
-                sink: slot.spec.name.clone(),
-                phase: Phase::Add,
-                fault: Fault::Fatal("no live instance".into()),
-            });
-        };
-        match instance.add(batch, &mut slot.metrics) {
-            Ok(()) => {
-                slot.added += u64::from(batch.count);
-                Ok(())
-            }
-            Err(Failure::Rejected(list)) => {
-                let count = u64::from(batch.count);
-                let rejected = self.reject(slot, &list, index..=index)?;
-                slot.added += count - rejected;
-                Ok(())
-            }
-            Err(Failure::Fault(f)) => Err(f),
-        }
-    }
-
-    /// Dead-letters the records named by `list`, looked up in the held
-    /// batches `range`, and remembers them so replays skip them. Returns how
-    /// many were found.
-    fn reject(
-        &mut self,
-        slot: &mut Slot,
-        list: &[Rejection],
-        range: std::ops::RangeInclusive<usize>,
-    ) -> Result<u64, SinkFailure> {
-        let mut found = 0;
-        let reasons: HashMap<u64, &str> = list.iter().map(|r| (r.offset, r.reason.as_str())).collect();
-        for index in range {
-            let held = &self.held[index];
-            for record in held.records() {
-                let Some(reason) = reasons.get(&record.offset) else {
-                    continue;
-                };
-                if !slot.skip.insert((index, record.offset)) {
-                    continue;
-                }
-                found += 1;
-                slot.metrics.rejected += 1;
-                self.dead_letters
-                    .push(&slot.spec.name, reason, &held.batch.topic, held.batch.partition, &record)
-                    .map_err(|e| SinkFailure {
-                        sink: slot.spec.name.clone(),
-                        phase: Phase::Add,
-                        fault: Fault::Fatal(e.to_string()),
-                    })?;
-            }
-        }
-        if found < list.len() as u64 {
-            tracing::warn!(sink = %slot.spec.name, "rejected {} records, of which {} are not in the batch; ignored those", list.len(), list.len() as u64 - found);
-        }
-        Ok(found)
-    }
-
-    /// Flushes `slot`, recovering from failures.
-    fn flush(&mut self, slot: &mut Slot) -> Result<()> {
-        loop {
-            let Some(instance) = slot.instance.as_mut() else {
-                return Err(Error::from(SinkFailure {
-                    sink: slot.spec.name.clone(),
-                    phase: Phase::Flush,
-                    fault: Fault::Fatal("no live instance".into()),
-                }));
-            };
-            match instance.flush(&mut slot.metrics) {
-                Ok(()) => return Ok(()),
-                Err(Failure::Rejected(list)) => {
-                    let last = self.held.len().saturating_sub(1);
-                    let found = if self.held.is_empty() { 0 } else { self.reject(slot, &list, 0..=last)? };
-                    slot.added = slot.added.saturating_sub(found);
-                    return Ok(());
-                }
-                Err(Failure::Fault(f)) => {
-                    // Replay everything held, then try the flush again.
-                    let upto = self.held.len().checked_sub(1);
-                    self.recover_upto(slot, upto, f)?;
-                }
-            }
-        }
-    }
-
-    fn recover(&mut self, slot: &mut Slot, index: usize, failure: SinkFailure) -> Result<()> {
-        self.recover_upto(slot, Some(index), failure)
-    }
-
-    /// Brings `slot` back to having taken held batches `..=upto` after
-    /// `failure`: waits or replaces the instance as the failure demands,
-    /// then replays. Returns once a replay succeeded, or with the error that
-    /// ends the pipeline.
-    fn recover_upto(&mut self, slot: &mut Slot, upto: Option<usize>, mut failure: SinkFailure) -> Result<()> {
-        loop {
-            tracing::warn!("{failure}; recovering");
-            match &failure.fault {
-                Fault::Backpressure(ms) => {
-                    slot.backpressure += 1;
-                    slot.metrics.retries += 1;
-                    if slot.backpressure > self.retry.max_backpressure {
-                        return Err(self.gave_up(slot, failure));
+    /// Closes the lanes of revoked partitions (their checkpoint was just
+    /// committed).
+    async fn revoke(&mut self, parts: Vec<PartitionId>) -> Result<()> {
+        for part in parts {
+            if let Some(handles) = self.lanes.remove(&part) {
+                for handle in handles {
+                    drop(handle.commands);
+                    if let Ok(end) = handle.task.await {
+                        self.ended.push((handle.sink, end.metrics));
                     }
-                    let wait = Duration::from_millis(u64::from(*ms));
-                    self.abort_instance(slot);
-                    self.sleep(wait)?;
-                }
-                Fault::Retryable(_) => {
-                    slot.attempts += 1;
-                    slot.metrics.retries += 1;
-                    if slot.attempts >= self.retry.max_attempts {
-                        return Err(self.gave_up(slot, failure));
-                    }
-                    self.abort_instance(slot);
-                    self.sleep(self.retry.backoff(slot.attempts))?;
-                }
-                _ => {
-                    slot.metrics.traps += 1;
-                    slot.traps += 1;
-                    slot.instance = None; // never entered again
-                    if slot.traps >= 2 {
-                        match slot.spec.on_error {
-                            OnError::Fail => return Err(failure.into()),
-                            OnError::DeadLetter => self.isolate_poison(slot, upto, failure)?,
-                        }
-                    }
-                    self.start_instance(slot)?;
                 }
             }
-            slot.added = 0;
-            match self.replay(slot, upto) {
-                Ok(()) => return Ok(()),
-                Err(next) => failure = next,
-            }
-        }
-    }
-
-    fn gave_up(&self, slot: &Slot, last: SinkFailure) -> Error {
-        let attempts = slot.attempts.max(slot.backpressure);
-        Error::GaveUp { sink: slot.spec.name.clone(), attempts, from: self.committed.to_string(), last: Box::new(last) }
-    }
-
-    fn abort_instance(&self, slot: &mut Slot) {
-        if let Some(instance) = slot.instance.as_mut()
-            && let Err(Failure::Fault(f)) = instance.abort(&mut slot.metrics)
-        {
-            tracing::warn!("{f}; replacing the instance");
-            slot.metrics.traps += 1;
-            slot.instance = None;
-        }
-    }
-
-    /// Adds held batches `..=upto` again, without recovery.
-    fn replay(&mut self, slot: &mut Slot, upto: Option<usize>) -> Result<(), SinkFailure> {
-        if slot.instance.is_none() {
-            // The abort before this replay trapped; a fresh instance is
-            // needed, which the caller's next round provides.
-            return Err(SinkFailure {
-                sink: slot.spec.name.clone(),
-                phase: Phase::Abort,
-                fault: Fault::Fatal("instance lost in abort".into()),
-            });
-        }
-        let Some(upto) = upto else { return Ok(()) };
-        for index in 0..=upto {
-            self.add_once(slot, index)?;
         }
         Ok(())
     }
 
-    /// Finds the record that makes `slot` trap, by bisection over the held
-    /// records with throwaway instances that only `add` (so no probe makes
-    /// anything durable), then dead-letters it. Fails if the sink traps too
-    /// often to be a poison-record problem, or if no `add` reproduces it.
-    fn isolate_poison(&mut self, slot: &mut Slot, upto: Option<usize>, failure: SinkFailure) -> Result<()> {
-        slot.poison += 1;
-        if slot.poison > self.retry.max_poison {
-            tracing::error!(
-                "sink \"{}\" isolated {} poison records in one checkpoint; giving up",
-                slot.spec.name,
-                self.retry.max_poison
-            );
-            return Err(failure.into());
+    /// Ends every lane: each closes its instance exactly once.
+    async fn close_all(&mut self) {
+        let lanes = std::mem::take(&mut self.lanes);
+        let mut tasks = Vec::new();
+        for handle in lanes.into_values().flatten() {
+            drop(handle.commands);
+            tasks.push((handle.sink, handle.task));
         }
-        let Some(upto) = upto else {
-            return Err(failure.into());
-        };
-        let candidates: Vec<(usize, u64)> = (0..=upto)
-            .flat_map(|i| self.held[i].records().map(move |r| (i, r.offset)).collect::<Vec<_>>())
-            .filter(|key| !slot.skip.contains(key))
-            .collect();
-        let mut probe_metrics = SinkMetrics::new(&slot.spec.name);
-        // Smallest prefix length that traps: probe(n) must trap for the
-        // search to mean anything.
-        if !self.probe_traps(slot, &candidates, &mut probe_metrics)? {
-            tracing::error!(
-                "sink \"{}\" fails in {}, but adding the checkpoint's records alone does not; cannot isolate a record",
-                slot.spec.name,
-                failure.phase
-            );
-            return Err(failure.into());
-        }
-        let (mut lo, mut hi) = (1, candidates.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.probe_traps(slot, &candidates[..mid], &mut probe_metrics)? {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        slot.metrics.fuel += probe_metrics.fuel;
-        let (index, offset) = candidates[lo - 1];
-        let held = &self.held[index];
-        let Some(record) = held.records().find(|r| r.offset == offset) else {
-            return Err(failure.into());
-        };
-        let reason = crate::error::chain(&failure);
-        tracing::warn!("sink \"{}\": record at offset {offset} is poison; dead-lettering it", slot.spec.name);
-        self.dead_letters.push(&slot.spec.name, &reason, &held.batch.topic, held.batch.partition, &record)?;
-        slot.skip.insert((index, offset));
-        slot.metrics.rejected += 1;
-        slot.traps = 0;
-        Ok(())
-    }
-
-    /// Whether adding exactly `records` (in batches of the usual size) to a
-    /// fresh instance traps. The instance is aborted and closed if it
-    /// survives.
-    fn probe_traps(&self, slot: &Slot, records: &[(usize, u64)], metrics: &mut SinkMetrics) -> Result<bool> {
-        let spec = &slot.spec;
-        let mut instance = SinkInstance::new(&self.engine, &spec.component, &spec.name, spec.limits, &spec.grants)?;
-        instance.open(&spec.config, metrics).map_err(|e| e.into_failure(&spec.name, Phase::Open))?;
-        let size = self.held.first().map_or(1, |h| h.batch.count.max(1) as usize);
-        for chunk in records.chunks(size) {
-            let mut writer = BatchWriter::default();
-            let (mut topic, mut partition) = (String::new(), 0);
-            for &(index, offset) in chunk {
-                let held = &self.held[index];
-                if let Some(record) = held.records().find(|r| r.offset == offset) {
-                    push_record(&mut writer, &record);
-                    topic.clone_from(&held.batch.topic);
-                    partition = held.batch.partition;
+        for (sink, task) in tasks {
+            match task.await {
+                Ok(end) => {
+                    if let Some(e) = end.error {
+                        tracing::debug!("{}", crate::error::chain(&e));
+                    }
+                    self.ended.push((sink, end.metrics));
                 }
-            }
-            let (data, count) = writer.finish();
-            match instance.add(&Batch { topic, partition, count, data }, metrics) {
-                Ok(()) | Err(Failure::Rejected(_)) => {}
-                Err(Failure::Fault(f)) if f.fault.kills_instance() => return Ok(true),
-                Err(Failure::Fault(_)) => break,
+                Err(e) => tracing::error!("a sink task failed: {e}"),
             }
         }
-        let _ = instance.abort(metrics);
-        let _ = instance.close(metrics);
-        Ok(false)
     }
-}
 
-fn push_record(writer: &mut BatchWriter, record: &Record<'_>) {
-    writer.begin(record.offset, record.timestamp, record.key, record.value, record.header_count());
-    for (name, value) in record.headers().flatten() {
-        writer.header(name, value);
+    /// Metrics per sink, summed over its lanes.
+    fn metrics(&self) -> Vec<SinkMetrics> {
+        let mut per_sink: Vec<SinkMetrics> = self.sinks.iter().map(|s| SinkMetrics::new(&s.name)).collect();
+        for (sink, metrics) in &self.ended {
+            per_sink[*sink].merge(metrics);
+        }
+        per_sink.into_iter().map(SinkMetrics::finish).collect()
     }
 }

@@ -1,5 +1,8 @@
-//! The offset store: a JSON file replaced atomically at each commit.
+//! The offset store: a JSON file replaced atomically at each commit. It
+//! holds the source position and, with it, the snapshot each sink instance
+//! returned from its flush, so the two are always of the same checkpoint.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::source::Position;
 
+/// The version of the file this runtime writes; version 1 (no snapshots)
+/// is still read.
+const VERSION: u32 = 2;
+
 /// What the offset store file holds.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +24,53 @@ struct Stored {
     pipeline: String,
     source: String,
     position: Position,
+    /// Per sink instance (see [`Snapshots::key`]): its snapshot, hex.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    snapshots: BTreeMap<String, String>,
+}
+
+/// The committed snapshots of a pipeline's sink instances, keyed by sink,
+/// topic, partition and lane.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshots(BTreeMap<String, Vec<u8>>);
+
+impl Snapshots {
+    /// The key of the instance of `sink` serving `lane` of `topic[partition]`.
+    pub fn key(sink: &str, topic: &str, partition: u32, lane: u32) -> String {
+        format!("{sink}|{topic}|{partition}|{lane}")
+    }
+
+    /// The snapshot at `key`.
+    pub fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.0.get(key)
+    }
+
+    /// Sets (or, with `None`, removes) the snapshot at `key`.
+    pub fn set(&mut self, key: String, snapshot: Option<Vec<u8>>) {
+        match snapshot {
+            Some(bytes) => self.0.insert(key, bytes),
+            None => self.0.remove(&key),
+        };
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What was committed last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The source position.
+    pub position: Position,
+    /// The sink instances' snapshots of the same checkpoint.
+    pub snapshots: Snapshots,
 }
 
 /// A pipeline's committed position, kept in one file.
@@ -41,16 +95,19 @@ impl OffsetStore {
         Error::Offsets { path: self.path.clone(), what: what.into() }
     }
 
-    /// The committed position, or `None` if nothing was committed yet.
-    pub fn load(&self) -> Result<Option<Position>> {
+    /// What was committed, or `None` if nothing was committed yet.
+    pub fn load(&self) -> Result<Option<Committed>> {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.fail(format!("cannot read: {e}"))),
         };
         let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
-        if stored.version != 1 {
-            return Err(self.fail(format!("unknown version {}", stored.version)));
+        if !(1..=VERSION).contains(&stored.version) {
+            return Err(self.fail(format!(
+                "version {} is newer than this runtime's ({VERSION}); use a newer sinkbox",
+                stored.version
+            )));
         }
         if stored.pipeline != self.pipeline {
             return Err(self.fail(format!(
@@ -58,18 +115,24 @@ impl OffsetStore {
                 stored.pipeline, self.pipeline
             )));
         }
-        Ok(Some(stored.position))
+        let mut snapshots = Snapshots::default();
+        for (key, hex) in stored.snapshots {
+            let bytes = decode_hex(&hex).ok_or_else(|| self.fail(format!("corrupt: snapshot {key} is not hex")))?;
+            snapshots.set(key, Some(bytes));
+        }
+        Ok(Some(Committed { position: stored.position, snapshots }))
     }
 
     /// Commits `position`: writes a temporary file, syncs it, renames it over
     /// the store and syncs the directory, so a crash leaves either the old or
     /// the new position, never a torn file.
-    pub fn commit(&self, source: &str, position: &Position) -> Result<()> {
+    pub fn commit(&self, source: &str, position: &Position, snapshots: &Snapshots) -> Result<()> {
         let stored = Stored {
-            version: 1,
+            version: VERSION,
             pipeline: self.pipeline.clone(),
             source: source.to_string(),
             position: position.clone(),
+            snapshots: snapshots.0.iter().map(|(k, v)| (k.clone(), encode_hex(v))).collect(),
         };
         let bytes = serde_json::to_vec_pretty(&stored).map_err(|e| self.fail(format!("cannot encode: {e}")))?;
         let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -86,6 +149,17 @@ impl OffsetStore {
     }
 }
 
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,8 +174,10 @@ mod tests {
         let position = Position {
             partitions: vec![PartitionPosition { topic: "t".into(), partition: 0, next_offset: 42, byte: Some(999) }],
         };
-        store.commit("file t", &position).unwrap();
-        assert_eq!(store.load().unwrap(), Some(position));
+        let mut snapshots = Snapshots::default();
+        snapshots.set(Snapshots::key("csv", "t", 0, 1), Some(vec![0, 1, 0xfe, 0xff]));
+        store.commit("file t", &position, &snapshots).unwrap();
+        assert_eq!(store.load().unwrap(), Some(Committed { position, snapshots }));
         let other = OffsetStore::new(&path, "q");
         let err = other.load().unwrap_err().to_string();
         assert!(err.contains("belongs to pipeline \"p\", not \"q\""), "{err}");

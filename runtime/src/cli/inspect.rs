@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use sinkbox::{Engine, Grants, SandboxLimits, SinkInstance, SinkMetrics};
+use sinkbox::{Engine, Grants, Interrupt, SandboxLimits, SinkInstance};
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
@@ -24,17 +24,21 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
         None => std::fs::read(Path::new(&args.component))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.component))?,
     };
-    let info = engine.describe(&bytes, &args.component)?;
+    let info = engine.inspect(&bytes, &args.component)?;
     let version = info.exports.iter().find_map(|e| e.strip_prefix("sinkbox:sink/sink@")).map(str::to_string);
     let (is_sink, problem, schema) = match &info.sink {
         Ok(component) => {
-            let mut metrics = SinkMetrics::new("inspect");
-            let schema = SinkInstance::new(engine, component, "inspect", SandboxLimits::default(), &Grants::default())
-                .map_err(|e| e.to_string())
-                .and_then(|mut i| {
-                    i.config_schema(&mut metrics)
-                        .map_err(|e| e.into_failure("inspect", sinkbox::Phase::ConfigSchema).to_string())
-                });
+            let schema = sinkbox::runtime()?.block_on(async {
+                let limits = SandboxLimits::default();
+                let mut instance =
+                    SinkInstance::new(engine, component, "inspect", limits, &Grants::default(), Interrupt::never())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                instance
+                    .config_schema()
+                    .await
+                    .map_err(|e| e.into_failure("inspect", sinkbox::Phase::ConfigSchema).to_string())
+            });
             match schema {
                 Ok(schema) => (true, None, schema),
                 Err(e) => (true, Some(e), None),

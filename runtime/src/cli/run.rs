@@ -12,7 +12,7 @@ use sinkbox::config::{
     DirMode, DirSection, GrantsSection, HumanBytes, HumanDuration, LimitsSection, PipelineSection, RetrySection,
     SinkSection, SourceSection,
 };
-use sinkbox::{Control, LineFormat, PipelineFile, Status};
+use sinkbox::{Control, LineFormat, Outcome, PipelineFile, Status};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -96,8 +96,12 @@ pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     report(&status, args.json)?;
     match result {
-        Ok(()) if status.outcome == "interrupted" => Ok(ExitCode::from(130)),
+        Ok(()) if status.outcome == Outcome::Interrupted => Ok(ExitCode::from(130)),
         Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ sinkbox::Error::Interrupted { .. }) => {
+            eprintln!("error: {}", sinkbox::error::chain(&e));
+            Ok(ExitCode::from(130))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -173,6 +177,7 @@ fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)>
             component,
             config: Some(toml::Value::String(args.config.clone())),
             on_error: Default::default(),
+            lanes: None,
             limits,
             grants: GrantsSection { dirs, env },
         }],

@@ -1,25 +1,41 @@
 //! One sandbox per sink instance: its store, limits and capabilities.
 //!
 //! A [`SinkInstance`] wraps a component instance in its own `Store`. Every
-//! call into it gets a fresh fuel budget and wall-clock deadline; memory
-//! growth goes through a limiter that remembers a denied growth, so an
+//! call into it is async and runs under a wall-clock deadline that covers
+//! the whole call, host calls included (a guest asleep in WASI is stopped
+//! as surely as one spinning), a fresh fuel budget when the engine meters
+//! fuel, and a memory limiter that remembers a denied growth, so an
 //! exceeded limit is reported as such rather than as the guest's abort.
+//! The guest yields to the executor at every epoch tick, so a guest that
+//! computes for long never holds a worker thread.
 
+mod budget;
+mod instance;
 mod output;
+pub mod text;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime::ResourceLimiter;
+use wasmtime::component::{HasSelf, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use budget::{LOG_BYTES_PER_SEC, LOG_LINES_PER_SEC};
+pub use instance::{CallStats, Failure, Interrupt, SinkInstance};
 
 use crate::bindings::sinkbox as wit;
-use crate::bindings::{Batch, GuestError, Level, SinkWorld};
-use crate::engine::{EPOCH_TICK, Engine, SinkComponent};
-use crate::error::{Fault, Phase, SinkFailure};
-use crate::status::SinkMetrics;
+use crate::bindings::{CONTRACT, Level, SinkWorld, SinkWorldPre};
+use crate::engine::{self, EngineOptions, LoadInfo};
+use crate::error::{Error, Result};
+
+/// The engine of sink sandboxes: stores hold [`StoreState`], the linker has
+/// WASI (async) and the host interface.
+pub type Engine = engine::Engine<StoreState>;
+
+/// Largest snapshot a sink may return from `flush`.
+pub const MAX_SNAPSHOT: usize = 64 << 10;
 
 /// Per-instance limits. Defaults: 64 MiB of linear memory, a 10 s
 /// wall-clock limit per call, and, when the engine meters fuel, 10 million
@@ -63,10 +79,15 @@ impl SandboxLimits {
         self
     }
 
-    /// Wall-clock limit of every call.
+    /// Wall-clock limit of every call, host calls included.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// The wall-clock limit of every call.
+    pub fn call_timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -98,6 +119,8 @@ pub struct StoreState {
     sink: Arc<str>,
     /// What the guest wrote to stderr during the current call.
     stderr_tail: output::Tail,
+    /// Shared by the log import and the guest's stdout and stderr.
+    log_budget: budget::LogBudget,
 }
 
 impl WasiView for StoreState {
@@ -110,8 +133,12 @@ impl wit::sink::types::Host for StoreState {}
 
 impl wit::sink::host::Host for StoreState {
     fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
-        let sink = &*self.sink;
         let fields = output::Fields(&fields);
+        if !self.log_budget.allow(message.len().min(text::MAX_TEXT) + fields.len()) {
+            return;
+        }
+        let sink = &*self.sink;
+        let message = text::guest(&message);
         match level {
             Level::Trace => tracing::trace!(target: "sinkbox::guest", sink, "{message}{fields}"),
             Level::Debug => tracing::debug!(target: "sinkbox::guest", sink, "{message}{fields}"),
@@ -147,200 +174,83 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// A live sink instance in its own store.
-pub struct SinkInstance {
-    store: Store<StoreState>,
-    exports: SinkWorld,
-    name: Arc<str>,
-    limits: SandboxLimits,
-    fuel: bool,
-    epochs: bool,
+/// A compiled sink component, linked and checked against the contract.
+#[derive(Clone)]
+pub struct SinkComponent {
+    pub(crate) pre: SinkWorldPre<StoreState>,
+    /// Where the component came from, for messages.
+    pub origin: String,
+    /// How it was obtained.
+    pub load: LoadInfo,
 }
 
-impl SinkInstance {
-    /// Instantiates `component` in a fresh sandbox. Does not call `open`.
-    pub fn new(
-        engine: &Engine,
-        component: &SinkComponent,
-        name: &str,
-        limits: SandboxLimits,
-        grants: &Grants,
-    ) -> Result<SinkInstance, SinkFailure> {
-        let name: Arc<str> = Arc::from(name);
-        let fail = |fault| SinkFailure { sink: name.to_string(), phase: Phase::Instantiate, fault };
-        let mut wasi = WasiCtx::builder();
-        let stderr_tail = output::Tail::default();
-        wasi.stdout(output::GuestOutput::new(name.clone(), "stdout", None))
-            .stderr(output::GuestOutput::new(name.clone(), "stderr", Some(stderr_tail.clone())))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        for (key, value) in &grants.env {
-            wasi.env(key, value);
-        }
-        for dir in &grants.dirs {
-            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-            wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
-                fail(Fault::Fatal(format!("cannot grant directory {} as {}: {e}", dir.host.display(), dir.guest)))
-            })?;
-        }
-        let state = StoreState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
-                peak: 0,
-                denied: false,
-            },
-            sink: name.clone(),
-            stderr_tail,
-        };
-        let mut store = Store::new(engine.wasmtime(), state);
-        store.limiter(|s| &mut s.limiter);
-        let options = engine.options();
-        let guard = Guard { fuel: options.fuel, epochs: options.epochs, limits };
-        guard.arm(&mut store, limits.fuel_per_call);
-        let exports =
-            component.pre.instantiate(&mut store).map_err(|e| fail(guard.classify(&store, e, limits.fuel_per_call)))?;
-        Ok(SinkInstance { store, exports, name, limits, fuel: options.fuel, epochs: options.epochs })
+/// A component's interface, as `sinkbox inspect` shows it.
+pub struct ComponentInfo {
+    /// Imported interface names, e.g. `wasi:cli/stdout@0.2.6`.
+    pub imports: Vec<String>,
+    /// Exported interface names, e.g. `sinkbox:sink/sink@0.2.0`.
+    pub exports: Vec<String>,
+    /// The component ready to run, or why it cannot run as a sink.
+    pub sink: Result<SinkComponent>,
+}
+
+/// Links WASI (async) and the host interface.
+fn link(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    SinkWorld::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
+}
+
+impl Engine {
+    /// Builds the engine of sink sandboxes.
+    pub fn new(options: EngineOptions) -> Result<Engine> {
+        Engine::with_linker(options, link)
     }
 
-    fn guard(&self) -> Guard {
-        Guard { fuel: self.fuel, epochs: self.epochs, limits: self.limits }
+    /// Loads a sink component from its bytes, through the cache. `origin`
+    /// names it in messages.
+    pub fn load(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
+        SinkComponent::new(self, self.link(bytes, origin)?)
     }
 
-    /// Runs one guest call under a fresh budget, classifying what went wrong
-    /// and recording fuel, time and peak memory in `metrics`.
-    fn call<T>(
-        &mut self,
-        phase: Phase,
-        budget: u64,
-        metrics: &mut SinkMetrics,
-        f: impl FnOnce(&SinkWorld, &mut Store<StoreState>) -> wasmtime::Result<Result<T, GuestError>>,
-    ) -> Result<T, Failure> {
-        let guard = self.guard();
-        guard.arm(&mut self.store, budget);
-        let started = Instant::now();
-        let result = f(&self.exports, &mut self.store);
-        let elapsed = started.elapsed();
-        let used = if self.fuel { budget.saturating_sub(self.store.get_fuel().unwrap_or(0)) } else { 0 };
-        metrics.record_call(
-            phase,
-            elapsed,
-            used,
-            self.store.data().limiter.peak as u64,
-            result.as_ref().is_ok_and(Result::is_ok),
-        );
-        let fault = match result {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(GuestError::Rejected(list))) => return Err(Failure::Rejected(list)),
-            Ok(Err(GuestError::Backpressure(ms))) => Fault::Backpressure(ms),
-            Ok(Err(GuestError::Retryable(m))) => Fault::Retryable(m),
-            Ok(Err(GuestError::Fatal(m))) => Fault::Fatal(m),
-            Err(trap) => guard.classify(&self.store, trap, budget),
-        };
-        Err(Failure::Fault(SinkFailure { sink: self.name.to_string(), phase, fault }))
+    /// Loads a sink component from a file, through the cache.
+    pub fn load_file(&self, path: &std::path::Path) -> Result<SinkComponent> {
+        SinkComponent::new(self, self.link_file(path)?)
     }
 
-    /// `config-schema`.
-    pub fn config_schema(&mut self, metrics: &mut SinkMetrics) -> Result<Option<String>, Failure> {
-        let budget = self.limits.fuel_per_call;
-        self.call(Phase::ConfigSchema, budget, metrics, |e, s| e.sinkbox_sink_sink().call_config_schema(s).map(Ok))
+    /// Compiles a sink component without the cache, for benchmarks.
+    pub fn compile_uncached(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
+        SinkComponent::new(self, self.link_uncached(bytes, origin)?)
     }
 
-    /// `open`.
-    pub fn open(&mut self, config: &str, metrics: &mut SinkMetrics) -> Result<(), Failure> {
-        let budget = self.limits.fuel_per_call;
-        self.call(Phase::Open, budget, metrics, |e, s| e.sinkbox_sink_sink().call_open(s, config))
-    }
-
-    /// `add`, with a budget of the per-call fuel plus the per-record fuel
-    /// for each record in the batch.
-    pub fn add(&mut self, batch: &Batch, metrics: &mut SinkMetrics) -> Result<(), Failure> {
-        let budget = self
-            .limits
-            .fuel_per_call
-            .saturating_add(self.limits.fuel_per_record.saturating_mul(u64::from(batch.count)));
-        self.call(Phase::Add, budget, metrics, |e, s| e.sinkbox_sink_sink().call_add(s, batch))
-    }
-
-    /// `flush`.
-    pub fn flush(&mut self, metrics: &mut SinkMetrics) -> Result<(), Failure> {
-        let budget = self.limits.fuel_per_call;
-        self.call(Phase::Flush, budget, metrics, |e, s| e.sinkbox_sink_sink().call_flush(s))
-    }
-
-    /// `abort`.
-    pub fn abort(&mut self, metrics: &mut SinkMetrics) -> Result<(), Failure> {
-        let budget = self.limits.fuel_per_call;
-        self.call(Phase::Abort, budget, metrics, |e, s| e.sinkbox_sink_sink().call_abort(s).map(Ok))
-    }
-
-    /// `close`; consumes the instance, which is never entered again.
-    pub fn close(mut self, metrics: &mut SinkMetrics) -> Result<(), Failure> {
-        let budget = self.limits.fuel_per_call;
-        self.call(Phase::Close, budget, metrics, |e, s| e.sinkbox_sink_sink().call_close(s))
-    }
-
-    /// Bytes of linear memory the instance has grown to.
-    pub fn peak_memory(&self) -> u64 {
-        self.store.data().limiter.peak as u64
+    /// What a component imports and exports, and whether it runs as a sink.
+    pub fn inspect(&self, bytes: &[u8], origin: &str) -> Result<ComponentInfo> {
+        let described = self.describe(bytes, origin)?;
+        let sink = described.linked.and_then(|linked| SinkComponent::new(self, linked));
+        Ok(ComponentInfo { imports: described.imports, exports: described.exports, sink })
     }
 }
 
-/// How a sink call failed.
-#[derive(Debug)]
-pub enum Failure {
-    /// The sink refused these records; the rest of the call succeeded.
-    Rejected(Vec<crate::bindings::Rejection>),
-    /// An error or trap.
-    Fault(SinkFailure),
-}
-
-impl Failure {
-    /// Treats rejections as a failure of the call, for calls where the
-    /// contract gives them no meaning (`open`, `close`).
-    pub fn into_failure(self, sink: &str, phase: Phase) -> SinkFailure {
-        match self {
-            Failure::Rejected(list) => {
-                SinkFailure { sink: sink.to_string(), phase, fault: Fault::Rejected(list.len()) }
+impl SinkComponent {
+    /// Checks that `linked` implements this runtime's contract. A component
+    /// built for another version of the contract is refused with both
+    /// versions named.
+    fn new(engine: &Engine, linked: engine::Linked<StoreState>) -> Result<SinkComponent> {
+        let origin = linked.origin;
+        let (_, exports) = engine.interface(linked.pre.component());
+        match SinkWorldPre::new(linked.pre) {
+            Ok(pre) => Ok(SinkComponent { pre, origin, load: linked.load }),
+            Err(e) => {
+                let other = exports.iter().find_map(|name| {
+                    let version = name.strip_prefix("sinkbox:sink/sink@")?;
+                    Some(format!("sinkbox:sink@{version}"))
+                });
+                match other {
+                    Some(found) if found != CONTRACT => {
+                        Err(Error::ContractVersion { origin, found, expected: CONTRACT.to_string() })
+                    }
+                    _ => Err(Error::NotASink { origin, source: e.into() }),
+                }
             }
-            Failure::Fault(f) => f,
-        }
-    }
-}
-
-/// The limits armed before each call.
-#[derive(Clone, Copy)]
-struct Guard {
-    fuel: bool,
-    epochs: bool,
-    limits: SandboxLimits,
-}
-
-impl Guard {
-    fn arm(&self, store: &mut Store<StoreState>, budget: u64) {
-        if self.fuel {
-            // Cannot fail: fuel is enabled in this engine's config.
-            let _ = store.set_fuel(budget);
-        }
-        if self.epochs {
-            let ticks = self.limits.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
-            store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        }
-        store.data_mut().limiter.denied = false;
-        store.data().stderr_tail.clear();
-    }
-
-    /// Classifies a trap by its type, never by its message.
-    fn classify(&self, store: &Store<StoreState>, error: wasmtime::Error, budget: u64) -> Fault {
-        if store.data().limiter.denied {
-            return Fault::Memory { limit: self.limits.memory };
-        }
-        match error.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => Fault::OutOfFuel { budget },
-            Some(Trap::Interrupt) => Fault::Timeout { limit: self.limits.timeout },
-            _ => Fault::Trap { stderr: store.data().stderr_tail.take(), source: error.into() },
         }
     }
 }

@@ -8,6 +8,9 @@ use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use super::budget::LogBudget;
+use super::text;
+
 /// Longest line kept before it is logged in pieces; bounds what a guest
 /// that never writes a newline can make the host buffer.
 const MAX_LINE: usize = 16 << 10;
@@ -23,6 +26,7 @@ pub(super) struct GuestOutput {
     stream: &'static str,
     partial: Arc<Mutex<Vec<u8>>>,
     tail: Option<Tail>,
+    budget: LogBudget,
 }
 
 /// The last lines a guest wrote, joined by `"; "`.
@@ -56,8 +60,8 @@ impl Tail {
 }
 
 impl GuestOutput {
-    pub(super) fn new(sink: Arc<str>, stream: &'static str, tail: Option<Tail>) -> Self {
-        GuestOutput { sink, stream, partial: Arc::default(), tail }
+    pub(super) fn new(sink: Arc<str>, stream: &'static str, tail: Option<Tail>, budget: LogBudget) -> Self {
+        GuestOutput { sink, stream, partial: Arc::default(), tail, budget }
     }
 
     fn write_bytes(&self, mut bytes: &[u8]) {
@@ -76,9 +80,12 @@ impl GuestOutput {
     }
 
     fn emit(&self, line: &mut Vec<u8>) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
-        tracing::info!(target: "sinkbox::guest", sink = &*self.sink, stream = self.stream, "{text}");
+        let raw = String::from_utf8_lossy(line);
+        let text = text::guest(raw.trim_end_matches('\r'));
+        let text = text.as_str();
+        if self.budget.allow(line.len()) {
+            tracing::info!(target: "sinkbox::guest", sink = &*self.sink, stream = self.stream, "{text}");
+        }
         if let Some(tail) = &self.tail {
             // Rust's panic hint says nothing about the failure itself.
             if !text.trim().is_empty() && !text.starts_with("note: run with `RUST_BACKTRACE") {
@@ -151,13 +158,30 @@ impl tokio::io::AsyncWrite for GuestOutput {
     }
 }
 
-/// Structured log fields, rendered as ` key=value` pairs.
+/// Most structured fields kept from one guest log call.
+const MAX_FIELDS: usize = 32;
+/// Longest field name or value kept, in bytes.
+const MAX_FIELD: usize = 256;
+
+/// Structured log fields, rendered as ` key="value"` pairs: at most
+/// [`MAX_FIELDS`] of them, each name and value cut to [`MAX_FIELD`] bytes
+/// and escaped.
 pub(super) struct Fields<'a>(pub(super) &'a [(String, String)]);
+
+impl Fields<'_> {
+    /// Bytes the rendered fields take at most, for the log budget.
+    pub(super) fn len(&self) -> usize {
+        self.0.iter().take(MAX_FIELDS).map(|(k, v)| k.len().min(MAX_FIELD) + v.len().min(MAX_FIELD) + 4).sum()
+    }
+}
 
 impl fmt::Display for Fields<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (key, value) in self.0 {
-            write!(f, " {key}={value:?}")?;
+        for (key, value) in self.0.iter().take(MAX_FIELDS) {
+            write!(f, " {}=\"{}\"", text::clean(key, MAX_FIELD), text::clean(value, MAX_FIELD))?;
+        }
+        if self.0.len() > MAX_FIELDS {
+            write!(f, " [cut {} fields]", self.0.len() - MAX_FIELDS)?;
         }
         Ok(())
     }

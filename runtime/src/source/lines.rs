@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sinkbox_format::BatchWriter;
 
-use super::{Malformed, PartitionPosition, Position, Source, SourceBatch};
+use super::{Malformed, PartitionPosition, Position, Source, SourceBatch, PartitionId};
 use crate::error::{Error, Result};
 
 /// Lines longer than this are dead-lettered rather than sent to sinks.
@@ -166,12 +166,16 @@ impl Source for LineSource {
         self.size
     }
 
-    fn next_batch(&mut self, max: usize) -> Result<Option<SourceBatch>> {
+    fn partitions(&self) -> Vec<PartitionId> {
+        vec![PartitionId { topic: self.topic.clone(), partition: 0 }]
+    }
+
+    fn next_batch(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
         let mut records = BatchWriter::with_capacity(max.min(1 << 16) * 128);
         let mut malformed = Vec::new();
         let start_byte = self.byte;
         let mut lines = 0;
-        while lines < max {
+        while lines < max && self.byte - start_byte < max_bytes as u64 {
             if self.streaming && lines > 0 && self.reader.buffer().is_empty() {
                 break;
             }

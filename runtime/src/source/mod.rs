@@ -5,7 +5,13 @@
 //! loop keeps the records of the open checkpoint itself, so a source never
 //! has to rewind: replays come from memory, and a restart resumes from the
 //! committed position given to the source's constructor.
+//!
+//! A source runs on a thread of its own behind a [`SourceHandle`], which
+//! the async loop reads from; the handle also carries each committed
+//! position back to the source ([`Source::committed`]), for sources with a
+//! commit protocol of their own (a Kafka consumer group).
 
+mod handle;
 mod lines;
 
 use std::fmt;
@@ -13,6 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sinkbox_format::BatchWriter;
 
+pub use handle::SourceHandle;
 pub use lines::{LineFormat, LineSource};
 
 use crate::error::Result;
@@ -56,6 +63,36 @@ impl fmt::Display for Position {
     }
 }
 
+/// A partition of a topic: what a source assigns and revokes, and what a
+/// sink instance serves.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartitionId {
+    /// The topic (for a file, its path).
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+}
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.topic, self.partition)
+    }
+}
+
+/// What a source reports next.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Records.
+    Batch(SourceBatch),
+    /// These partitions are now this source's: the loop opens their sink
+    /// instances before their first batch.
+    Assigned(Vec<PartitionId>),
+    /// These partitions are no longer this source's: the loop flushes and
+    /// commits what it holds for them (within a bound) and closes their
+    /// instances, or leaves their checkpoint uncommitted.
+    Revoked(Vec<PartitionId>),
+}
+
 /// A batch of records from one partition, encoded for the sinks.
 #[derive(Debug)]
 pub struct SourceBatch {
@@ -90,18 +127,34 @@ pub trait Source: Send {
     /// Names the source in messages, e.g. `file data.jsonl`.
     fn describe(&self) -> String;
 
-    /// Reads the next batch of at most `max` records, or `None` at the end
-    /// of the input. A batch may hold fewer records when the input is
-    /// streaming and nothing more is available yet.
-    fn next_batch(&mut self, max: usize) -> Result<Option<SourceBatch>>;
+    /// The partitions the source reads from the start; a partitioned
+    /// source reports later changes as events.
+    fn partitions(&self) -> Vec<PartitionId> {
+        Vec::new()
+    }
+
+    /// Reads the next batch of at most `max` records and about `max_bytes`
+    /// of input (at least one record), or `None` at the end of the input.
+    /// A batch may hold fewer records when the input is streaming and
+    /// nothing more is available yet. Runs on the source's own thread and
+    /// may block.
+    fn next_batch(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceBatch>>;
+
+    /// The next event: a batch, or a change of assigned partitions. The
+    /// default reads batches only.
+    fn next_event(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceEvent>> {
+        Ok(self.next_batch(max, max_bytes)?.map(SourceEvent::Batch))
+    }
 
     /// Total input size in bytes, when known, for progress reporting.
     fn size_hint(&self) -> Option<u64> {
         None
     }
 
-    /// Called after a position was committed to the offset store; a source
-    /// with its own commit protocol (a Kafka consumer group) commits here.
+    /// Called after every checkpoint committed to the offset store, with
+    /// its position; a source with its own commit protocol (a Kafka
+    /// consumer group) commits here. Called on the source's thread between
+    /// reads.
     fn committed(&mut self, _position: &Position) -> Result<()> {
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! not a destination) and as the simplest complete example of a sink.
 //! Config: `{"log_flushes": true}` logs the running totals at each flush.
 
-use sinkbox_sdk::{Batch, Error, Record, Sink, export_sink};
+use sinkbox_sdk::{Batch, Context, Error, Record, Sink, Status, export_sink};
 
 /// Running totals; `pending` is what `abort` throws away.
 #[derive(Debug, Default)]
@@ -12,6 +12,8 @@ pub struct Blackhole {
     log_flushes: bool,
     pending: Totals,
     flushed: Totals,
+    /// Records already reported in a status.
+    reported: u64,
 }
 
 /// Records and key+value bytes seen.
@@ -46,7 +48,7 @@ impl Sink for Blackhole {
         Some(r#"{"type":"object","additionalProperties":false,"properties":{"log_flushes":{"type":"boolean"}}}"#.into())
     }
 
-    fn open(config: Config) -> Result<Self, Error> {
+    fn open(config: Config, _context: &Context) -> Result<Self, Error> {
         Ok(Blackhole { log_flushes: config.log_flushes, ..Default::default() })
     }
 
@@ -72,6 +74,11 @@ impl Sink for Blackhole {
             sinkbox_sdk::info!("{} records, {} bytes", self.flushed.records, self.flushed.bytes);
         }
         Ok(())
+    }
+
+    fn status(&mut self) -> Option<Status> {
+        let written = self.flushed.records - std::mem::replace(&mut self.reported, self.flushed.records);
+        Some(Status { written, custom: vec![("bytes".into(), self.flushed.bytes)], ..Status::default() })
     }
 
     fn abort(&mut self) {

@@ -7,33 +7,36 @@
 //! {"path": "/out/orders.csv", "format": "csv", "columns": ["id", "total"]}
 //! ```
 //!
-//! How it keeps every record exactly once:
+//! How it keeps every record exactly once, with no state of its own: the
+//! snapshot it returns from each `flush` is the output's length, which the
+//! runtime commits together with the source offsets.
 //! - `add` encodes lines into a buffer (spilling to the file past
-//!   `spill_bytes`); `abort` truncates the file back to the last flushed
-//!   length and clears the buffer, so a replay does not duplicate lines.
-//! - `flush` writes the buffer, syncs the file, then atomically replaces a
-//!   state file (`PATH.sinkbox-state`: flushed length, and the highest
-//!   offset flushed per topic partition).
-//! - `open` truncates the file to the flushed length from the state file
-//!   (dropping lines of a flush that crashed before its state was written)
-//!   and skips records at or below the flushed offsets: the runtime replays
-//!   from its last committed offset, which may be older than the last flush.
+//!   `spill_bytes`); `abort` truncates the file back to the flushed length
+//!   and clears the buffer, so a replay does not duplicate lines.
+//! - `flush` checks the output is still what it wrote (not deleted,
+//!   truncated or replaced), writes the buffer, syncs the file and returns
+//!   the new length.
+//! - `open` truncates the file to the committed length (dropping what a
+//!   checkpoint wrote before a crash, which the runtime replays) and fails
+//!   if the file is shorter than that: something outside changed it.
+//! - A probe instance (bisection) never touches the file.
 
 mod encoder;
 mod scan;
 
-use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 
 pub use encoder::Encoder;
-use sinkbox_sdk::{Batch, Error, Record, Sink, export_sink};
+use sinkbox_sdk::{Batch, Context, Error, Record, Sink, Status, export_sink};
 
 /// The file sink's config.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Output file, as the guest sees it (inside a granted directory).
+    /// `{partition}` and `{lane}` are replaced by the instance's; with
+    /// `lanes > 1` the path must name `{lane}`.
     pub path: String,
     /// `jsonl` (default) or `csv`.
     #[serde(default)]
@@ -48,6 +51,10 @@ pub struct Config {
     /// Default 1 MiB.
     #[serde(default = "default_spill")]
     pub spill_bytes: usize,
+    /// What to do on a first run (no committed snapshot) when the output
+    /// already holds data: `fail` (default) or `append`.
+    #[serde(default)]
+    pub if_exists: IfExists,
 }
 
 fn yes() -> bool {
@@ -69,53 +76,86 @@ pub enum Format {
     Csv,
 }
 
-/// What the state file records after each successful flush.
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-struct State {
-    /// File length after the last flush.
+/// A first run's answer to an output that already holds data.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfExists {
+    /// Refuse: the data is not this pipeline's.
+    #[default]
+    Fail,
+    /// Keep it and write after it.
+    Append,
+}
+
+/// The snapshot: the output's length after a flush.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Snapshot {
     len: u64,
-    /// Highest flushed offset per `topic/partition`.
-    offsets: BTreeMap<String, u64>,
 }
 
 /// The sink.
 pub struct FileSink {
     path: String,
-    state_path: String,
-    file: File,
+    /// `None` for a probe instance, which writes nothing.
+    file: Option<File>,
     encoder: Encoder,
     spill_bytes: usize,
     /// Whether a new (empty) file starts with the encoder's header line.
     header: bool,
     buffer: Vec<u8>,
-    /// State as of the last successful flush.
-    flushed: State,
-    /// Bytes written past `flushed.len` by spills since that flush.
+    /// File length as of the last successful flush.
+    flushed_len: u64,
+    /// Bytes written past `flushed_len` by spills since that flush.
     spilled: u64,
-    /// Highest offset per partition accepted since the last flush.
-    pending: BTreeMap<String, u64>,
+    /// Records taken since the last flush, and written since the last
+    /// status report.
+    pending: u64,
+    written: u64,
 }
 
 impl FileSink {
     /// Empties the buffer; a file that is still empty gets its header first.
     fn start_buffer(&mut self) {
         self.buffer.clear();
-        if self.flushed.len == 0 && self.header {
+        if self.flushed_len == 0 && self.header {
             self.encoder.header(&mut self.buffer);
         }
     }
 
     fn write_all_at_end(&mut self) -> std::io::Result<()> {
-        self.file.write_all(&self.buffer)?;
-        self.spilled += self.buffer.len() as u64;
+        if let Some(file) = &mut self.file {
+            file.write_all(&self.buffer)?;
+            self.spilled += self.buffer.len() as u64;
+        }
         self.buffer.clear();
         Ok(())
     }
 
     fn io_error(&self, what: &str, e: std::io::Error) -> Error {
         // An I/O failure in a granted directory is usually transient (disk
-        // full, quota); the runtime retries with backoff and then stops.
+        // full, quota); the runtime retries on a fresh instance with
+        // backoff, then stops.
         Error::retryable(format!("{what} {}: {e}", self.path))
+    }
+
+    /// Fails if the output is not what this sink wrote: deleted, truncated
+    /// or written by someone else since the last flush.
+    fn check_unchanged(&self) -> Result<(), Error> {
+        let expected = self.flushed_len + self.spilled;
+        match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::fatal(format!(
+                "output {} was deleted while the pipeline ran; {expected} bytes were written to it",
+                self.path
+            ))),
+            Err(e) => Err(self.io_error("cannot stat", e)),
+            Ok(meta) if meta.len() != expected => Err(Error::fatal(format!(
+                "output {} changed under the sink: it should be {expected} bytes but is {}; it was truncated, \
+                 replaced or written by something else",
+                self.path,
+                meta.len()
+            ))),
+            Ok(_) => Ok(()),
+        }
     }
 }
 
@@ -126,7 +166,7 @@ impl Sink for FileSink {
         Some(include_str!("../schema.json").into())
     }
 
-    fn open(config: Config) -> Result<Self, Error> {
+    fn open(config: Config, context: &Context) -> Result<Self, Error> {
         let encoder = match config.format {
             Format::Jsonl => Encoder::Jsonl,
             Format::Csv if config.columns.is_empty() => {
@@ -134,51 +174,64 @@ impl Sink for FileSink {
             }
             Format::Csv => Encoder::csv(config.columns),
         };
-        let state_path = format!("{}.sinkbox-state", config.path);
+        if context.lanes > 1 && !config.path.contains("{lane}") {
+            return Err(Error::fatal(format!(
+                "the sink runs {} lanes, which must not share one output: put {{lane}} in the path \"{}\"",
+                context.lanes, config.path
+            )));
+        }
+        let path = context.expand(&config.path);
+        let mut sink = FileSink {
+            path,
+            file: None,
+            encoder,
+            spill_bytes: config.spill_bytes,
+            header: config.header,
+            buffer: Vec::with_capacity(config.spill_bytes.min(1 << 20) + 4096),
+            flushed_len: 0,
+            spilled: 0,
+            pending: 0,
+            written: 0,
+        };
+        if context.probe {
+            sink.start_buffer();
+            return Ok(sink);
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&config.path)
-            .map_err(|e| Error::fatal(format!("cannot open {}: {e}", config.path)))?;
-        let actual_len = file.metadata().map_err(|e| Error::fatal(format!("cannot stat {}: {e}", config.path)))?.len();
-        let flushed = match fs::read(&state_path) {
-            Ok(bytes) => serde_json::from_slice::<State>(&bytes)
-                .map_err(|e| Error::fatal(format!("corrupt state file {state_path}: {e}")))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // First open: whatever the file holds now predates the sink.
-                // Record that before anything is written, so a crash before
-                // the first flush completes truncates back to it instead of
-                // taking half-written lines for flushed ones.
-                let state = State { len: actual_len, offsets: BTreeMap::new() };
-                write_state(&state_path, &state)
-                    .map_err(|e| Error::fatal(format!("cannot write {state_path}: {e}")))?;
-                state
+            .open(&sink.path)
+            .map_err(|e| Error::fatal(format!("cannot open {}: {e}", sink.path)))?;
+        let actual = file.metadata().map_err(|e| Error::fatal(format!("cannot stat {}: {e}", sink.path)))?.len();
+        let committed = match &context.snapshot {
+            Some(bytes) => {
+                let snapshot: Snapshot = serde_json::from_slice(bytes)
+                    .map_err(|e| Error::fatal(format!("the committed snapshot is not this sink's: {e}")))?;
+                if actual < snapshot.len {
+                    return Err(Error::fatal(format!(
+                        "output {} is {actual} bytes but {} bytes were committed to it: it was truncated, \
+                         replaced or deleted outside sinkbox; restore it, or reset the pipeline to start over",
+                        sink.path, snapshot.len
+                    )));
+                }
+                snapshot.len
             }
-            Err(e) => return Err(Error::fatal(format!("cannot read {state_path}: {e}"))),
+            None if actual > 0 && config.if_exists == IfExists::Fail => {
+                return Err(Error::fatal(format!(
+                    "output {} already holds {actual} bytes this pipeline did not write; remove it, choose another \
+                     path, or set \"if_exists\": \"append\"",
+                    sink.path
+                )));
+            }
+            None => actual,
         };
-        if actual_len < flushed.len {
-            return Err(Error::fatal(format!(
-                "{} is {actual_len} bytes but {} bytes were flushed to it; was it modified outside the sink?",
-                config.path, flushed.len
-            )));
-        }
-        // Drop what an unfinished flush or a spill wrote past the last flush.
-        file.set_len(flushed.len).map_err(|e| Error::fatal(format!("cannot truncate {}: {e}", config.path)))?;
-        file.seek(SeekFrom::End(0)).map_err(|e| Error::fatal(format!("cannot seek {}: {e}", config.path)))?;
-        let mut sink = FileSink {
-            path: config.path,
-            state_path,
-            file,
-            encoder,
-            spill_bytes: config.spill_bytes,
-            header: config.header,
-            buffer: Vec::with_capacity(config.spill_bytes.min(1 << 20) + 4096),
-            flushed,
-            spilled: 0,
-            pending: BTreeMap::new(),
-        };
+        // Drop what a checkpoint that was never committed wrote.
+        file.set_len(committed).map_err(|e| Error::fatal(format!("cannot truncate {}: {e}", sink.path)))?;
+        file.seek(SeekFrom::End(0)).map_err(|e| Error::fatal(format!("cannot seek {}: {e}", sink.path)))?;
+        sink.file = Some(file);
+        sink.flushed_len = committed;
         sink.start_buffer();
         Ok(sink)
     }
@@ -188,22 +241,13 @@ impl Sink for FileSink {
     }
 
     fn add_batch(&mut self, batch: Batch) -> Result<(), Error> {
-        let partition = format!("{}/{}", batch.topic(), batch.partition());
-        let done = self.flushed.offsets.get(&partition).copied();
         let mut rejected = Vec::new();
-        let mut last = None;
         for record in batch.records() {
             let record = record.map_err(Error::fatal)?;
-            if done.is_some_and(|done| record.offset() <= done) {
-                continue; // flushed before a restart; the runtime is replaying
+            match self.encoder.encode(record.value(), &mut self.buffer) {
+                Ok(()) => self.pending += 1,
+                Err(reason) => rejected.push(sinkbox_sdk::Rejection { offset: record.offset(), reason }),
             }
-            last = Some(record.offset());
-            if let Err(reason) = self.encoder.encode(record.value(), &mut self.buffer) {
-                rejected.push(sinkbox_sdk::Rejection { offset: record.offset(), reason });
-            }
-        }
-        if let Some(last) = last {
-            self.pending.insert(partition, last);
         }
         if self.buffer.len() >= self.spill_bytes {
             self.write_all_at_end().map_err(|e| self.io_error("cannot write", e))?;
@@ -212,40 +256,43 @@ impl Sink for FileSink {
     }
 
     fn flush(&mut self) -> Result<(), Error> {
+        if self.file.is_none() {
+            return Err(Error::fatal("a probe instance cannot flush"));
+        }
+        self.check_unchanged()?;
         self.write_all_at_end().map_err(|e| self.io_error("cannot write", e))?;
-        self.file.sync_data().map_err(|e| self.io_error("cannot sync", e))?;
-        let mut next = self.flushed.clone();
-        next.len += self.spilled;
-        next.offsets.extend(std::mem::take(&mut self.pending));
-        write_state(&self.state_path, &next).map_err(|e| self.io_error("cannot write the state file of", e))?;
-        self.flushed = next;
+        if let Some(file) = &self.file {
+            file.sync_data().map_err(|e| self.io_error("cannot sync", e))?;
+        }
+        self.flushed_len += self.spilled;
         self.spilled = 0;
+        self.written += std::mem::take(&mut self.pending);
         Ok(())
+    }
+
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        serde_json::to_vec(&Snapshot { len: self.flushed_len }).ok()
+    }
+
+    fn status(&mut self) -> Option<Status> {
+        Some(Status { written: std::mem::take(&mut self.written), ..Status::default() })
     }
 
     fn abort(&mut self) {
         self.start_buffer();
-        self.pending.clear();
+        self.pending = 0;
         if self.spilled > 0 {
             // If truncation fails the next flush would keep aborted lines;
             // poison the instance so the runtime replaces it instead: a
-            // fresh instance truncates to the flushed length on open.
-            if self.file.set_len(self.flushed.len).and_then(|()| self.file.seek(SeekFrom::End(0))).is_err() {
+            // fresh instance truncates to the committed length on open.
+            let flushed = self.flushed_len;
+            let truncated = self.file.as_mut().is_some_and(|f| f.set_len(flushed).and_then(|()| f.seek(SeekFrom::End(0))).is_ok());
+            if !truncated {
                 panic!("cannot truncate {} back to its flushed length", self.path);
             }
             self.spilled = 0;
         }
     }
-}
-
-/// Replaces the state file atomically: write a temporary file, sync it,
-/// rename it over the old one.
-fn write_state(path: &str, state: &State) -> std::io::Result<()> {
-    let tmp = format!("{path}.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
-    f.sync_data()?;
-    fs::rename(&tmp, path)
 }
 
 export_sink!(FileSink);

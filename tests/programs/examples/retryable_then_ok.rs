@@ -1,16 +1,17 @@
-//! Answers retryable to the first `times` flushes of each instance, then works.
+//! Answers retryable to the first `times` flushes (counted across
+//! instances: retryable replaces the instance), then works.
 
 use sinkbox_sdk::{Error, export_sink};
 use sinkbox_test_programs::{Behaviour, Config, Program};
 
 #[derive(Default)]
-struct RetryableThenOk(u32);
+struct RetryableThenOk;
 
 impl Behaviour for RetryableThenOk {
     fn flush(&mut self, config: &Config) -> Result<(), Error> {
-        if self.0 < config.times {
-            self.0 += 1;
-            return Err(Error::retryable(format!("destination unavailable (attempt {})", self.0)));
+        let n = config.count("retryable");
+        if n < config.times {
+            return Err(Error::retryable(format!("destination unavailable (attempt {})", n + 1)));
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 
-use sinkbox_sdk::{Error, Record, Sink};
+use sinkbox_sdk::{Context, Error, Record, Sink, Status};
 
 /// Config of every test program; each reads the fields it needs.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -20,6 +20,31 @@ pub struct Config {
     /// Milliseconds to sleep where the program sleeps.
     #[serde(default)]
     pub sleep_ms: u64,
+    /// Where the program misbehaves, for programs that can do it anywhere:
+    /// `open`, `add`, `flush` or `close`.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// How the program misbehaves, for programs with several ways.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+impl Config {
+    /// Whether the program misbehaves in `phase`.
+    pub fn in_phase(&self, phase: &str) -> bool {
+        self.phase.as_deref() == Some(phase)
+    }
+
+    /// Counts calls across instances (a fresh instance forgets its own
+    /// state) in a file beside `out`, named by `tag`; returns the count
+    /// before this call. Without `out`, always 0.
+    pub fn count(&self, tag: &str) -> u32 {
+        let Some(out) = &self.out else { return 0 };
+        let path = format!("{out}.{tag}.count");
+        let n: u32 = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+        let _ = std::fs::write(&path, (n + 1).to_string());
+        n
+    }
 }
 
 /// Where a program misbehaves. Every hook defaults to behaving.
@@ -36,26 +61,32 @@ pub trait Behaviour: Default + 'static {
     fn close(&mut self) {}
 }
 
-/// A recording sink with a plugged-in behaviour.
+/// A recording sink with a plugged-in behaviour. Output is appended at
+/// flush (at-least-once across crashes); `out` may name `{lane}` or
+/// `{partition}`.
 pub struct Program<B> {
     config: Config,
     behaviour: B,
     buffer: Vec<u8>,
+    pending: u64,
+    written: u64,
 }
 
 impl<B: Behaviour> Sink for Program<B> {
     type Config = Config;
 
-    fn open(config: Config) -> Result<Self, Error> {
+    fn open(mut config: Config, context: &Context) -> Result<Self, Error> {
+        config.out = config.out.map(|out| context.expand(&out));
         let mut behaviour = B::default();
         behaviour.open(&config)?;
-        Ok(Program { config, behaviour, buffer: Vec::new() })
+        Ok(Program { config, behaviour, buffer: Vec::new(), pending: 0, written: 0 })
     }
 
     fn add(&mut self, record: Record<'_>) -> Result<(), Error> {
         self.behaviour.add(&self.config, &record)?;
         self.buffer.extend_from_slice(record.value());
         self.buffer.push(b'\n');
+        self.pending += 1;
         Ok(())
     }
 
@@ -70,11 +101,17 @@ impl<B: Behaviour> Sink for Program<B> {
             file.write_all(&self.buffer).map_err(|e| Error::retryable(format!("cannot write {path}: {e}")))?;
         }
         self.buffer.clear();
+        self.written += std::mem::take(&mut self.pending);
         Ok(())
+    }
+
+    fn status(&mut self) -> Option<Status> {
+        Some(Status { written: std::mem::take(&mut self.written), ..Status::default() })
     }
 
     fn abort(&mut self) {
         self.buffer.clear();
+        self.pending = 0;
     }
 
     fn close(mut self) -> Result<(), Error> {
