@@ -50,6 +50,7 @@
 
 mod bindings;
 pub mod builtins;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod engine;
@@ -69,4 +70,4 @@ pub use engine::{EngineOptions, Pooling};
 pub use error::{Error, Fault, Phase, Result, SinkFailure};
 pub use sandbox::{CallStats, DirGrant, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance};
 pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle};
-pub use status::{Outcome, SinkMetrics, Status};
+pub use status::{LaneStatus, Outcome, SinkMetrics, Status};

@@ -97,8 +97,23 @@ pub struct Status {
     pub outcome: Outcome,
     /// Peak resident memory of the whole process, in bytes (Linux only).
     pub peak_rss: Option<u64>,
-    /// Per sink.
+    /// Per sink, summed over its instances.
     pub sinks: Vec<SinkMetrics>,
+    /// Per sink instance: each (sink, partition, lane).
+    pub instances: Vec<LaneStatus>,
+}
+
+/// The counters of one sink's instance for one partition and lane.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LaneStatus {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The lane.
+    pub lane: u32,
+    /// Its counters (`name` is the sink's).
+    pub metrics: SinkMetrics,
 }
 
 /// Counters for one sink, across all its instances.

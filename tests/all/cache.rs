@@ -1,14 +1,16 @@
 //! The compiled-component cache: hits across engines, and never stale.
 
-use sinkbox::{Engine, EngineOptions, Grants, SandboxLimits, SinkInstance, SinkMetrics};
+use sinkbox::{Engine, EngineOptions, Grants, Interrupt, SandboxLimits, SinkInstance};
 
 use crate::Scratch;
 
 fn schema(engine: &Engine, component: &sinkbox::SinkComponent) -> String {
-    let mut m = SinkMetrics::new("cache");
-    let mut instance =
-        SinkInstance::new(engine, component, "cache", SandboxLimits::default(), &Grants::default()).unwrap();
-    instance.config_schema(&mut m).unwrap().unwrap_or_default()
+    sinkbox::runtime().unwrap().block_on(async {
+        let limits = SandboxLimits::default();
+        let mut instance =
+            SinkInstance::new(engine, component, "cache", limits, &Grants::default(), Interrupt::never()).await.unwrap();
+        instance.config_schema().await.unwrap().unwrap_or_default()
+    })
 }
 
 #[test]

@@ -4,9 +4,7 @@
 
 use std::path::PathBuf;
 
-use sinkbox::sandbox::Failure;
-use sinkbox::{Batch, DirGrant, Fault, Grants, SandboxLimits, SinkComponent, SinkInstance, SinkMetrics};
-use sinkbox_format::{BatchWriter, RecordRef};
+use sinkbox::SinkComponent;
 
 use crate::{Scratch, engine};
 
@@ -26,22 +24,6 @@ fn load(component: &str) -> SinkComponent {
     sinkbox::config::load_component(engine(), component, &PathBuf::from(".")).expect("component loads")
 }
 
-fn batch(offsets: std::ops::Range<u64>) -> Batch {
-    let mut w = BatchWriter::default();
-    for offset in offsets {
-        let value = format!("{{\"n\":{offset}}}");
-        w.push(&RecordRef {
-            offset,
-            timestamp: Some(1),
-            key: Some(b"k"),
-            value: value.as_bytes(),
-            headers: &[(b"h", b"v")],
-        });
-    }
-    let (data, count) = w.finish();
-    Batch { topic: "t".into(), partition: 0, count, data }
-}
-
 /// One value per line, as the file sink in JSONL mode writes them.
 fn value_lines(offsets: std::ops::Range<u64>) -> String {
     offsets.map(|o| format!("{{\"n\":{o}}}\n")).collect()
@@ -52,71 +34,24 @@ fn csv_lines(offsets: std::ops::Range<u64>) -> String {
     std::iter::once("n\n".to_string()).chain(offsets.map(|o| format!("{o}\n"))).collect()
 }
 
-fn fault(result: Result<(), Failure>) -> Fault {
-    match result {
-        Err(Failure::Fault(f)) => f.fault,
-        Err(Failure::Rejected(r)) => panic!("expected a fault, got {} rejections", r.len()),
-        Ok(()) => panic!("expected a fault, got ok"),
-    }
-}
-
+/// Runs every compliance scenario (`sinkbox::check`, which `sinkbox
+/// check` runs too) and asserts they all pass.
 fn check(subject: &Subject<'_>) {
     let s = Scratch::new(&format!("compliance-{}", subject.name));
     let component = load(subject.component);
-    let grants =
-        Grants { dirs: vec![DirGrant { host: s.path("out"), guest: "/out".into(), writable: true }], env: Vec::new() };
-    std::fs::create_dir_all(s.path("out")).unwrap();
-    let config = subject.config.replace("{out}", "/out/out.jsonl");
-    let limits = SandboxLimits::default();
-    let mut m = SinkMetrics::new(subject.name);
-    let new = || SinkInstance::new(engine(), &component, subject.name, limits, &grants).expect("instantiates");
-
-    // config-schema: none, or a JSON object.
-    let mut instance = new();
-    if let Some(schema) = instance.config_schema(&mut m).expect("config-schema") {
-        let schema: serde_json::Value = serde_json::from_str(&schema).expect("schema is JSON");
-        assert!(schema.is_object(), "{}: schema is an object", subject.name);
-    }
-
-    // A config that is not even JSON is an error value, not a trap.
-    let mut instance = new();
-    assert!(
-        matches!(fault(instance.open("not json", &mut m)), Fault::Fatal(_)),
-        "{}: bad config is fatal",
-        subject.name
-    );
-
-    // abort drops what was added; a replay after it gives no duplicates.
-    let mut instance = new();
-    instance.open(&config, &mut m).expect("open");
-    instance.add(&batch(0..10), &mut m).expect("add");
-    instance.abort(&mut m).expect("abort");
-    instance.add(&batch(0..10), &mut m).expect("replayed add");
-    instance.add(&batch(10..25), &mut m).expect("add");
-    instance.flush(&mut m).expect("flush");
-    instance.add(&batch(25..30), &mut m).expect("add");
-    instance.abort(&mut m).expect("abort");
-    instance.flush(&mut m).expect("empty flush");
-    if let Some(output) = subject.output {
-        assert_eq!(s.read("out/out.jsonl"), output(0..25), "{}: exactly the flushed records", subject.name);
-    }
-    // close consumes the instance: it cannot be called twice.
-    instance.close(&mut m).expect("close");
-
-    // Limits apply to the component whatever its language.
-    let starved = SandboxLimits::default().fuel_per_call(1);
-    let fuel = SinkInstance::new(engine(), &component, subject.name, starved, &grants).map_err(|f| f.fault).and_then(
-        |mut i| {
-            i.open(&config, &mut m).map_err(|e| match e {
-                Failure::Fault(f) => f.fault,
-                Failure::Rejected(_) => Fault::Rejected(0),
-            })
-        },
-    );
-    assert!(matches!(fuel, Err(Fault::OutOfFuel { budget: 1 })), "{}: fuel limit enforced", subject.name);
-    let tiny = SandboxLimits::default().memory(64 << 10);
-    let memory = SinkInstance::new(engine(), &component, subject.name, tiny, &grants).err().map(|f| f.fault);
-    assert!(matches!(memory, Some(Fault::Memory { limit: 65536 })), "{}: memory limit enforced", subject.name);
+    let checked = sinkbox::check::Subject {
+        component: &component,
+        config: subject.config,
+        output: subject.output,
+        scratch: &s.path("out"),
+    };
+    let outcomes = sinkbox::runtime().unwrap().block_on(sinkbox::check::check(engine(), &checked)).expect("check runs");
+    assert_eq!(outcomes.len(), 5);
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.problem.as_ref().map(|p| format!("{}: {}", o.scenario, p)))
+        .collect();
+    assert!(failed.is_empty(), "{}: {}", subject.name, failed.join("\n"));
 }
 
 #[test]

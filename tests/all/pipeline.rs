@@ -350,7 +350,7 @@ fn a_graceful_stop_commits_only_what_was_flushed_and_a_restart_finishes() {
         s.run_with(&toml, &control)
     });
     result.unwrap();
-    assert_eq!(status.outcome, "interrupted");
+    assert_eq!(status.outcome, sinkbox::Outcome::Interrupted);
     assert!(status.committed > 0 && status.committed < 2000, "stopped early: {}", status.committed);
     let written = s.read("out/out.jsonl");
     assert_eq!(written.lines().count() as u64, status.committed, "everything committed was flushed, nothing more");

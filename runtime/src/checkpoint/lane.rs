@@ -20,7 +20,7 @@ use super::{RUN, SinkSpec};
 use crate::bindings::{Batch, Context, Rejection};
 use crate::error::{Error, Fault, Phase, Result, SinkFailure};
 use crate::sandbox::{Engine, Failure, Interrupt, SinkInstance};
-use crate::status::SinkMetrics;
+use crate::status::{LaneStatus, SinkMetrics};
 
 /// What every lane of a pipeline shares.
 pub(super) struct Shared {
@@ -79,8 +79,10 @@ impl Shared {
             .map_err(|f| self.stopped_or(f))?;
             match instance.open(&spec.config, context).await {
                 Ok(()) => return Ok(instance),
+                // A trap or an exceeded limit in open gets a fresh instance
+                // too; `fatal` (a bad config, usually) does not.
                 Err(Failure::Fault(f))
-                    if matches!(f.fault, Fault::Backpressure(_) | Fault::Retryable(_))
+                    if !matches!(f.fault, Fault::Fatal(_) | Fault::Stopped | Fault::Rejected(_))
                         && attempt + 1 < self.retry.max_attempts =>
                 {
                     attempt += 1;
@@ -115,7 +117,7 @@ pub(super) struct Flushed {
 
 /// How a lane's task ended.
 pub(super) struct LaneEnd {
-    pub metrics: SinkMetrics,
+    pub status: LaneStatus,
     /// Why it ended early, unless it already answered a request with it.
     pub error: Option<Error>,
 }
@@ -239,7 +241,13 @@ impl Lane {
                 }
             }
         }
-        LaneEnd { metrics: self.metrics, error }
+        let status = LaneStatus {
+            topic: self.context.topic.clone(),
+            partition: self.context.partition,
+            lane: self.context.lane,
+            metrics: self.metrics.finish(),
+        };
+        LaneEnd { status, error }
     }
 
     /// Drops an instance, keeping what its calls cost.

@@ -52,7 +52,7 @@ use crate::bindings::{Batch, Context};
 use crate::error::{Error, Result};
 use crate::sandbox::{Engine, Grants, Interrupt, SandboxLimits, SinkComponent};
 use crate::source::{PartitionId, Position, Source, SourceEvent, SourceHandle};
-use crate::status::{Outcome, SinkMetrics, Status};
+use crate::status::{LaneStatus, Outcome, SinkMetrics, Status};
 
 /// How long a checkpoint may still run after a stop request before it is
 /// aborted (its offsets then stay uncommitted and are replayed next run).
@@ -237,6 +237,7 @@ impl Pipeline {
         status.checkpoints = run.checkpoints;
         status.malformed = run.malformed;
         status.sinks = run.metrics();
+        status.instances = run.ended.iter().map(|(_, lane)| lane.clone()).collect();
         status.outcome = match &result {
             Ok(()) if control.stopping() => Outcome::Interrupted,
             Ok(()) => Outcome::Finished,
@@ -287,8 +288,8 @@ struct Run<'a> {
     snapshots: Snapshots,
     /// Per partition: its lanes, sink by sink, lane by lane.
     lanes: BTreeMap<PartitionId, Vec<LaneHandle>>,
-    /// Lanes that ended (revoked partitions): their metrics.
-    ended: Vec<(usize, SinkMetrics)>,
+    /// Lanes that ended: their sink and metrics.
+    ended: Vec<(usize, LaneStatus)>,
     /// Per sink: lanes opened so far (the next worker index).
     workers: BTreeMap<usize, u32>,
     round_robin: u64,
@@ -511,7 +512,7 @@ impl Run<'_> {
         let sink = handle.sink;
         match handle.task.await {
             Ok(end) => {
-                self.ended.push((sink, end.metrics));
+                self.ended.push((sink, end.status));
                 end.error.unwrap_or_else(|| self.interrupted())
             }
             Err(e) => Error::Config(format!("a sink task failed: {e}")),
@@ -563,7 +564,7 @@ impl Run<'_> {
                 for handle in handles {
                     drop(handle.commands);
                     if let Ok(end) = handle.task.await {
-                        self.ended.push((handle.sink, end.metrics));
+                        self.ended.push((handle.sink, end.status));
                     }
                 }
             }
@@ -585,7 +586,7 @@ impl Run<'_> {
                     if let Some(e) = end.error {
                         tracing::debug!("{}", crate::error::chain(&e));
                     }
-                    self.ended.push((sink, end.metrics));
+                    self.ended.push((sink, end.status));
                 }
                 Err(e) => tracing::error!("a sink task failed: {e}"),
             }
@@ -595,8 +596,8 @@ impl Run<'_> {
     /// Metrics per sink, summed over its lanes.
     fn metrics(&self) -> Vec<SinkMetrics> {
         let mut per_sink: Vec<SinkMetrics> = self.sinks.iter().map(|s| SinkMetrics::new(&s.name)).collect();
-        for (sink, metrics) in &self.ended {
-            per_sink[*sink].merge(metrics);
+        for (sink, lane) in &self.ended {
+            per_sink[*sink].merge(&lane.metrics);
         }
         per_sink.into_iter().map(SinkMetrics::finish).collect()
     }

@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+mod check;
 mod inspect;
 mod new;
 mod run;
@@ -52,6 +53,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Check a pipeline file and each sink's config without running.
     Validate(validate::ValidateArgs),
+    /// Run the contract-compliance scenarios against a sink component.
+    Check(check::CheckArgs),
     /// Make a new sink project (Rust, Python, JavaScript or C) with a sample config and input.
     New(new::NewArgs),
     /// Build a sink project into a component (NAME.wasm in the project).
@@ -72,6 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(&args.global, *a),
         Command::Inspect(a) => inspect::inspect(&engine(&args.global, false)?, a),
         Command::Validate(a) => validate::validate(&engine(&args.global, false)?, a),
+        Command::Check(a) => check::check(&engine(&args.global, true)?, a),
         Command::New(a) => new::new(a),
         Command::Build(a) => new::build(a),
     }
