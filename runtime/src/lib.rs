@@ -53,6 +53,7 @@ pub mod error;
 pub mod sandbox;
 pub mod schema;
 pub mod source;
+pub mod state;
 pub mod status;
 
 pub use bindings::Batch;
@@ -61,5 +62,6 @@ pub use config::PipelineFile;
 pub use engine::{Engine, EngineOptions, Pooling, SinkComponent};
 pub use error::{Error, Fault, Phase, Result, SinkFailure};
 pub use sandbox::{DirGrant, Failure, Grants, SandboxLimits, SinkInstance};
-pub use source::{LineFormat, LineSource, Position, Source};
+pub use source::{LineFormat, LineSource, Position, Source, Stream};
+pub use state::{PipelineState, StateLock};
 pub use status::{SinkMetrics, Status};

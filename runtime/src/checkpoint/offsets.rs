@@ -1,4 +1,18 @@
 //! The offset store: a JSON file replaced atomically at each commit.
+//!
+//! ```json
+//! {
+//!   "version": 2,
+//!   "pipeline": "orders",
+//!   "source": "file orders.jsonl",
+//!   "position": { "partitions": [{ "topic": "/data/orders.jsonl#5f1c0e2a9b3d7e44", "partition": 0,
+//!     "next_offset": 1000, "byte": 81234,
+//!     "stream": { "kind": "file", "device": 2049, "inode": 1311, "head_len": 4096, "head_sha256": "..." } }] }
+//! }
+//! ```
+//!
+//! Format versions: 1 (sinkbox 0.1) had no `stream`; 2 records each
+//! partition's stream identity. This version reads both and writes 2.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -9,7 +23,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::source::Position;
 
+/// The format version this build writes; it reads every version up to it.
+pub const VERSION: u32 = 2;
+
 /// What the offset store file holds.
+///
+/// To add a section (per-sink snapshots, say): add an optional field with
+/// `#[serde(default, skip_serializing_if = "...")]` and bump [`VERSION`].
+/// An older sinkbox then refuses the file by its version ("written by a
+/// newer sinkbox") instead of dropping the section it does not know.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Stored {
@@ -17,6 +39,12 @@ struct Stored {
     pipeline: String,
     source: String,
     position: Position,
+}
+
+/// The one field every version has, read first to pick the format.
+#[derive(Deserialize)]
+struct Version {
+    version: u32,
 }
 
 /// A pipeline's committed position, kept in one file.
@@ -48,10 +76,14 @@ impl OffsetStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.fail(format!("cannot read: {e}"))),
         };
-        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
-        if stored.version != 1 {
-            return Err(self.fail(format!("unknown version {}", stored.version)));
+        let version: Version = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
+        if version.version == 0 || version.version > VERSION {
+            return Err(self.fail(format!(
+                "format version {} is not one this sinkbox reads (1 to {VERSION}); was it written by a newer sinkbox?",
+                version.version
+            )));
         }
+        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
         if stored.pipeline != self.pipeline {
             return Err(self.fail(format!(
                 "belongs to pipeline \"{}\", not \"{}\"; give each pipeline its own offset store",
@@ -66,7 +98,7 @@ impl OffsetStore {
     /// the new position, never a torn file.
     pub fn commit(&self, source: &str, position: &Position) -> Result<()> {
         let stored = Stored {
-            version: 1,
+            version: VERSION,
             pipeline: self.pipeline.clone(),
             source: source.to_string(),
             position: position.clone(),
@@ -84,12 +116,28 @@ impl OffsetStore {
         })()
         .map_err(|e| self.fail(format!("cannot commit: {e}")))
     }
+
+    /// Deletes the store (and a temporary file a crash may have left), so
+    /// the next run starts from the beginning. Returns the position it held.
+    pub fn reset(&self) -> Result<Option<Position>> {
+        // A store that cannot be read is deleted all the same: resetting is
+        // how an operator gets past it.
+        let held = self.load().ok().flatten();
+        for path in [self.path.clone(), self.path.with_extension("json.tmp")] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.fail(format!("cannot delete {}: {e}", path.display()))),
+            }
+        }
+        Ok(held)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::PartitionPosition;
+    use crate::source::{PartitionPosition, Stream};
 
     #[test]
     fn commit_then_load_roundtrips_and_checks_owner() {
@@ -98,15 +146,45 @@ mod tests {
         let store = OffsetStore::new(&path, "p");
         assert_eq!(store.load().unwrap(), None);
         let position = Position {
-            partitions: vec![PartitionPosition { topic: "t".into(), partition: 0, next_offset: 42, byte: Some(999) }],
+            partitions: vec![PartitionPosition {
+                topic: "t".into(),
+                partition: 0,
+                next_offset: 42,
+                byte: Some(999),
+                stream: Some(Stream::File { device: 1, inode: 2, head_len: 3, head_sha256: "ab".into() }),
+            }],
         };
         store.commit("file t", &position).unwrap();
-        assert_eq!(store.load().unwrap(), Some(position));
+        assert_eq!(store.load().unwrap(), Some(position.clone()));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"version\": 2") && text.contains("\"inode\": 2"), "{text}");
         let other = OffsetStore::new(&path, "q");
         let err = other.load().unwrap_err().to_string();
         assert!(err.contains("belongs to pipeline \"p\", not \"q\""), "{err}");
         fs::write(&path, b"{").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("corrupt"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reads_version_1_refuses_newer_versions_and_resets() {
+        let dir = std::env::temp_dir().join(format!("sinkbox-offsets-v-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.offsets.json");
+        let store = OffsetStore::new(&path, "p");
+        let v1 = r#"{"version":1,"pipeline":"p","source":"stdin","position":{"partitions":[{"topic":"stdin","partition":0,"next_offset":10,"byte":70}]}}"#;
+        fs::write(&path, v1).unwrap();
+        let position = store.load().unwrap().unwrap();
+        assert_eq!((position.partitions[0].next_offset, &position.partitions[0].stream), (10, &None));
+        fs::write(&path, v1.replace("\"version\":1", "\"version\":3")).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("format version 3 is not one this sinkbox reads (1 to 2)"), "{err}");
+        assert!(store.reset().unwrap().is_none(), "an unreadable store is deleted all the same");
+        assert!(!path.exists());
+        fs::write(&path, v1).unwrap();
+        assert_eq!(store.reset().unwrap().map(|p| p.partitions[0].next_offset), Some(10));
+        assert_eq!(store.load().unwrap(), None);
+        assert_eq!(store.reset().unwrap(), None, "resetting nothing is fine");
         fs::remove_dir_all(dir).unwrap();
     }
 }
