@@ -38,6 +38,15 @@
 //!
 //! Relative paths are relative to the pipeline file's directory. An
 //! unknown key anywhere is an error naming the key.
+//!
+//! Limits on values, checked when the file is parsed:
+//! - pipeline and sink names: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting
+//!   with `.` (a name becomes a file name under `.sinkbox/`);
+//! - durations (`commit_interval`, `[retry] base` and `cap`, `timeout`):
+//!   at most [`MAX_DURATION`] (24 h);
+//! - `[retry]`: `max_attempts` at most 1,000, `max_backpressure` and
+//!   `max_poison` at most 100,000 ([`MAX_ATTEMPTS`], [`MAX_WAITS`]);
+//! - a sink's `grants.dirs`: each guest path at most once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,11 +54,41 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::checkpoint::{Batching, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
+use crate::checkpoint::{Batching, Committed, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
 use crate::sandbox::{Engine, SinkComponent};
 use crate::error::{Error, Result};
 use crate::sandbox::{DirGrant, Grants, SandboxLimits};
 use crate::source::{LineFormat, LineSource, Source};
+use crate::state::PipelineState;
+
+/// The longest duration any setting takes: 24 hours.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The most `[retry] max_attempts` may be.
+pub const MAX_ATTEMPTS: u32 = 1_000;
+
+/// The most `[retry] max_backpressure` and `max_poison` may be.
+pub const MAX_WAITS: u32 = 100_000;
+
+/// The longest pipeline or sink name.
+pub const MAX_NAME: usize = 64;
+
+/// Checks a pipeline or sink name (`what` says which): 1 to 64 of
+/// `A-Z a-z 0-9 . _ -`, not starting with `.`, so that a name used in a
+/// file name stays one file name inside the state directory.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} name {name:?}: use 1 to {MAX_NAME} letters, digits, '.', '_' or '-', not starting with '.'"
+        ))
+    }
+}
 
 /// Most lanes (instances per partition) a sink may have.
 pub const MAX_LANES: u32 = 64;
@@ -86,6 +125,7 @@ pub struct PipelineSection {
     /// Records per checkpoint.
     pub commit_every: Option<u64>,
     /// Longest a checkpoint stays open.
+    #[serde(default, deserialize_with = "commit_interval")]
     pub commit_interval: Option<HumanDuration>,
     /// Offset store path.
     pub offsets: Option<PathBuf>,
@@ -121,8 +161,10 @@ pub enum SourceSection {
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
     /// First backoff delay.
+    #[serde(default, deserialize_with = "retry_base")]
     pub base: Option<HumanDuration>,
     /// Longest backoff delay.
+    #[serde(default, deserialize_with = "retry_cap")]
     pub cap: Option<HumanDuration>,
     /// Attempts per checkpoint.
     pub max_attempts: Option<u32>,
@@ -172,6 +214,7 @@ pub struct LimitsSection {
     /// Fuel per call.
     pub fuel_per_call: Option<u64>,
     /// Wall-clock limit per call.
+    #[serde(default, deserialize_with = "limits_timeout")]
     pub timeout: Option<HumanDuration>,
 }
 
@@ -222,20 +265,49 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+/// Deserializers for the duration keys, so a refused value names its key
+/// (`[retry] cap: duration "99h" is longer than the maximum of 24h`).
+macro_rules! duration_keys {
+    ($($function:ident => $key:literal),* $(,)?) => {$(
+        fn $function<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<HumanDuration>, D::Error> {
+            let text = String::deserialize(d)?;
+            parse_duration(&text).map(|d| Some(HumanDuration(d))).map_err(|e| serde::de::Error::custom(format!("{}: {e}", $key)))
+        }
+    )*};
+}
+
+duration_keys! {
+    commit_interval => "[pipeline] commit_interval",
+    retry_base => "[retry] base",
+    retry_cap => "[retry] cap",
+    limits_timeout => "limits.timeout",
+}
+
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"`, up to [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: u64 =
-        number.parse().map_err(|_| format!("invalid duration \"{text}\": expected e.g. \"500ms\", \"5s\", \"2m\""))?;
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("invalid duration \"{text}\": the unit must be ms, s, m or h")),
+    let too_long = || format!("duration \"{text}\" is longer than the maximum of 24h");
+    let n: u64 = number.parse().map_err(|e: std::num::ParseIntError| match e.kind() {
+        std::num::IntErrorKind::PosOverflow => too_long(),
+        _ => format!("invalid duration \"{text}\": expected e.g. \"500ms\", \"5s\", \"2m\""),
+    })?;
+    let seconds_per_unit = match unit.trim() {
+        "ms" => None,
+        "s" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3600),
+        _ => return Err(format!("invalid duration \"{text}\": the unit must be ms, s, m or h")),
+    };
+    let duration = match seconds_per_unit {
+        None => Duration::from_millis(n),
+        Some(k) => Duration::from_secs(n.checked_mul(k).ok_or_else(too_long)?),
+    };
+    if duration > MAX_DURATION {
+        return Err(too_long());
     }
+    Ok(duration)
 }
 
 /// A size written as a number of bytes or `"512KiB"`, `"64MiB"`, `"1GiB"`.
@@ -290,10 +362,25 @@ impl PipelineFile {
         if file.sinks.is_empty() {
             return Err(Error::Config(format!("{origin}: a pipeline needs at least one [[sink]]")));
         }
+        let fail = |what: String| Error::Config(format!("{origin}: {what}"));
+        if let Some(name) = &file.pipeline.name {
+            check_name("pipeline", name).map_err(fail)?;
+        }
+        let r = &file.retry;
+        for (key, value, max) in [
+            ("max_attempts", r.max_attempts, MAX_ATTEMPTS),
+            ("max_backpressure", r.max_backpressure, MAX_WAITS),
+            ("max_poison", r.max_poison, MAX_WAITS),
+        ] {
+            if let Some(value) = value.filter(|v| *v > max) {
+                return Err(fail(format!("[retry] {key} = {value} is over the maximum of {max}")));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for sink in &file.sinks {
+            check_name("sink", &sink.name).map_err(fail)?;
             if !names.insert(sink.name.as_str()) {
-                return Err(Error::Config(format!("{origin}: two sinks are named \"{}\"", sink.name)));
+                return Err(fail(format!("two sinks are named \"{}\"", sink.name)));
             }
             if let Some(lanes) = sink.lanes
                 && !(1..=MAX_LANES).contains(&lanes)
@@ -303,12 +390,32 @@ impl PipelineFile {
                     sink.name
                 )));
             }
+            sink.check_grants().map_err(fail)?;
         }
         Ok(file)
     }
 }
 
 impl SinkSection {
+    /// Refuses two grants of one guest path (the last would silently win).
+    fn check_grants(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashMap::new();
+        for dir in &self.grants.dirs {
+            // `/out`, `/out/` and `//out` are one guest path.
+            let guest: PathBuf = Path::new(&dir.guest).components().collect();
+            if let Some(first) = seen.insert(guest, &dir.host) {
+                return Err(format!(
+                    "sink \"{}\": guest path {} is granted twice (host {} and host {}); grant each guest path once",
+                    self.name,
+                    dir.guest,
+                    first.display(),
+                    dir.host.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The config as JSON text (`{}` when absent).
     pub fn config_json(&self) -> Result<String> {
         match &self.config {
@@ -326,6 +433,8 @@ impl SinkSection {
 
     /// Loads the component and resolves paths relative to `base`.
     pub fn resolve(&self, engine: &Engine, base: &Path) -> Result<SinkSpec> {
+        check_name("sink", &self.name).map_err(Error::Config)?;
+        self.check_grants().map_err(Error::Config)?;
         let component = load_component(engine, &self.component, base)?;
         let defaults = SandboxLimits::default();
         let mut limits = defaults;
@@ -388,11 +497,65 @@ pub fn load_component(engine: &Engine, reference: &str, base: &Path) -> Result<S
 }
 
 impl PipelineFile {
-    /// Builds the runnable pipeline. `base` is the pipeline file's
+    /// Where the pipeline keeps its state. `base` is the pipeline file's
     /// directory; `default_name` names it when `[pipeline] name` is absent.
-    pub fn build(&self, engine: &Engine, base: &Path, default_name: &str) -> Result<Pipeline> {
+    /// Fails if the name is not a valid pipeline name.
+    pub fn state(&self, base: &Path, default_name: &str) -> Result<PipelineState> {
         let p = &self.pipeline;
         let name = p.name.clone().unwrap_or_else(|| default_name.to_string());
+        check_name("pipeline", &name)
+            .map_err(|e| Error::Config(if p.name.is_some() { e } else { format!("{e} (set [pipeline] name)") }))?;
+        let state_dir = base.join(".sinkbox");
+        let offsets =
+            p.offsets.as_ref().map_or_else(|| state_dir.join(format!("{name}.offsets.json")), |o| base.join(o));
+        let dead_letter = p
+            .dead_letter
+            .as_ref()
+            .map_or_else(|| state_dir.join(format!("{name}.dead-letter.jsonl")), |d| base.join(d));
+        Ok(PipelineState { name, offsets, dead_letter })
+    }
+
+    /// Opens the source, resuming from the committed position when the
+    /// pipeline resumes. A position committed for another stream than the
+    /// input holds now is an [`Error::StreamChanged`] naming the pipeline
+    /// and the offset store. Returns the source, the store (if the pipeline
+    /// resumes) and the start position.
+    pub fn open_source(
+        &self,
+        base: &Path,
+        state: &PipelineState,
+    ) -> Result<(Box<dyn Source>, Option<OffsetStore>, Committed)> {
+        let offsets = self.pipeline.resume.unwrap_or(true).then(|| OffsetStore::new(&state.offsets, &state.name));
+        let start = match &offsets {
+            Some(store) => store.load()?.unwrap_or_default(),
+            None => Default::default(),
+        };
+        let source: Result<Box<dyn Source>> = match &self.source {
+            SourceSection::File { path, format } => {
+                LineSource::file(&base.join(path), *format, Some(&start.position)).map(|s| Box::new(s) as Box<dyn Source>)
+            }
+            SourceSection::Stdin { format } => {
+                LineSource::stdin(*format, Some(&start.position)).map(|s| Box::new(s) as Box<dyn Source>)
+            }
+        };
+        let source = source.map_err(|e| match e {
+            Error::StreamChanged(mut changed) => {
+                changed.pipeline = Some(state.name.clone());
+                changed.offsets = Some(state.offsets.clone());
+                Error::StreamChanged(changed)
+            }
+            e => e,
+        })?;
+        Ok((source, offsets, start))
+    }
+
+    /// Builds the runnable pipeline. `base` is the pipeline file's
+    /// directory; `default_name` names it when `[pipeline] name` is absent.
+    /// Does not lock the pipeline's state: callers that may run next to
+    /// another run of it take [`PipelineState::lock`] first.
+    pub fn build(&self, engine: &Engine, base: &Path, default_name: &str) -> Result<Pipeline> {
+        let state = self.state(base, default_name)?;
+        let p = &self.pipeline;
         let mut batching = Batching::default();
         if let Some(n) = p.batch_size {
             batching = batching.batch_size(n);
@@ -432,29 +595,20 @@ impl PipelineFile {
         if let Some(d) = r.max_retry_time {
             retry = retry.max_retry_time(d.0);
         }
-        let state_dir = base.join(".sinkbox");
-        let offsets = OffsetStore::new(
-            p.offsets.as_ref().map_or_else(|| state_dir.join(format!("{name}.offsets.json")), |o| base.join(o)),
-            &name,
-        );
-        let dead_letters = DeadLetters::new(
-            p.dead_letter
-                .as_ref()
-                .map_or_else(|| state_dir.join(format!("{name}.dead-letter.jsonl")), |d| base.join(d)),
-        );
-        let offsets = p.resume.unwrap_or(true).then_some(offsets);
-        let start = match &offsets {
-            Some(store) => store.load()?.unwrap_or_default(),
-            None => Default::default(),
-        };
-        let source: Box<dyn Source> = match &self.source {
-            SourceSection::File { path, format } => {
-                Box::new(LineSource::file(&base.join(path), *format, Some(&start.position))?)
-            }
-            SourceSection::Stdin { format } => Box::new(LineSource::stdin(*format, Some(&start.position))?),
-        };
+        let dead_letters = DeadLetters::new(&state.dead_letter);
+        let (source, offsets, start) = self.open_source(base, &state)?;
         let sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
-        Ok(Pipeline { name, engine: engine.clone(), source, sinks, batching, retry, offsets, dead_letters, start })
+        Ok(Pipeline {
+            name: state.name,
+            engine: engine.clone(),
+            source,
+            sinks,
+            batching,
+            retry,
+            offsets,
+            dead_letters,
+            start,
+        })
     }
 }
 
@@ -508,5 +662,66 @@ mod tests {
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert!(parse_bytes("1PiB").is_err());
         assert!(parse_bytes("99999999999GiB").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_not_wrapped() {
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("86400000ms"), Ok(MAX_DURATION));
+        for text in ["18446744073709551615s", "1152921504606846976h", "99999999999999999999999s", "25h", "86400001ms"] {
+            let err = parse_duration(text).unwrap_err();
+            assert_eq!(err, format!("duration \"{text}\" is longer than the maximum of 24h"));
+        }
+        let cases = [
+            (format!("{MINIMAL}limits = {{ timeout = \"18446744073709551615s\" }}\n"), "limits.timeout"),
+            (
+                format!("[pipeline]\ncommit_interval = \"1152921504606846976h\"\n{MINIMAL}"),
+                "[pipeline] commit_interval",
+            ),
+            (format!("[retry]\ncap = \"99999999999h\"\n{MINIMAL}"), "[retry] cap"),
+            (format!("[retry]\nbase = \"25h\"\n{MINIMAL}"), "[retry] base"),
+        ];
+        for (text, key) in cases {
+            let err = parse_err(&text);
+            assert!(
+                err.contains(&format!("{key}: duration \"")) && err.contains("is longer than the maximum of 24h"),
+                "{key}: {err}"
+            );
+        }
+        for (key, value) in [("max_attempts", 4294967295u32), ("max_backpressure", 100_001), ("max_poison", 4000000000)]
+        {
+            let err = parse_err(&format!("[retry]\n{key} = {value}\n{MINIMAL}"));
+            assert!(err.contains(&format!("[retry] {key} = {value} is over the maximum of")), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_that_could_leave_the_state_directory_are_refused() {
+        for name in ["../../escape", ".hidden", "", "a/b", "x y", &"n".repeat(65)] {
+            let err = parse_err(&format!("[pipeline]\nname = {name:?}\n{MINIMAL}"));
+            assert!(err.contains(&format!("invalid pipeline name {name:?}")), "{err}");
+            let err = parse_err(&MINIMAL.replace("name = \"a\"", &format!("name = {name:?}")));
+            assert!(err.contains(&format!("invalid sink name {name:?}")), "{err}");
+        }
+        for name in ["orders", "orders-v2.csv", "A_1", &"n".repeat(64)] {
+            assert!(check_name("pipeline", name).is_ok(), "{name}");
+        }
+        let file = PipelineFile::parse(MINIMAL, "p.toml").unwrap();
+        let err = file.state(Path::new("."), "../up").unwrap_err().to_string();
+        assert!(err.contains("invalid pipeline name \"../up\"") && err.contains("set [pipeline] name"), "{err}");
+    }
+
+    #[test]
+    fn a_guest_path_granted_twice_is_refused() {
+        let text = format!(
+            "{MINIMAL}grants = {{ dirs = [{{ host = \"a\", guest = \"/out\" }}, {{ host = \"b\", guest = \"/out/\", mode = \"rw\" }}] }}\n"
+        );
+        let err = parse_err(&text);
+        assert!(
+            err.contains(
+                "sink \"a\": guest path /out/ is granted twice (host a and host b); grant each guest path once"
+            ),
+            "{err}"
+        );
     }
 }

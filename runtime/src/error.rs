@@ -233,12 +233,77 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A committed position is for a different stream than the input holds
+    /// now; the pipeline refuses to resume rather than skip or mix records.
+    #[error(transparent)]
+    StreamChanged(Box<StreamChanged>),
+    /// Another run holds the pipeline's state.
+    #[error(
+        "pipeline \"{pipeline}\" is already running: its lock file {} is held by {}",
+        lock.display(),
+        holder.map_or_else(|| "another process".to_string(), |pid| format!("pid {pid}"))
+    )]
+    Locked {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The lock file.
+        lock: PathBuf,
+        /// The process id the holder wrote into the lock file, if readable.
+        holder: Option<u32>,
+    },
     /// The pipeline was interrupted before it could finish its checkpoint.
     #[error("interrupted; offsets from {from} stay uncommitted")]
     Interrupted {
         /// The first uncommitted position.
         from: String,
     },
+}
+
+/// Why a committed position is not resumed: the input is not the stream
+/// it was committed for.
+#[derive(Debug)]
+pub struct StreamChanged {
+    /// The pipeline, when known.
+    pub pipeline: Option<String>,
+    /// The input, as the source describes it (`file in.jsonl`, `stdin`).
+    pub input: String,
+    /// What changed.
+    pub what: String,
+    /// The offset store holding the position, when known.
+    pub offsets: Option<PathBuf>,
+}
+
+impl StreamChanged {
+    /// A mismatch on `input`; the pipeline and store are filled in later.
+    pub fn new(input: &str, what: String) -> StreamChanged {
+        StreamChanged { pipeline: None, input: input.to_string(), what, offsets: None }
+    }
+}
+
+impl fmt::Display for StreamChanged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(pipeline) = &self.pipeline {
+            write!(f, "pipeline \"{pipeline}\" ")?;
+        }
+        write!(f, "cannot resume {}", self.input)?;
+        if let Some(path) = &self.offsets {
+            write!(f, " from {}", path.display())?;
+        }
+        write!(
+            f,
+            ": {}; to start over from the input as it is now, run again with --reset (or run `sinkbox reset` on \
+             the pipeline file), which deletes the committed offsets and keeps the dead letters",
+            self.what
+        )
+    }
+}
+
+impl std::error::Error for StreamChanged {}
+
+impl From<StreamChanged> for Error {
+    fn from(changed: StreamChanged) -> Error {
+        Error::StreamChanged(Box::new(changed))
+    }
 }
 
 impl From<SinkFailure> for Error {

@@ -58,6 +58,7 @@ pub mod error;
 pub mod sandbox;
 pub mod schema;
 pub mod source;
+pub mod state;
 pub mod status;
 
 pub use bindings::{Batch, CONTRACT, Context};
@@ -69,5 +70,6 @@ pub use config::PipelineFile;
 pub use engine::{EngineOptions, Pooling};
 pub use error::{Error, Fault, Phase, Result, SinkFailure};
 pub use sandbox::{CallStats, DirGrant, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance};
-pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle};
+pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle, Stream};
+pub use state::{PipelineState, StateLock};
 pub use status::{LaneStatus, Outcome, SinkMetrics, Status};

@@ -1,6 +1,8 @@
 //! The `sinkbox` binary: exit codes and messages.
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::{Scratch, lines};
 
@@ -8,16 +10,32 @@ fn sinkbox(scratch: &Scratch, args: &[&str]) -> Output {
     sinkbox_in(&scratch.dir, args)
 }
 
-fn sinkbox_in(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sinkbox"))
+fn command(dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sinkbox"));
+    command
         .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
         .args(args)
         .current_dir(dir)
         // Projects made by `sinkbox new` share one cargo target directory
         // across test runs.
-        .env("CARGO_TARGET_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/new-projects-target"))
-        .output()
-        .expect("sinkbox runs")
+        .env("CARGO_TARGET_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/new-projects-target"));
+    command
+}
+
+fn sinkbox_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    command(dir, args).output().expect("sinkbox runs")
+}
+
+/// Runs sinkbox with `input` on its standard input.
+fn sinkbox_with_stdin(scratch: &Scratch, args: &[&str], input: &str) -> Output {
+    let mut child = command(&scratch.dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sinkbox starts");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().expect("sinkbox runs")
 }
 
 fn stderr(out: &Output) -> String {
@@ -101,29 +119,272 @@ fn unknown_pipeline_keys_are_errors_naming_the_key() {
 fn validate_checks_configs_against_each_sinks_schema() {
     let s = Scratch::new("cli-validate");
     s.write("in.jsonl", "");
-    let pipeline = |format: &str| {
+    let pipeline = |config: &str| {
         format!(
-            "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"f\"\ncomponent = \"builtin:file\"\nconfig = {{ path = \"/o/x\", format = \"{format}\" }}\n[[sink]]\nname = \"b\"\ncomponent = \"builtin:blackhole\"\n"
+            "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"f\"\ncomponent = \"builtin:file\"\nconfig = {{ path = \"/o/x\", {config} }}\ngrants = {{ dirs = [{{ host = \"o\", guest = \"/o\", mode = \"rw\" }}] }}\n[[sink]]\nname = \"b\"\ncomponent = \"builtin:blackhole\"\n"
         )
     };
-    s.write("good.toml", &pipeline("csv"));
+    s.write("good.toml", &pipeline("format = \"csv\", columns = [\"id\"]"));
     let out = sinkbox(&s, &["validate", "good.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("ok    sink \"f\": config matches its schema"), "{}", stdout(&out));
-    s.write("bad.toml", &pipeline("xml"));
+    assert!(!s.path("o/x").exists(), "validate opens the sink in a scratch copy of its directories");
+    s.write("bad.toml", &pipeline("format = \"xml\""));
     let out = sinkbox(&s, &["validate", "bad.toml"]);
     assert_eq!(out.status.code(), Some(1));
     let report = stdout(&out);
-    assert!(
-        report.contains("FAIL  sink \"f\": sink \"f\": config does not match the sink's schema: at /format:"),
-        "{report}"
-    );
+    assert!(report.contains("FAIL  sink \"f\": config does not match the sink's schema: at /format:"), "{report}");
+    assert!(!report.contains("sink \"f\": sink \"f\""), "the sink is named once: {report}");
     assert!(report.contains("ok    sink \"b\""), "{report}");
     assert!(stderr(&out).contains("1 of 2 sinks are invalid"), "{}", stderr(&out));
     // `run` refuses the same config before opening anything.
     let out = sinkbox(&s, &["run", "bad.toml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("config does not match the sink's schema"), "{}", stderr(&out));
+}
+
+/// What `run` refuses when the sink opens (a CSV config without
+/// `columns`, which the schema alone allows), `validate` refuses too.
+#[test]
+fn validate_refuses_what_run_refuses() {
+    let s = Scratch::new("cli-validate-run");
+    s.write("in.jsonl", &lines(3));
+    s.write(
+        "p.toml",
+        "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"f\"\ncomponent = \"builtin:file\"\nconfig = { path = \"/o/x.csv\", format = \"csv\" }\ngrants = { dirs = [{ host = \"o\", guest = \"/o\", mode = \"rw\" }] }\n",
+    );
+    let expected = "sink \"f\" failed: format \"csv\" needs a non-empty \"columns\" list in open";
+    let run = sinkbox(&s, &["run", "p.toml"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains(expected), "{}", stderr(&run));
+    let out = sinkbox(&s, &["validate", "p.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&format!("FAIL  {expected}")), "{}", stdout(&out));
+    // Settings `run` refuses when it parses the file, `validate` refuses too.
+    for (text, expected) in [
+        ("[pipeline]\nname = \"../../escape\"\n", "invalid pipeline name \"../../escape\""),
+        ("[pipeline]\ncommit_interval = \"1152921504606846976h\"\n", "longer than the maximum of 24h"),
+    ] {
+        s.write(
+            "q.toml",
+            &format!("{text}[source]\nkind = \"stdin\"\n[[sink]]\nname = \"b\"\ncomponent = \"builtin:blackhole\"\n"),
+        );
+        for command in ["run", "validate"] {
+            let out = sinkbox(&s, &[command, "q.toml"]);
+            assert_eq!(out.status.code(), Some(1), "{command}");
+            assert!(stderr(&out).contains(expected), "{command}: {}", stderr(&out));
+        }
+    }
+    assert!(!s.dir.parent().unwrap().join("escape.offsets.json").exists());
+}
+
+#[test]
+fn absurd_durations_are_refused_naming_the_key() {
+    let s = Scratch::new("cli-durations");
+    s.write("in.jsonl", &lines(3));
+    s.write(
+        "p.toml",
+        "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"b\"\ncomponent = \"builtin:blackhole\"\nlimits = { timeout = \"18446744073709551615s\" }\n",
+    );
+    let out = sinkbox(&s, &["run", "p.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("limits.timeout: duration \"18446744073709551615s\" is longer than the maximum of 24h"),
+        "{err}"
+    );
+    let out = sinkbox(&s, &["run", "--sink", "builtin:blackhole", "--input", "in.jsonl", "--timeout", "99999999999h"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--timeout"), "{}", stderr(&out));
+}
+
+/// Two stdin runs into one output: the second run's records are other
+/// records (a new stream), so the file sink writes them too.
+#[test]
+fn every_stdin_run_is_a_new_stream() {
+    let s = Scratch::new("cli-stdin-twice");
+    let args = ["run", "--sink", "builtin:file", "--config", r#"{"path":"/out/o.jsonl"}"#, "--dir", "out:/out:rw"];
+    let first = lines(10);
+    let out = sinkbox_with_stdin(&s, &args, &first);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second: String = (0..10).map(|i| format!("{{\"second\":{i}}}\n")).collect();
+    let out = sinkbox_with_stdin(&s, &args, &second);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.read("out/o.jsonl"), format!("{first}{second}"));
+}
+
+/// A pipeline whose input file was replaced refuses to resume, naming
+/// the pipeline, the input and what changed; `--reset` starts over and
+/// keeps the dead letters; appending to the file still resumes.
+#[test]
+fn a_replaced_input_is_refused_until_reset_and_an_appended_one_resumes() {
+    let s = Scratch::new("cli-replaced");
+    s.write(
+        "p.toml",
+        "[source]\nkind = \"file\"\npath = \"in.jsonl\"\nformat = \"envelope\"\n[[sink]]\nname = \"out\"\ncomponent = \"builtin:file\"\nconfig = { path = \"/out/o.jsonl\" }\ngrants = { dirs = [{ host = \"out\", guest = \"/out\", mode = \"rw\" }] }\n",
+    );
+    let old: String = (0..1000).map(|i| format!("{{\"value\":{{\"n\":\"old-{i}\"}}}}\n")).collect();
+    s.write("in.jsonl", &format!("{old}not an envelope\n"));
+    let out = sinkbox(&s, &["run", "p.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.read("out/o.jsonl").lines().count(), 1000);
+    // Appending resumes after the committed lines.
+    let appended: String = (0..10).map(|i| format!("{{\"value\":{{\"n\":\"more-{i}\"}}}}\n")).collect();
+    std::fs::OpenOptions::new().append(true).open(s.path("in.jsonl")).unwrap().write_all(appended.as_bytes()).unwrap();
+    let out = sinkbox(&s, &["run", "p.toml", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["read"], 10, "only the appended lines are read");
+    // Replaced by new data: rewritten in place (same inode), and rotated
+    // (the old file renamed away, a new one created).
+    let new: String = (0..6000).map(|i| format!("{{\"value\":{{\"n\":\"new-{i}\"}}}}\n")).collect();
+    for replace in ["in place", "rotated"] {
+        if replace == "rotated" {
+            std::fs::rename(s.path("in.jsonl"), s.path("in.jsonl.1")).unwrap();
+        }
+        s.write("in.jsonl", &new);
+        let out = sinkbox(&s, &["run", "p.toml"]);
+        assert_eq!(out.status.code(), Some(1), "{replace}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("error: pipeline \"p\" cannot resume file in.jsonl from .sinkbox/p.offsets.json: "),
+            "{err}"
+        );
+        assert!(err.contains("run again with --reset"), "{replace}: {err}");
+        let changed = if replace == "in place" { "its first 4096 bytes changed" } else { "the file was replaced" };
+        assert!(err.contains(changed), "{replace}: {err}");
+        assert_eq!(s.read("out/o.jsonl").lines().count(), 1010, "{replace}: nothing written");
+    }
+    let out = sinkbox(&s, &["run", "p.toml", "--reset"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("reset: deleted the committed offsets .sinkbox/p.offsets.json"), "{err}");
+    assert!(err.contains("reset: dead letters kept in .sinkbox/p.dead-letter.jsonl"), "{err}");
+    let output = s.read("out/o.jsonl");
+    assert_eq!(output.lines().count(), 7010, "every new record written");
+    assert!(output.ends_with("{\"n\":\"new-5999\"}\n"), "{}", &output[output.len() - 100..]);
+    assert!(s.path(".sinkbox/p.dead-letter.jsonl").exists(), "dead letters kept");
+    // `sinkbox reset` says what it did; the next run reads from the start.
+    let out = sinkbox(&s, &["reset", "p.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("deleted the committed offsets .sinkbox/p.offsets.json (they were at"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!s.path(".sinkbox/p.offsets.json").exists());
+    let out = sinkbox(&s, &["reset", "p.toml"]);
+    assert!(
+        stdout(&out).contains("no committed offsets at .sinkbox/p.offsets.json; nothing to delete"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// A second run of a pipeline fails at once while the first holds its lock.
+#[test]
+fn a_second_run_of_a_pipeline_fails_naming_the_lock_and_its_holder() {
+    let s = Scratch::new("cli-lock");
+    s.write("in.jsonl", &lines(3));
+    s.write(
+        "p.toml",
+        "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"b\"\ncomponent = \"builtin:blackhole\"\n",
+    );
+    std::fs::create_dir_all(s.path(".sinkbox")).unwrap();
+    let mut lock = std::fs::File::create(s.path(".sinkbox/p.offsets.json.lock")).unwrap();
+    lock.try_lock().expect("the test takes the lock");
+    writeln!(lock, "{}", std::process::id()).unwrap();
+    for args in [&["run", "p.toml"][..], &["reset", "p.toml"]] {
+        let started = Instant::now();
+        let out = sinkbox(&s, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(started.elapsed() < Duration::from_secs(20), "fails at once");
+        let expected = format!(
+            "error: pipeline \"p\" is already running: its lock file .sinkbox/p.offsets.json.lock is held by pid {}",
+            std::process::id()
+        );
+        assert!(stderr(&out).contains(&expected), "{args:?}: {}", stderr(&out));
+    }
+    drop(lock);
+    let out = sinkbox(&s, &["run", "p.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A line that never ends stops the run with an error naming the input
+/// and the byte, without holding more than the line limit in memory.
+#[test]
+fn a_line_that_never_ends_fails_with_bounded_memory() {
+    let s = Scratch::new("cli-dev-zero");
+    let out = sinkbox(&s, &["run", "--sink", "builtin:blackhole", "--input", "/dev/zero", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: source file /dev/zero: line 1 (from byte 0) is longer than the limit of 16 MiB"),
+        "{err}"
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    let peak = status["peak_rss"].as_u64().unwrap();
+    assert!(peak < 200 << 20, "peak memory {peak} bytes");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let s = Scratch::new("cli-epipe");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = command(&s.dir, &["inspect", "builtin:file"]).stdout(writer).output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn logs_are_not_coloured_when_stderr_is_not_a_terminal() {
+    let s = Scratch::new("cli-colour");
+    s.write("in.jsonl", &lines(3));
+    let out = sinkbox(&s, &["run", "--sink", sinkbox_test_artifacts::PANIC_IN_CLOSE, "--input", "in.jsonl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("WARN") && err.contains("trapped in close"), "a warning is logged: {err}");
+    assert!(!err.contains('\x1b'), "no escape codes in a pipe: {err:?}");
+}
+
+/// The progress thread does not hold a short run open.
+#[test]
+fn a_short_run_does_not_wait_for_the_progress_thread() {
+    let s = Scratch::new("cli-progress");
+    s.write("in.jsonl", &lines(1));
+    let time = |extra: &[&str]| {
+        (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                let mut args = vec!["run", "--sink", "builtin:blackhole", "--input", "in.jsonl"];
+                args.extend_from_slice(extra);
+                let out = sinkbox(&s, &args);
+                assert!(out.status.success(), "{}", stderr(&out));
+                started.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let without = time(&["--no-progress"]);
+    let with = time(&[]);
+    assert!(with < without + Duration::from_millis(300), "with progress {with:?}, without {without:?}");
+}
+
+#[test]
+fn a_rust_scaffold_says_where_its_sdk_comes_from() {
+    let s = Scratch::new("cli-new-sdk");
+    let out = sinkbox(&s, &["new", "--lang", "rust", "scaffold"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cargo = s.read("scaffold/Cargo.toml");
+    assert!(stdout(&out).contains("note: Cargo.toml depends on sinkbox-sdk"), "{}", stdout(&out));
+    assert!(cargo.contains("# sinkbox-sdk is not on crates.io yet") && cargo.contains("--sdk-path"), "{cargo}");
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    let out = sinkbox(&s, &["new", "--lang", "rust", "explicit", "--sdk-path", sdk.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cargo = s.read("explicit/Cargo.toml");
+    assert!(cargo.contains("# The sinkbox-sdk given with --sdk-path."), "{cargo}");
 }
 
 #[test]

@@ -329,6 +329,39 @@ fn malformed_envelopes_are_dead_lettered_by_the_source() {
     assert_eq!(committed_offset(&s), Some(4));
 }
 
+/// In `auto` mode a line with only envelope fields and a `value` is an
+/// envelope: wrong types are dead-lettered with the reason (the whole line
+/// kept), never written through as a raw value.
+#[test]
+fn auto_format_dead_letters_envelopes_with_wrong_types() {
+    let s = Scratch::new("auto-envelope");
+    s.write(
+        "in.jsonl",
+        concat!(
+            "{\"value\":\"a\",\"timestamp\":\"yesterday\"}\n",
+            "{\"value\":\"b\",\"key\":5}\n",
+            "{\"value\":\"c\",\"headers\":{\"h\":1}}\n",
+            "{\"value\":\"d\",\"key\":\"k\",\"timestamp\":5}\n",
+            "{\"id\":1,\"timestamp\":\"yesterday\"}\n",
+        ),
+    );
+    let (status, result) = s.run(&Spec { component: programs::WELL_BEHAVED, ..Default::default() }.toml());
+    result.unwrap();
+    assert_eq!(s.read("out/out.jsonl"), "d\n{\"id\":1,\"timestamp\":\"yesterday\"}\n");
+    let letters = dead_letters(&s);
+    let reasons: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "line 1: not a record envelope: `timestamp` must be an integer (milliseconds since the Unix epoch) or null, not \"yesterday\"",
+            "line 2: not a record envelope: `key` must be a string or null, not 5",
+            "line 3: not a record envelope: `headers` must be an object of strings or a list of [name, value] string pairs, not {\"h\":1}",
+        ]
+    );
+    assert_eq!(letters[1]["value"], "{\"value\":\"b\",\"key\":5}", "the whole line is kept");
+    assert_eq!(status.malformed, 3);
+}
+
 #[test]
 fn a_graceful_stop_commits_only_what_was_flushed_and_a_restart_finishes() {
     let (s, input) = scratch_with_input("stop", 2000);

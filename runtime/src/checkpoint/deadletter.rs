@@ -5,6 +5,12 @@
 //! are strings when they are UTF-8 and `{"base64": "..."}` otherwise. Entries
 //! are synced before the checkpoint's offsets are committed, so a record is
 //! never lost; after a crash an entry may appear twice.
+//!
+//! An entry keeps the whole record up to [`MAX_RECORD_BYTES`] (1 MiB) of
+//! value, key and headers together, in that order. A larger record is cut
+//! there, and the entry says so in `"truncated"`: `{"original_bytes",
+//! "kept_bytes", "source"}`, where `source` is the record's position in
+//! its input (topic, partition, offset) to find the whole record by.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -15,6 +21,51 @@ use serde_json::{Value, json};
 use sinkbox_format::Record;
 
 use crate::error::{Error, Result};
+
+/// The most bytes of a record (value, key and headers together) a dead
+/// letter keeps: 1 MiB.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Cuts records to [`MAX_RECORD_BYTES`] and remembers what it cut.
+struct Budget {
+    left: usize,
+    original: usize,
+    kept: usize,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget { left: MAX_RECORD_BYTES, original: 0, kept: 0 }
+    }
+
+    /// The part of `bytes` that fits; a UTF-8 text is cut at a character
+    /// boundary, so it stays text.
+    fn take<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        self.original += bytes.len();
+        let mut end = bytes.len().min(self.left);
+        if end < bytes.len()
+            && let Ok(text) = std::str::from_utf8(bytes)
+        {
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+        }
+        self.left -= end;
+        self.kept += end;
+        &bytes[..end]
+    }
+
+    /// The `truncated` note, if anything was cut.
+    fn note(&self, topic: &str, partition: u32, offset: u64) -> Option<Value> {
+        (self.kept < self.original).then(|| {
+            json!({
+                "original_bytes": self.original,
+                "kept_bytes": self.kept,
+                "source": format!("topic {topic} partition {partition} offset {offset}"),
+            })
+        })
+    }
+}
 
 /// Appends dead-letter entries to a file.
 pub struct DeadLetters {
@@ -45,12 +96,19 @@ impl DeadLetters {
 
     /// Appends an entry for a record `sink` refused or trapped on.
     pub fn push(&mut self, sink: &str, reason: &str, topic: &str, partition: u32, record: &Record<'_>) -> Result<()> {
-        let headers: Vec<Value> = record
-            .headers()
-            .flatten()
-            .map(|(name, value)| json!([String::from_utf8_lossy(name), bytes_value(value)]))
-            .collect();
-        self.write(json!({
+        let mut budget = Budget::new();
+        let value = bytes_value(budget.take(record.value));
+        let key = record.key.map(|key| bytes_value(budget.take(key)));
+        let mut headers: Vec<Value> = Vec::new();
+        for (name, value) in record.headers().flatten() {
+            let name = budget.take(name);
+            let value = budget.take(value);
+            if name.is_empty() && value.is_empty() && budget.left == 0 {
+                continue;
+            }
+            headers.push(json!([String::from_utf8_lossy(name), bytes_value(value)]));
+        }
+        let mut entry = json!({
             "time": rfc3339_now(),
             "sink": sink,
             "reason": reason,
@@ -58,16 +116,22 @@ impl DeadLetters {
             "partition": partition,
             "offset": record.offset,
             "timestamp": record.timestamp,
-            "key": record.key.map(bytes_value),
-            "value": bytes_value(record.value),
+            "key": key,
+            "value": value,
             "headers": headers,
-        }))
+        });
+        if let Some(note) = budget.note(topic, partition, record.offset) {
+            entry["truncated"] = note;
+        }
+        self.write(entry)
     }
 
     /// Appends an entry for input the source could not parse; `raw` is the
     /// input as read.
     pub fn push_malformed(&mut self, reason: &str, topic: &str, partition: u32, offset: u64, raw: &[u8]) -> Result<()> {
-        self.write(json!({
+        let mut budget = Budget::new();
+        let value = bytes_value(budget.take(raw));
+        let mut entry = json!({
             "time": rfc3339_now(),
             "sink": "source",
             "reason": reason,
@@ -76,9 +140,13 @@ impl DeadLetters {
             "offset": offset,
             "timestamp": null,
             "key": null,
-            "value": bytes_value(raw),
+            "value": value,
             "headers": [],
-        }))
+        });
+        if let Some(note) = budget.note(topic, partition, offset) {
+            entry["truncated"] = note;
+        }
+        self.write(entry)
     }
 
     fn write(&mut self, entry: Value) -> Result<()> {
@@ -166,6 +234,46 @@ mod tests {
         for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
             assert_eq!(base64(input.as_bytes()), expected);
         }
+    }
+
+    fn read_entries(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn entries_keep_the_whole_record_up_to_the_cap_and_say_where_they_cut() {
+        let dir = std::env::temp_dir().join(format!("sinkbox-dead-{}", std::process::id()));
+        let path = dir.join("dead.jsonl");
+        let mut letters = DeadLetters::new(&path);
+        // A record just under the cap is kept whole.
+        let whole = "x".repeat(MAX_RECORD_BYTES - 10);
+        letters.push_malformed("bad", "t#1", 0, 7, whole.as_bytes()).unwrap();
+        // A 3 MiB line of multi-byte text is cut at a character boundary.
+        let big = "é".repeat(3 << 19);
+        letters.push_malformed("bad", "t#1", 0, 8, big.as_bytes()).unwrap();
+        // A sink's rejection: value first, then key and headers share the rest.
+        let mut batch = sinkbox_format::BatchWriter::with_capacity(0);
+        let value = vec![b'v'; MAX_RECORD_BYTES - 4];
+        batch.begin(9, Some(5), Some(b"key-1234"), &value, 1);
+        batch.header(b"h", b"header value");
+        let (data, count) = batch.finish();
+        let record = sinkbox_format::Records::new(&data, count).next().unwrap().unwrap();
+        letters.push("s", "rejected", "t#1", 2, &record).unwrap();
+        letters.sync().unwrap();
+        let entries = read_entries(&path);
+        assert_eq!(entries[0]["value"].as_str().unwrap().len(), MAX_RECORD_BYTES - 10);
+        assert!(entries[0].get("truncated").is_none(), "{}", entries[0]["truncated"]);
+        let kept = entries[1]["value"].as_str().unwrap();
+        assert!(kept.len() <= MAX_RECORD_BYTES && kept.len() > MAX_RECORD_BYTES - 2 && kept.chars().all(|c| c == 'é'));
+        assert_eq!(entries[1]["truncated"]["original_bytes"], big.len());
+        assert_eq!(entries[1]["truncated"]["kept_bytes"], kept.len());
+        assert_eq!(entries[1]["truncated"]["source"], "topic t#1 partition 0 offset 8");
+        assert_eq!(entries[2]["value"].as_str().unwrap().len(), MAX_RECORD_BYTES - 4);
+        assert_eq!(entries[2]["key"], "key-");
+        assert_eq!(entries[2]["headers"], json!([]));
+        assert_eq!(entries[2]["truncated"]["original_bytes"], MAX_RECORD_BYTES - 4 + 8 + 1 + 12);
+        assert_eq!(entries[2]["truncated"]["source"], "topic t#1 partition 2 offset 9");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

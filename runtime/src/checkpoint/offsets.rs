@@ -1,6 +1,24 @@
-//! The offset store: a JSON file replaced atomically at each commit. It
-//! holds the source position and, with it, the snapshot each sink instance
-//! returned from its flush, so the two are always of the same checkpoint.
+//! The offset store: a JSON file replaced atomically at each commit.
+//!
+//! ```json
+//! {
+//!   "version": 2,
+//!   "pipeline": "orders",
+//!   "source": "file orders.jsonl",
+//!   "position": { "partitions": [{ "topic": "/data/orders.jsonl#5f1c0e2a9b3d7e44", "partition": 0,
+//!     "next_offset": 1000, "byte": 81234,
+//!     "stream": { "kind": "file", "device": 2049, "inode": 1311, "head_len": 4096, "head_sha256": "..." } }] }
+//! }
+//! ```
+//!
+//! With the position it holds, under `snapshots`, the snapshot each sink
+//! instance returned from its flush (hex, keyed by sink, topic, partition
+//! and lane), so positions and snapshots are always of the same
+//! checkpoint.
+//!
+//! Format versions: 1 (sinkbox 0.1) had no `stream` and no `snapshots`; 2
+//! records each partition's stream identity and the sinks' snapshots. This
+//! version reads both and writes 2.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -12,11 +30,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::source::Position;
 
-/// The version of the file this runtime writes; version 1 (no snapshots)
-/// is still read.
-const VERSION: u32 = 2;
+/// The format version this build writes; it reads every version up to it.
+pub const VERSION: u32 = 2;
 
 /// What the offset store file holds.
+///
+/// To add a section (per-sink snapshots, say): add an optional field with
+/// `#[serde(default, skip_serializing_if = "...")]` and bump [`VERSION`].
+/// An older sinkbox then refuses the file by its version ("written by a
+/// newer sinkbox") instead of dropping the section it does not know.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Stored {
@@ -73,6 +95,12 @@ pub struct Committed {
     pub snapshots: Snapshots,
 }
 
+/// The one field every version has, read first to pick the format.
+#[derive(Deserialize)]
+struct Version {
+    version: u32,
+}
+
 /// A pipeline's committed position, kept in one file.
 #[derive(Debug)]
 pub struct OffsetStore {
@@ -102,13 +130,14 @@ impl OffsetStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.fail(format!("cannot read: {e}"))),
         };
-        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
-        if !(1..=VERSION).contains(&stored.version) {
+        let version: Version = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
+        if version.version == 0 || version.version > VERSION {
             return Err(self.fail(format!(
-                "version {} is newer than this runtime's ({VERSION}); use a newer sinkbox",
-                stored.version
+                "format version {} is not one this sinkbox reads (1 to {VERSION}); was it written by a newer sinkbox?",
+                version.version
             )));
         }
+        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
         if stored.pipeline != self.pipeline {
             return Err(self.fail(format!(
                 "belongs to pipeline \"{}\", not \"{}\"; give each pipeline its own offset store",
@@ -147,6 +176,22 @@ impl OffsetStore {
         })()
         .map_err(|e| self.fail(format!("cannot commit: {e}")))
     }
+
+    /// Deletes the store (and a temporary file a crash may have left), so
+    /// the next run starts from the beginning. Returns the position it held.
+    pub fn reset(&self) -> Result<Option<Position>> {
+        // A store that cannot be read is deleted all the same: resetting is
+        // how an operator gets past it.
+        let held = self.load().ok().flatten().map(|c| c.position);
+        for path in [self.path.clone(), self.path.with_extension("json.tmp")] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.fail(format!("cannot delete {}: {e}", path.display()))),
+            }
+        }
+        Ok(held)
+    }
 }
 
 fn encode_hex(bytes: &[u8]) -> String {
@@ -163,7 +208,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::PartitionPosition;
+    use crate::source::{PartitionPosition, Stream};
 
     #[test]
     fn commit_then_load_roundtrips_and_checks_owner() {
@@ -172,7 +217,13 @@ mod tests {
         let store = OffsetStore::new(&path, "p");
         assert_eq!(store.load().unwrap(), None);
         let position = Position {
-            partitions: vec![PartitionPosition { topic: "t".into(), partition: 0, next_offset: 42, byte: Some(999) }],
+            partitions: vec![PartitionPosition {
+                topic: "t".into(),
+                partition: 0,
+                next_offset: 42,
+                byte: Some(999),
+                stream: Some(Stream::File { device: 1, inode: 2, head_len: 3, head_sha256: "ab".into() }),
+            }],
         };
         let mut snapshots = Snapshots::default();
         snapshots.set(Snapshots::key("csv", "t", 0, 1), Some(vec![0, 1, 0xfe, 0xff]));
@@ -183,6 +234,28 @@ mod tests {
         assert!(err.contains("belongs to pipeline \"p\", not \"q\""), "{err}");
         fs::write(&path, b"{").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("corrupt"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reads_version_1_refuses_newer_versions_and_resets() {
+        let dir = std::env::temp_dir().join(format!("sinkbox-offsets-v-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.offsets.json");
+        let store = OffsetStore::new(&path, "p");
+        let v1 = r#"{"version":1,"pipeline":"p","source":"stdin","position":{"partitions":[{"topic":"stdin","partition":0,"next_offset":10,"byte":70}]}}"#;
+        fs::write(&path, v1).unwrap();
+        let position = store.load().unwrap().unwrap();
+        assert_eq!((position.partitions[0].next_offset, &position.partitions[0].stream), (10, &None));
+        fs::write(&path, v1.replace("\"version\":1", "\"version\":3")).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("format version 3 is not one this sinkbox reads (1 to 2)"), "{err}");
+        assert!(store.reset().unwrap().is_none(), "an unreadable store is deleted all the same");
+        assert!(!path.exists());
+        fs::write(&path, v1).unwrap();
+        assert_eq!(store.reset().unwrap().map(|p| p.partitions[0].next_offset), Some(10));
+        assert_eq!(store.load().unwrap(), None);
+        assert_eq!(store.reset().unwrap(), None, "resetting nothing is fine");
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -57,25 +57,25 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
             "exports": info.exports,
             "config_schema": schema.as_deref().map(serde_json::from_str::<serde_json::Value>).transpose().ok().flatten(),
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        say!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("component   {} ({} bytes)", args.component, bytes.len());
-        println!("sink world  {}", if is_sink { "yes (sinkbox:sink/sink-world)" } else { "no" });
-        println!("version     {}", version.as_deref().unwrap_or("-"));
+        say!("component   {} ({} bytes)", args.component, bytes.len());
+        say!("sink world  {}", if is_sink { "yes (sinkbox:sink/sink-world)" } else { "no" });
+        say!("version     {}", version.as_deref().unwrap_or("-"));
         if let Some(problem) = &problem {
-            println!("problem     {problem}");
+            say!("problem     {problem}");
         }
-        println!("imports");
+        say!("imports");
         for import in &info.imports {
-            println!("  {import}");
+            say!("  {import}");
         }
-        println!("exports");
+        say!("exports");
         for export in &info.exports {
-            println!("  {export}");
+            say!("  {export}");
         }
         match &schema {
-            Some(schema) => println!("config schema\n{}", pretty(schema)),
-            None => println!("config schema  none"),
+            Some(schema) => say!("config schema\n{}", pretty(schema)),
+            None => say!("config schema  none"),
         }
     }
     Ok(if is_sink && problem.is_none() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -1,13 +1,25 @@
 //! Subcommands, one file each.
 
 mod check;
+/// `println!` for subcommands: writes through [`print`], so a closed
+/// stdout ends the output quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::print(&format!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 mod inspect;
 mod new;
+mod reset;
 mod run;
 mod validate;
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 use sinkbox::{Engine, EngineOptions};
@@ -59,6 +71,9 @@ enum Command {
     New(new::NewArgs),
     /// Build a sink project into a component (NAME.wasm in the project).
     Build(new::BuildArgs),
+    /// Delete a pipeline's committed offsets (its dead letters are kept), so
+    /// its next run starts from the beginning of its input.
+    Reset(reset::ResetArgs),
 }
 
 pub fn init_logging(global: &Global) {
@@ -67,7 +82,30 @@ pub fn init_logging(global: &Global) {
         eprintln!("warning: invalid log filter \"{filter}\" ({e}); using \"info\"");
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let colour = use_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(false)
+        .init();
+}
+
+/// Log lines are coloured only on a terminal, and never when `NO_COLOR` is
+/// set to anything but the empty string (<https://no-color.org>).
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Writes `text` to stdout. A closed stdout (`sinkbox inspect ... | head
+/// -1`) is not an error: the reader has what it wanted, so the output
+/// ends quietly.
+pub fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("cannot write to stdout"),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -78,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Check(a) => check::check(&engine(&args.global, true)?, a),
         Command::New(a) => new::new(a),
         Command::Build(a) => new::build(a),
+        Command::Reset(a) => reset::reset(a),
     }
 }
 
@@ -93,4 +132,23 @@ fn engine(global: &Global, fuel: bool) -> anyhow::Result<Engine> {
         options = options.cache_dir(Some(dir.clone()));
     }
     Ok(Engine::new(options)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let cases = [
+            (true, None, true),
+            (true, Some(""), true),
+            (true, Some("1"), false),
+            (false, None, false),
+            (false, Some("1"), false),
+        ];
+        for (terminal, no_color, expected) in cases {
+            assert_eq!(use_colour(terminal, no_color.map(Into::into)), expected, "{terminal} {no_color:?}");
+        }
+    }
 }

@@ -27,6 +27,10 @@ pub struct NewArgs {
     lang: Lang,
     /// The project's name, which is also its directory.
     name: String,
+    /// Rust: depend on the sinkbox-sdk at this path (a sinkbox checkout's
+    /// `guest-sdk`) instead of the default (see `sdk_dependency`).
+    #[arg(long, value_name = "PATH")]
+    sdk_path: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +69,9 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if !valid {
         bail!("invalid project name \"{name}\": use lower-case letters, digits, - and _, starting with a letter");
+    }
+    if args.sdk_path.is_some() && args.lang != Lang::Rust {
+        bail!("--sdk-path is for Rust projects (the other languages' SDKs are copied into the project)");
     }
     let dir = Path::new(name);
     if dir.exists() {
@@ -122,13 +129,10 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     write("sample.jsonl", include_str!("../../templates/sample.jsonl"))?;
     match args.lang {
         Lang::Rust => {
-            // The SDK is not on crates.io yet: point at the copy this binary
-            // was built from.
-            let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-            let sdk = sdk.canonicalize().unwrap_or(sdk);
-            let cargo =
-                include_str!("../../templates/rust/Cargo.toml.tmpl").replace("{{sdk}}", &sdk.display().to_string());
+            let (dependency, note) = sdk_dependency(args.sdk_path.as_deref())?;
+            let cargo = include_str!("../../templates/rust/Cargo.toml.tmpl").replace("{{sdk}}", &dependency);
             write("Cargo.toml", &fill(&cargo))?;
+            say!("{note}");
             write("src/lib.rs", &fill(include_str!("../../templates/rust/src/lib.rs.tmpl")))?;
             write(".gitignore", "target/\n*.wasm\nout/\n.sinkbox/\n")?;
         }
@@ -161,8 +165,63 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
             write(&format!("wit/{file}"), text)?;
         }
     }
-    println!("created {} ({language}); next: cd {name} && sinkbox build . (see README.md)", dir.display());
+    say!("created {} ({language}); next: cd {name} && sinkbox build . (see README.md)", dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The version of sinkbox-sdk a scaffold depends on: this runtime's.
+const SDK_VERSION: &str = concat!(env!("CARGO_PKG_VERSION_MAJOR"), ".", env!("CARGO_PKG_VERSION_MINOR"));
+
+/// The `sinkbox-sdk` dependency line(s) of a Rust scaffold, and a note for
+/// the operator saying what was chosen. With `--sdk-path`, that path. Else,
+/// while the SDK is not on crates.io: the `guest-sdk` of the checkout this
+/// binary was built from, if it still exists (an absolute path, said so in
+/// the file and the note); otherwise the crates.io version.
+fn sdk_dependency(explicit: Option<&Path>) -> anyhow::Result<(String, String)> {
+    let how_to_change = format!(
+        "# To build against another sinkbox checkout, point `path` at its guest-sdk folder\n\
+         # (or run `sinkbox new --sdk-path DIR`); once sinkbox-sdk is on crates.io, use\n\
+         # sinkbox-sdk = \"{SDK_VERSION}\""
+    );
+    if let Some(path) = explicit {
+        let path = path.canonicalize().with_context(|| format!("--sdk-path {}", path.display()))?;
+        if !path.join("Cargo.toml").is_file() {
+            bail!(
+                "--sdk-path {}: no Cargo.toml there; give the guest-sdk folder of a sinkbox checkout",
+                path.display()
+            );
+        }
+        let line = format!(
+            "# The sinkbox-sdk given with --sdk-path.\n{how_to_change}\nsinkbox-sdk = {{ path = {:?} }}",
+            path.display().to_string()
+        );
+        return Ok((line, format!("note: Cargo.toml depends on the sinkbox-sdk at {}", path.display())));
+    }
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    match checkout.canonicalize() {
+        Ok(path) if path.join("Cargo.toml").is_file() => {
+            let line = format!(
+                "# sinkbox-sdk is not on crates.io yet: this is the absolute path of the sinkbox\n\
+                 # checkout that built the `sinkbox` which made this project, so the project\n\
+                 # builds on this machine only.\n{how_to_change}\nsinkbox-sdk = {{ path = {:?} }}",
+                path.display().to_string()
+            );
+            let note = format!(
+                "note: Cargo.toml depends on sinkbox-sdk at {} (the checkout this sinkbox was built from; not \
+                 portable: see the comment there, or use --sdk-path)",
+                path.display()
+            );
+            Ok((line, note))
+        }
+        _ => {
+            let line = format!(
+                "# sinkbox-sdk from crates.io. To build against a local sinkbox checkout instead,\n\
+                 # use: sinkbox-sdk = {{ path = \"/path/to/sinkbox/guest-sdk\" }}\n\
+                 # (or run `sinkbox new --sdk-path DIR`).\nsinkbox-sdk = \"{SDK_VERSION}\""
+            );
+            Ok((line, format!("note: Cargo.toml depends on sinkbox-sdk {SDK_VERSION} from crates.io")))
+        }
+    }
 }
 
 pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
@@ -215,7 +274,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     } else {
         bail!("{} has no Cargo.toml, app.py, sink.js or sink.c; make a project with sinkbox new", dir.display());
     }
-    println!("built {}", out.display());
+    say!("built {}", out.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Never draw a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Start over: delete the pipeline's committed offsets (keeping its
+    /// dead letters) before running, e.g. after its input was replaced.
+    #[arg(long)]
+    reset: bool,
 }
 
 fn parse_format(text: &str) -> Result<LineFormat, String> {
@@ -78,6 +82,12 @@ pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => quick_form(&args)?,
     };
+    let state = file.state(&base, &name)?;
+    // Held until the run ends: a second run of this pipeline fails here.
+    let _lock = state.lock()?;
+    if args.reset {
+        eprint!("{}", super::reset::describe(&state.reset()?));
+    }
     let wants_fuel = file.sinks.iter().any(|s| s.limits.fuel_per_record.is_some() || s.limits.fuel_per_call.is_some());
     let engine = &super::engine(global, wants_fuel)?;
     let pipeline = file.build(engine, &base, &name)?;
@@ -92,6 +102,8 @@ pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (status, result) = pipeline.run(&control);
     done.store(true, Ordering::SeqCst);
     if let Some(handle) = progress {
+        // Wake it from its wait, so a short run does not wait for it.
+        handle.thread().unpark();
         let _ = handle.join();
     }
     report(&status, args.json)?;
@@ -108,19 +120,19 @@ pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn report(status: &Status, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(status)?);
+        super::print(&format!("{}\n", serde_json::to_string_pretty(status)?))
     } else {
-        print!("{status}");
+        super::print(&status.to_string())
     }
-    Ok(())
 }
 
 /// Builds the pipeline file the quick form stands for.
 fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)> {
     let Some(component) = args.sink.clone() else { bail!("give a pipeline file or --sink") };
-    let name = component.strip_prefix("builtin:").map(str::to_string).unwrap_or_else(|| {
+    let stem = component.strip_prefix("builtin:").map(str::to_string).unwrap_or_else(|| {
         Path::new(&component).file_stem().map_or_else(|| "sink".into(), |s| s.to_string_lossy().into_owned())
     });
+    let name = quick_name(&stem);
     let source = match &args.input {
         Some(path) if path.as_os_str() != "-" => SourceSection::File { path: path.clone(), format: args.format },
         _ => SourceSection::Stdin { format: args.format },
@@ -185,6 +197,18 @@ fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)>
     Ok((file, PathBuf::new(), name))
 }
 
+/// The quick form's pipeline and sink name, from a component's file name:
+/// characters a name cannot have become `_`.
+fn quick_name(stem: &str) -> String {
+    let name: String = stem
+        .trim_start_matches('.')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .take(sinkbox::config::MAX_NAME)
+        .collect();
+    if name.is_empty() { "sink".into() } else { name }
+}
+
 /// First Ctrl-C (or SIGTERM): finish the open checkpoint and stop. Second:
 /// abort it. Third: exit at once.
 fn watch_signals(control: Arc<Control>) {
@@ -229,8 +253,10 @@ fn spawn_progress(control: Arc<Control>, done: Arc<AtomicBool>, size: Option<u64
             }
             None => ProgressBar::new_spinner(),
         };
-        // Short runs finish before the bar would be useful.
-        std::thread::sleep(Duration::from_millis(500));
+        // Short runs finish before the bar would be useful. The waits park,
+        // so the end of the run (which unparks this thread) ends them at
+        // once instead of after up to half a second.
+        wait_unless_done(&done, Duration::from_millis(500));
         while !done.load(Ordering::SeqCst) {
             bar.set_position(control.bytes.load(Ordering::Relaxed));
             bar.set_message(format!(
@@ -238,8 +264,35 @@ fn spawn_progress(control: Arc<Control>, done: Arc<AtomicBool>, size: Option<u64
                 control.read.load(Ordering::Relaxed),
                 control.committed.load(Ordering::Relaxed)
             ));
-            std::thread::sleep(Duration::from_millis(100));
+            wait_unless_done(&done, Duration::from_millis(100));
         }
         bar.finish_and_clear();
     })
+}
+
+/// Parks for `total`, returning early once `done` is set (and the thread
+/// unparked).
+fn wait_unless_done(done: &AtomicBool, total: Duration) {
+    let until = std::time::Instant::now() + total;
+    while !done.load(Ordering::SeqCst) {
+        let now = std::time::Instant::now();
+        if now >= until {
+            return;
+        }
+        std::thread::park_timeout(until - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_form_names_are_valid_pipeline_names() {
+        for (stem, name) in [("my sink", "my_sink"), ("..x", "x"), ("", "sink"), ("ok-1.2_x", "ok-1.2_x")] {
+            assert_eq!(quick_name(stem), name);
+            assert!(sinkbox::config::check_name("pipeline", &quick_name(stem)).is_ok());
+        }
+        assert_eq!(quick_name(&"n".repeat(100)).len(), sinkbox::config::MAX_NAME);
+    }
 }

@@ -13,21 +13,41 @@
 //!   with the reason.
 //! - `auto` (the default): an envelope if the line is a JSON object with a
 //!   `value` field and no fields other than the four above, raw otherwise.
+//!   An envelope whose fields have the wrong types (`"timestamp":
+//!   "yesterday"`, `"key": 5`) is dead-lettered with the reason, as in
+//!   `envelope` mode, rather than taken whole as a raw value.
+//!
+//! A line longer than [`MAX_LINE_BYTES`] stops the source with an error
+//! naming the input and the byte where the line starts; reading stops at
+//! the limit, so a line that never ends (`/dev/zero`) costs no more memory
+//! than the limit.
+//!
+//! The topic of a file is its canonical path followed by `#` and its stream
+//! id; of standard input, `stdin#` and a run id (see [`super::Stream`]).
 
 use std::borrow::Cow;
+use std::fmt;
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use sinkbox_format::BatchWriter;
 
-use super::{Malformed, PartitionPosition, Position, Source, SourceBatch, PartitionId};
-use crate::error::{Error, Result};
+use super::{Malformed, PartitionId, PartitionPosition, Position, Source, SourceBatch, Stream};
+use crate::error::{Error, Result, StreamChanged};
 
-/// Lines longer than this are dead-lettered rather than sent to sinks.
+/// The longest line a source reads (16 MiB, without its line ending). A
+/// longer line stops the source with an error; reading stops at the limit.
 pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// How many bytes from its start a file's stream identity fingerprints.
+pub const HEAD_BYTES: u64 = 4096;
 
 /// How a line becomes a record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -47,6 +67,7 @@ pub struct LineSource {
     reader: BufReader<Box<dyn Read + Send>>,
     name: String,
     topic: String,
+    stream: Option<Stream>,
     format: LineFormat,
     /// Whether more input may arrive later (stdin): then a batch is cut
     /// whenever the reader has no buffered input left, instead of blocking
@@ -56,73 +77,108 @@ pub struct LineSource {
     byte: u64,
     size: Option<u64>,
     line: Vec<u8>,
+    /// An error found after some lines of a batch were read: the batch is
+    /// returned first, so the lines before the error can be committed.
+    failed: Option<Error>,
 }
 
 impl LineSource {
     /// Reads `path`, resuming at `from` (a committed position) if given.
+    ///
+    /// A committed position is resumed only on the stream it was committed
+    /// for: the same device and inode with the same first bytes (appending
+    /// keeps a file's stream). Otherwise this is an
+    /// [`Error::StreamChanged`] that says what changed.
     pub fn file(path: &Path, format: LineFormat, from: Option<&Position>) -> Result<LineSource> {
         let name = format!("file {}", path.display());
         let fail = |what: String| Error::Source { source_name: name.clone(), what };
+        let changed = |what: String| Error::from(StreamChanged::new(&name, what));
         let mut file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let size = file.metadata().map_err(|e| fail(format!("cannot stat: {e}")))?.len();
-        // The topic names the input in sinks' exactly-once state, so it must
-        // not depend on the directory sinkbox was started from.
-        let topic = path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).display().to_string();
-        let (next_offset, byte) = match from.and_then(|p| p.partitions.first()) {
-            None => (0, 0),
+        let meta = file.metadata().map_err(|e| fail(format!("cannot stat: {e}")))?;
+        let size = meta.len();
+        let head_len = HEAD_BYTES.min(size);
+        let head_sha256 = head_hash(&file, head_len).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let current = Stream::File { device: meta.dev(), inode: meta.ino(), head_len, head_sha256 };
+        let (topic, next_offset, byte) = match from.and_then(|p| p.partitions.first()) {
+            None => {
+                // The topic names the input in sinks' exactly-once state, so
+                // it must not depend on the directory sinkbox was started
+                // from, and must change when the file is replaced.
+                let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+                (format!("{}#{}", path.display(), stream_id(&current)), 0, 0)
+            }
             Some(p) => {
+                match &p.stream {
+                    Some(stored) => same_file(stored, &current, &file, size).map_err(changed)?,
+                    None => tracing::warn!(
+                        "{name}: the committed position has no stream identity (written by sinkbox 0.1); \
+                         resuming at byte {} without checking that the file is the same",
+                        p.byte.unwrap_or(0)
+                    ),
+                }
                 let byte = p.byte.unwrap_or(0);
                 if byte > size {
-                    return Err(fail(format!(
-                        "the committed position is byte {byte} but the file has only {size} bytes; was it replaced?"
+                    return Err(changed(format!(
+                        "the committed position is byte {byte} but the file has only {size} bytes (it was truncated)"
                     )));
                 }
                 if byte > 0 {
                     // A committed position always follows a line ending.
                     let mut previous = [0u8];
-                    file.seek(SeekFrom::Start(byte - 1))
-                        .and_then(|_| file.read_exact(&mut previous))
-                        .map_err(|e| fail(format!("cannot seek: {e}")))?;
+                    file.read_exact_at(&mut previous, byte - 1).map_err(|e| fail(format!("cannot read: {e}")))?;
                     if previous[0] != b'\n' {
-                        return Err(fail(format!(
-                            "the committed position (byte {byte}) is not at the start of a line; was the file modified?"
+                        return Err(changed(format!(
+                            "the committed position (byte {byte}) is not at the start of a line (the file was modified)"
                         )));
                     }
                 }
                 file.seek(SeekFrom::Start(byte)).map_err(|e| fail(format!("cannot seek: {e}")))?;
-                (p.next_offset, byte)
+                // Resuming keeps the topic the sinks have seen, even if the
+                // file was renamed since.
+                (p.topic.clone(), p.next_offset, byte)
             }
         };
         Ok(LineSource {
             reader: BufReader::with_capacity(256 << 10, Box::new(file)),
             name,
             topic,
+            stream: Some(current),
             format,
             streaming: false,
             next_offset,
             byte,
             size: Some(size),
             line: Vec::new(),
+            failed: None,
         })
     }
 
-    /// Reads standard input. Resuming skips the lines before the committed
-    /// offset, for a producer that replays its output from the start.
+    /// Reads standard input, a new stream on every run: a committed
+    /// position (of an earlier run) is refused with
+    /// [`Error::StreamChanged`], since this run's input is other data.
     pub fn stdin(format: LineFormat, from: Option<&Position>) -> Result<LineSource> {
-        let mut source = LineSource::reader(Box::new(std::io::stdin()), "stdin", format);
-        source.streaming = true;
-        if let Some(skip) = from.and_then(|p| p.partitions.first()).map(|p| p.next_offset) {
-            while source.next_offset < skip {
-                let mut line = Vec::new();
-                let n =
-                    source.reader.read_until(b'\n', &mut line).map_err(|e| source.fail(format!("cannot read: {e}")))?;
-                if n == 0 {
-                    break;
-                }
-                source.next_offset += 1;
-                source.byte += n as u64;
-            }
+        if let Some(p) = from.and_then(|p| p.partitions.first()) {
+            let what = match &p.stream {
+                Some(Stream::File { .. }) => format!("the offsets are for {}, not standard input", p.topic),
+                Some(Stream::Stdin { run }) => format!(
+                    "standard input is a new stream on every run, and the offsets are for the standard input \
+                     of run {run} (next line {}); a stdin pipeline that should not resume can set resume = false \
+                     in [pipeline]",
+                    p.next_offset + 1
+                ),
+                None => format!(
+                    "standard input is a new stream on every run, and the offsets are for an earlier run's \
+                     (next line {}); a stdin pipeline that should not resume can set resume = false in [pipeline]",
+                    p.next_offset + 1
+                ),
+            };
+            return Err(StreamChanged::new("stdin", what).into());
         }
+        let run = run_id();
+        let mut source = LineSource::reader(Box::new(std::io::stdin()), &format!("stdin#{run}"), format);
+        source.name = "stdin".into();
+        source.stream = Some(Stream::Stdin { run });
+        source.streaming = true;
         Ok(source)
     }
 
@@ -132,12 +188,14 @@ impl LineSource {
             reader: BufReader::with_capacity(256 << 10, reader),
             name: topic.to_string(),
             topic: topic.to_string(),
+            stream: None,
             format,
             streaming: false,
             next_offset: 0,
             byte: 0,
             size: None,
             line: Vec::new(),
+            failed: None,
         }
     }
 
@@ -145,16 +203,124 @@ impl LineSource {
         Error::Source { source_name: self.name.clone(), what }
     }
 
-    fn position(&self) -> Position {
+    /// Where the source is now: the next line, its byte, and the stream.
+    pub fn position(&self) -> Position {
         Position {
             partitions: vec![PartitionPosition {
                 topic: self.topic.clone(),
                 partition: 0,
                 next_offset: self.next_offset,
                 byte: Some(self.byte),
+                stream: self.stream.clone(),
             }],
         }
     }
+
+    /// Reads the next line, with its ending, into `self.line`; reads at
+    /// most [`MAX_LINE_BYTES`] and the line ending. `Ok(0)` at the end.
+    fn read_line(&mut self) -> Result<usize> {
+        self.line.clear();
+        let limit = MAX_LINE_BYTES as u64 + 2;
+        let n = (&mut self.reader)
+            .take(limit)
+            .read_until(b'\n', &mut self.line)
+            .map_err(|e| self.fail(format!("cannot read at byte {}: {e}", self.byte)))?;
+        if content(&self.line).len() > MAX_LINE_BYTES {
+            return Err(self.fail(format!(
+                "line {} (from byte {}) is longer than the limit of {} without a line end; \
+                 stopped reading there (lines before it are committed)",
+                self.next_offset + 1,
+                self.byte,
+                crate::error::Bytes(MAX_LINE_BYTES as u64)
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// A line without its `\n` or `\r\n` ending.
+fn content(line: &[u8]) -> &[u8] {
+    match line.strip_suffix(b"\n") {
+        Some(stripped) => stripped.strip_suffix(b"\r").unwrap_or(stripped),
+        None => line,
+    }
+}
+
+/// SHA-256 (hex) of the first `len` bytes of `file`, or of as many as it
+/// has if it is shorter by now.
+fn head_hash(file: &File, len: u64) -> std::io::Result<String> {
+    let mut head = vec![0u8; len as usize];
+    let mut read = 0;
+    while read < head.len() {
+        match file.read_at(&mut head[read..], read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    head.truncate(read);
+    Ok(hex(&Sha256::digest(&head)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The short id a file stream adds to its topic: a hash of its identity.
+fn stream_id(stream: &Stream) -> String {
+    let text = match stream {
+        Stream::File { device, inode, head_len, head_sha256 } => {
+            format!("file:{device}:{inode}:{head_len}:{head_sha256}")
+        }
+        Stream::Stdin { run } => format!("stdin:{run}"),
+    };
+    hex(&Sha256::digest(text.as_bytes())[..8])
+}
+
+/// An id no other run gets: the time, the process id and per-process
+/// random keys, hashed.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let hash = std::hash::RandomState::new().hash_one((nanos, std::process::id()));
+    format!("{hash:016x}")
+}
+
+/// Whether `current` is the stream `stored` was recorded for; if not, what
+/// changed. A file whose first bytes were fingerprinted when it was shorter
+/// is compared over those bytes only, so appending keeps it the same.
+fn same_file(stored: &Stream, current: &Stream, file: &File, size: u64) -> Result<(), String> {
+    let (
+        Stream::File { device, inode, head_len, head_sha256 },
+        Stream::File { device: now_device, inode: now_inode, .. },
+    ) = (stored, current)
+    else {
+        return Err(format!("the offsets are for {stored}, not this file"));
+    };
+    if (device, inode) != (now_device, now_inode) {
+        return Err(format!(
+            "the file was replaced (the offsets are for device {device} inode {inode}; the file now is device \
+             {now_device} inode {now_inode})"
+        ));
+    }
+    if *head_len > HEAD_BYTES {
+        // Never hash more than sinkbox itself fingerprints, whatever the
+        // store says.
+        return Err(format!(
+            "the offsets record a fingerprint of {head_len} bytes, more than the {HEAD_BYTES} sinkbox takes \
+             (the offset store was edited)"
+        ));
+    }
+    if *head_len > size {
+        return Err(format!(
+            "the file has {size} bytes, fewer than the {head_len} read before (it was truncated or rewritten)"
+        ));
+    }
+    let now = head_hash(file, *head_len).map_err(|e| format!("cannot read its first bytes: {e}"))?;
+    if &now != head_sha256 {
+        return Err(format!("its first {head_len} bytes changed (the file was rewritten or replaced in place)"));
+    }
+    Ok(())
 }
 
 impl Source for LineSource {
@@ -171,6 +337,9 @@ impl Source for LineSource {
     }
 
     fn next_batch(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let mut records = BatchWriter::with_capacity(max.min(1 << 16) * 128);
         let mut malformed = Vec::new();
         let start_byte = self.byte;
@@ -179,11 +348,14 @@ impl Source for LineSource {
             if self.streaming && lines > 0 && self.reader.buffer().is_empty() {
                 break;
             }
-            self.line.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.line)
-                .map_err(|e| self.fail(format!("cannot read at byte {}: {e}", self.byte)))?;
+            let n = match self.read_line() {
+                Ok(n) => n,
+                Err(e) if lines == 0 => return Err(e),
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
+                }
+            };
             if n == 0 {
                 break;
             }
@@ -191,19 +363,8 @@ impl Source for LineSource {
             self.next_offset += 1;
             self.byte += n as u64;
             lines += 1;
-            let mut text: &[u8] = &self.line;
-            if let Some(stripped) = text.strip_suffix(b"\n") {
-                text = stripped.strip_suffix(b"\r").unwrap_or(stripped);
-            }
+            let text = content(&self.line);
             if text.trim_ascii().is_empty() {
-                continue;
-            }
-            if text.len() > MAX_LINE_BYTES {
-                malformed.push(Malformed {
-                    offset,
-                    raw: text[..1024].to_vec(),
-                    reason: format!("line {} is {} bytes, over the limit of {MAX_LINE_BYTES}", offset + 1, text.len()),
-                });
                 continue;
             }
             if let Err(reason) = encode_line(text, offset, self.format, &mut records) {
@@ -228,16 +389,11 @@ impl Source for LineSource {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A record envelope, its fields checked.
 struct Envelope<'a> {
-    #[serde(borrow, default)]
     key: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     value: &'a RawValue,
-    #[serde(borrow, default)]
     headers: Option<Headers<'a>>,
-    #[serde(default)]
     timestamp: Option<i64>,
 }
 
@@ -248,6 +404,146 @@ enum Headers<'a> {
     Map(std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>),
     #[serde(borrow)]
     Pairs(Vec<(Cow<'a, str>, Cow<'a, str>)>),
+}
+
+/// A JSON string, borrowed when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// How a line that may be an envelope reads.
+enum Parsed<'a> {
+    /// An envelope with well-typed fields.
+    Envelope(Envelope<'a>),
+    /// Not an envelope: not a JSON object, a field other than the four, or
+    /// no `value`. `auto` takes the line raw; `envelope` dead-letters it.
+    NotEnvelope(String),
+    /// Only envelope fields and a `value`, but a field is wrong: both modes
+    /// dead-letter it.
+    Invalid(String),
+}
+
+/// An envelope's fields as raw JSON, before their types are checked.
+#[derive(Default)]
+struct RawFields<'a> {
+    key: Option<&'a RawValue>,
+    value: Option<&'a RawValue>,
+    headers: Option<&'a RawValue>,
+    timestamp: Option<&'a RawValue>,
+}
+
+/// What stopped the field scan early, apart from a JSON error.
+#[derive(Default)]
+enum Stop {
+    #[default]
+    None,
+    Unknown(String),
+    Duplicate(&'static str),
+}
+
+/// Scans an object's fields into [`RawFields`], stopping at the first one
+/// that is not an envelope field (so a plain JSON object costs no more than
+/// reading up to its first field).
+struct FieldScan<'s> {
+    stop: &'s mut Stop,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldScan<'_> {
+    type Value = RawFields<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldScan<'_> {
+    type Value = RawFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = RawFields::default();
+        while let Some(name) = map.next_key::<Text<'de>>()? {
+            let (slot, field) = match name.0.as_ref() {
+                "key" => (&mut fields.key, "key"),
+                "value" => (&mut fields.value, "value"),
+                "headers" => (&mut fields.headers, "headers"),
+                "timestamp" => (&mut fields.timestamp, "timestamp"),
+                _ => {
+                    *self.stop = Stop::Unknown(name.0.into_owned());
+                    return Err(serde::de::Error::custom("unknown field"));
+                }
+            };
+            if slot.is_some() {
+                *self.stop = Stop::Duplicate(field);
+                return Err(serde::de::Error::custom("duplicate field"));
+            }
+            *slot = Some(map.next_value()?);
+        }
+        Ok(fields)
+    }
+}
+
+/// The start of a piece of JSON, for messages.
+fn snippet(raw: &RawValue) -> String {
+    let text = raw.get();
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() { format!("{}...", &text[..end]) } else { text.to_string() }
+}
+
+fn parse_envelope(line: &[u8]) -> Parsed<'_> {
+    if line.trim_ascii_start().first() != Some(&b'{') {
+        return Parsed::NotEnvelope("not a JSON object".into());
+    }
+    let mut stop = Stop::None;
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let scanned = FieldScan { stop: &mut stop }.deserialize(&mut de).and_then(|f| de.end().map(|()| f));
+    let fields = match (scanned, stop) {
+        (Ok(fields), _) => fields,
+        (Err(_), Stop::Unknown(name)) => return Parsed::NotEnvelope(format!("unknown field `{name}`")),
+        (Err(_), Stop::Duplicate(name)) => return Parsed::Invalid(format!("duplicate field `{name}`")),
+        (Err(e), Stop::None) => return Parsed::NotEnvelope(e.to_string()),
+    };
+    let Some(value) = fields.value else {
+        return Parsed::NotEnvelope("missing field `value`".into());
+    };
+    let key = match fields.key {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => match serde_json::from_str::<Text<'_>>(raw.get()) {
+            Ok(text) => Some(text.0),
+            Err(_) => return Parsed::Invalid(format!("`key` must be a string or null, not {}", snippet(raw))),
+        },
+    };
+    let timestamp = match fields.timestamp {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Option<i64>>(raw.get()) {
+            Ok(t) => t,
+            Err(_) => {
+                return Parsed::Invalid(format!(
+                    "`timestamp` must be an integer (milliseconds since the Unix epoch) or null, not {}",
+                    snippet(raw)
+                ));
+            }
+        },
+    };
+    let headers = match fields.headers {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Option<Headers<'_>>>(raw.get()) {
+            Ok(h) => h,
+            Err(_) => {
+                return Parsed::Invalid(format!(
+                    "`headers` must be an object of strings or a list of [name, value] string pairs, not {}",
+                    snippet(raw)
+                ));
+            }
+        },
+    };
+    Parsed::Envelope(Envelope { key, value, headers, timestamp })
 }
 
 fn encode_line(line: &[u8], offset: u64, format: LineFormat, out: &mut BatchWriter) -> Result<(), String> {
@@ -261,25 +557,25 @@ fn encode_line(line: &[u8], offset: u64, format: LineFormat, out: &mut BatchWrit
             out.begin(offset, None, None, line, 0);
             Ok(())
         }
-        LineFormat::Auto => match serde_json::from_slice::<Envelope<'_>>(line) {
-            Ok(envelope) => encode_envelope(&envelope, offset, out),
-            Err(_) => {
+        LineFormat::Auto => match parse_envelope(line) {
+            Parsed::Envelope(envelope) => encode_envelope(&envelope, offset, out),
+            Parsed::NotEnvelope(_) => {
                 out.begin(offset, None, None, line, 0);
                 Ok(())
             }
+            Parsed::Invalid(reason) => Err(format!("not a record envelope: {reason}")),
         },
-        LineFormat::Envelope => {
-            let envelope: Envelope<'_> =
-                serde_json::from_slice(line).map_err(|e| format!("not a record envelope: {e}"))?;
-            encode_envelope(&envelope, offset, out)
-        }
+        LineFormat::Envelope => match parse_envelope(line) {
+            Parsed::Envelope(envelope) => encode_envelope(&envelope, offset, out),
+            Parsed::NotEnvelope(reason) | Parsed::Invalid(reason) => Err(format!("not a record envelope: {reason}")),
+        },
     }
 }
 
 fn encode_envelope(envelope: &Envelope<'_>, offset: u64, out: &mut BatchWriter) -> Result<(), String> {
     let raw = envelope.value.get();
     let text: Cow<'_, str> = if raw.starts_with('"') {
-        serde_json::from_str::<Cow<'_, str>>(raw).map_err(|e| format!("bad value string: {e}"))?
+        serde_json::from_str::<Text<'_>>(raw).map_err(|e| format!("bad value string: {e}"))?.0
     } else {
         Cow::Borrowed(raw)
     };
@@ -300,10 +596,11 @@ fn encode_envelope(envelope: &Envelope<'_>, offset: u64, out: &mut BatchWriter) 
 mod tests {
     use super::*;
     use sinkbox_format::Records;
+    use std::io::Write;
 
     fn read(input: &str, format: LineFormat) -> (Vec<String>, Vec<String>) {
         let mut source = LineSource::reader(Box::new(std::io::Cursor::new(input.as_bytes().to_vec())), "t", format);
-        let batch = source.next_batch(100).unwrap().unwrap();
+        let batch = source.next_batch(100, usize::MAX).unwrap().unwrap();
         let (data, count) = batch.records.finish();
         let records = Records::new(&data, count)
             .map(|r| {
@@ -354,13 +651,180 @@ mod tests {
 
     #[test]
     fn envelope_format_dead_letters_what_does_not_fit() {
-        let (records, malformed) =
-            read("{\"value\":1}\n{\"id\":1}\n{\"value\":1,\"timestamp\":\"x\"}\nnot json\n", LineFormat::Envelope);
+        let (records, malformed) = read(
+            "{\"value\":1}\n{\"id\":1}\n{\"value\":1,\"timestamp\":\"x\"}\nnot json\n{\"key\":\"k\"}\n[1]\n",
+            LineFormat::Envelope,
+        );
         assert_eq!(records, ["0|None|None|1|"]);
-        assert_eq!(malformed.len(), 3);
-        assert!(malformed[0].starts_with("line 2: not a record envelope: unknown field `id`"), "{}", malformed[0]);
-        assert!(malformed[1].starts_with("line 3: not a record envelope: invalid type"), "{}", malformed[1]);
-        assert!(malformed[2].starts_with("line 4: not a record envelope"), "{}", malformed[2]);
+        assert_eq!(
+            malformed,
+            [
+                "line 2: not a record envelope: unknown field `id`",
+                "line 3: not a record envelope: `timestamp` must be an integer (milliseconds since the Unix epoch) or null, not \"x\"",
+                "line 4: not a record envelope: not a JSON object",
+                "line 5: not a record envelope: missing field `value`",
+                "line 6: not a record envelope: not a JSON object",
+            ]
+        );
+    }
+
+    /// `auto`: a line with only envelope fields and a `value` is an
+    /// envelope, so wrong types are dead-lettered, not taken raw; a line
+    /// with any other field (or no `value`) is raw whatever it holds.
+    #[test]
+    fn auto_format_dead_letters_envelopes_with_wrong_types() {
+        let long = format!("\"{}\"", "x".repeat(100));
+        let input = [
+            "{\"value\":1,\"timestamp\":\"yesterday\"}".to_string(),
+            "{\"value\":1,\"key\":5}".into(),
+            "{\"value\":1,\"headers\":{\"h\":1}}".into(),
+            "{\"value\":1,\"headers\":[[\"h\"]]}".into(),
+            "{\"value\":1,\"key\":\"a\",\"key\":\"b\"}".into(),
+            format!("{{\"value\":1,\"key\":{{\"k\":{long}}}}}"),
+            "{\"value\":1,\"key\":null,\"timestamp\":null,\"headers\":null}".into(),
+            "{\"timestamp\":\"yesterday\",\"id\":1}".into(),
+            "{\"timestamp\":\"yesterday\"}".into(),
+            "{\"value\":1,\"timestamp\":\"x\",\"other\":2}".into(),
+            "{\"value\":1,\"timestamp\":".into(),
+            "{ \"value\" : \"spaced\" }".into(),
+        ]
+        .map(|l| l + "\n")
+        .concat();
+        let (records, malformed) = read(&input, LineFormat::Auto);
+        assert_eq!(
+            malformed,
+            [
+                "line 1: not a record envelope: `timestamp` must be an integer (milliseconds since the Unix epoch) or null, not \"yesterday\"",
+                "line 2: not a record envelope: `key` must be a string or null, not 5",
+                "line 3: not a record envelope: `headers` must be an object of strings or a list of [name, value] string pairs, not {\"h\":1}",
+                "line 4: not a record envelope: `headers` must be an object of strings or a list of [name, value] string pairs, not [[\"h\"]]",
+                "line 5: not a record envelope: duplicate field `key`",
+                "line 6: not a record envelope: `key` must be a string or null, not {\"k\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...",
+            ]
+        );
+        assert_eq!(
+            records,
+            [
+                "6|None|None|1|",
+                "7|None|None|{\"timestamp\":\"yesterday\",\"id\":1}|",
+                "8|None|None|{\"timestamp\":\"yesterday\"}|",
+                "9|None|None|{\"value\":1,\"timestamp\":\"x\",\"other\":2}|",
+                "10|None|None|{\"value\":1,\"timestamp\":|",
+                "11|None|None|spaced|",
+            ]
+        );
+    }
+
+    /// Counts the bytes a reader hands out.
+    struct Counting<R>(R, std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_line_over_the_limit_stops_the_source_after_reading_at_most_the_limit() {
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // Two good lines, then 64 MiB without a line end.
+        let input = std::io::Cursor::new(b"a\nb\n".to_vec()).chain(std::io::repeat(0).take(64 << 20));
+        let mut source = LineSource::reader(Box::new(Counting(input, read.clone())), "endless", LineFormat::Raw);
+        let batch = source.next_batch(100, usize::MAX).unwrap().unwrap();
+        assert_eq!(batch.records.len(), 2, "the lines before it come first");
+        assert_eq!(batch.end.partitions[0].byte, Some(4));
+        let err = source.next_batch(100, usize::MAX).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "source endless: line 3 (from byte 4) is longer than the limit of 16 MiB without a line end; \
+             stopped reading there (lines before it are committed)"
+        );
+        let consumed = read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(consumed <= (MAX_LINE_BYTES + (1 << 20)) as u64, "read {consumed} bytes");
+        // Right at the limit is fine, with either line ending.
+        for ending in ["\n", "\r\n", ""] {
+            let line = format!("{}{ending}", "y".repeat(MAX_LINE_BYTES));
+            let mut source =
+                LineSource::reader(Box::new(std::io::Cursor::new(line.into_bytes())), "t", LineFormat::Raw);
+            assert_eq!(source.next_batch(10, usize::MAX).unwrap().unwrap().records.len(), 1, "{ending:?}");
+        }
+        let line = "y".repeat(MAX_LINE_BYTES + 1);
+        let mut source = LineSource::reader(Box::new(std::io::Cursor::new(line.into_bytes())), "t", LineFormat::Raw);
+        assert!(source.next_batch(10, usize::MAX).is_err());
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sinkbox-lines-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn drain(source: &mut LineSource) -> Position {
+        let mut end = source.position();
+        while let Some(batch) = source.next_batch(1000, usize::MAX).unwrap() {
+            end = batch.end;
+        }
+        end
+    }
+
+    #[test]
+    fn a_file_resumes_after_appends_and_refuses_a_replaced_file() {
+        let dir = scratch("identity");
+        let path = dir.join("in.jsonl");
+        std::fs::write(&path, "1\n2\n").unwrap();
+        let mut first = LineSource::file(&path, LineFormat::Raw, None).unwrap();
+        let committed = drain(&mut first);
+        let p = &committed.partitions[0];
+        assert!(p.topic.starts_with(&format!("{}#", path.canonicalize().unwrap().display())), "{}", p.topic);
+        let Some(Stream::File { head_len: 4, .. }) = &p.stream else { panic!("{:?}", p.stream) };
+        // Appending keeps the stream: resumes at the committed line, same topic.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"3\n").unwrap();
+        let mut resumed = LineSource::file(&path, LineFormat::Raw, Some(&committed)).unwrap();
+        let batch = resumed.next_batch(10, usize::MAX).unwrap().unwrap();
+        assert_eq!((batch.records.len(), batch.topic.as_str()), (1, p.topic.as_str()));
+        let Some(Stream::File { head_len: 6, .. }) = &batch.end.partitions[0].stream else { panic!() };
+        // Rewritten in place (same inode), longer: refused, saying what changed.
+        std::fs::write(&path, "9\n8\n7\n6\n").unwrap();
+        let err = LineSource::file(&path, LineFormat::Raw, Some(&committed)).err().unwrap().to_string();
+        let file = path.display();
+        assert_eq!(
+            err,
+            format!(
+                "cannot resume file {file}: its first 4 bytes changed (the file was rewritten or replaced in \
+                 place); to start over from the input as it is now, run again with --reset (or run `sinkbox reset` \
+                 on the pipeline file), which deletes the committed offsets and keeps the dead letters"
+            )
+        );
+        // Truncated.
+        std::fs::write(&path, "1").unwrap();
+        let err = LineSource::file(&path, LineFormat::Raw, Some(&committed)).err().unwrap().to_string();
+        assert!(
+            err.contains("the file has 1 bytes, fewer than the 4 read before (it was truncated or rewritten)"),
+            "{err}"
+        );
+        // Replaced by another file (another inode: the old one is kept alive).
+        let _old = std::fs::File::open(&path).unwrap();
+        std::fs::rename(&path, dir.join("old")).unwrap();
+        std::fs::write(&path, "1\n2\n").unwrap();
+        let err = LineSource::file(&path, LineFormat::Raw, Some(&committed)).err().unwrap().to_string();
+        assert!(err.contains(": the file was replaced (the offsets are for device "), "{err}");
+        // A new stream (nothing committed) gets another topic than the old one.
+        let fresh = LineSource::file(&path, LineFormat::Raw, None).unwrap();
+        assert_ne!(fresh.position().partitions[0].topic, p.topic);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn stdin_never_resumes_an_earlier_runs_offsets() {
+        let a = LineSource::stdin(LineFormat::Raw, None).unwrap().position();
+        let b = LineSource::stdin(LineFormat::Raw, None).unwrap().position();
+        assert_ne!(a.partitions[0].topic, b.partitions[0].topic, "a new stream every run");
+        let err = LineSource::stdin(LineFormat::Raw, Some(&a)).err().unwrap().to_string();
+        assert!(err.starts_with("cannot resume stdin: standard input is a new stream on every run"), "{err}");
+        assert!(err.contains("resume = false"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,15 @@
 //! the async loop reads from; the handle also carries each committed
 //! position back to the source ([`Source::committed`]), for sources with a
 //! commit protocol of their own (a Kafka consumer group).
+//!
+//! Every partition a source reads belongs to a stream with an identity
+//! ([`Stream`]) that is never reused for different data: standard input is
+//! a new stream on every run, and a file is the same stream only while its
+//! device, inode and first bytes stay the same (appending keeps it; replacing
+//! or rewriting it makes a new one). The identity is part of the topic the
+//! sinks see and of the committed position, so a sink's exactly-once state
+//! never mistakes new data for records it already has, and a restart never
+//! applies a position to a stream it was not committed for.
 
 mod handle;
 mod lines;
@@ -20,9 +29,48 @@ use serde::{Deserialize, Serialize};
 use sinkbox_format::BatchWriter;
 
 pub use handle::SourceHandle;
-pub use lines::{LineFormat, LineSource};
+pub use lines::{HEAD_BYTES, LineFormat, LineSource, MAX_LINE_BYTES};
 
 use crate::error::Result;
+
+/// The identity of the stream a partition is read from, recorded with its
+/// committed position so that a restart resumes only the same stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Stream {
+    /// Standard input of one run; no other run continues it.
+    Stdin {
+        /// Unique to the run.
+        run: String,
+    },
+    /// A file: the same stream while its device, inode and first bytes stay
+    /// the same, so appending to it keeps the stream and replacing it (even
+    /// by a file that reuses the inode) does not.
+    File {
+        /// The device the file is on.
+        device: u64,
+        /// Its inode.
+        inode: u64,
+        /// How many bytes from the start `head_sha256` covers: the first
+        /// 4 KiB, or less if the file was shorter when last read.
+        head_len: u64,
+        /// SHA-256 of those bytes, in hex.
+        head_sha256: String,
+    },
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stream::Stdin { run } => write!(f, "standard input of run {run}"),
+            Stream::File { device, inode, head_len, head_sha256 } => write!(
+                f,
+                "device {device} inode {inode}, first {head_len} bytes with SHA-256 {}",
+                head_sha256.get(..16).unwrap_or(head_sha256)
+            ),
+        }
+    }
+}
 
 /// Where a source is: the next offset to read, per partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +91,10 @@ pub struct PartitionPosition {
     /// For byte streams: where that record starts, so a restart can seek.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub byte: Option<u64>,
+    /// The stream these offsets belong to (absent in positions committed by
+    /// sinkbox 0.1, which did not record it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
 }
 
 impl fmt::Display for Position {
@@ -116,7 +168,8 @@ pub struct SourceBatch {
 pub struct Malformed {
     /// Its offset.
     pub offset: u64,
-    /// The raw input, as is.
+    /// The raw input, as is (the dead-letter queue keeps up to
+    /// [`crate::checkpoint::DeadLetters`]' cap of it).
     pub raw: Vec<u8>,
     /// What is wrong, and where.
     pub reason: String,
