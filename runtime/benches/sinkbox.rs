@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use sinkbox::status::current_rss;
-use sinkbox::{Batch, Engine, EngineOptions, Grants, Pooling, SandboxLimits, SinkComponent, SinkInstance, SinkMetrics};
+use sinkbox::{Batch, Engine, EngineOptions, Grants, Interrupt, Pooling, SandboxLimits, SinkComponent, SinkInstance};
 use sinkbox_format::{BatchWriter, RecordRef};
 use sinkbox_sdk::Sink;
 
@@ -131,11 +131,47 @@ struct Ctx {
     grants: Grants,
 }
 
+/// The process's runtime, on which every guest call is awaited.
+fn rt() -> &'static tokio::runtime::Runtime {
+    sinkbox::runtime().expect("the async runtime starts")
+}
+
+/// The context of a first open, as the runtime gives it.
+fn context() -> sinkbox::Context {
+    sinkbox::Context {
+        pipeline: "bench".into(),
+        sink: "bench".into(),
+        topic: "bench".into(),
+        partition: 0,
+        lane: 0,
+        lanes: 1,
+        worker_index: 0,
+        worker_count: 1,
+        snapshot: None,
+        probe: false,
+    }
+}
+
+/// The same context for a sink's native build.
+fn native_context() -> sinkbox_sdk::Context {
+    sinkbox_sdk::testing::context("bench", 0)
+}
+
+/// A new, unopened instance.
+fn new_instance(engine: &Engine, component: &SinkComponent, grants: &Grants) -> SinkInstance {
+    rt().block_on(SinkInstance::new(engine, component, "bench", SandboxLimits::default(), grants, Interrupt::never()))
+        .expect("instantiate")
+}
+
+fn open(instance: &mut SinkInstance, config: &str) {
+    rt().block_on(instance.open(config, &context()))
+        .map_err(|e| e.into_failure("bench", sinkbox::Phase::Open))
+        .expect("open");
+}
+
 fn instance(engine: &Engine, component: &SinkComponent, grants: &Grants, config: &str) -> SinkInstance {
-    let mut m = SinkMetrics::new("bench");
-    let mut instance =
-        SinkInstance::new(engine, component, "bench", SandboxLimits::default(), grants).expect("instantiate");
-    instance.open(config, &mut m).map_err(|e| e.into_failure("bench", sinkbox::Phase::Open)).expect("open");
+    let mut instance = new_instance(engine, component, grants);
+    open(&mut instance, config);
     instance
 }
 
@@ -156,7 +192,7 @@ fn boundary(ctx: &Ctx, report: &mut Report) {
         let calls = total / batch_size as u64;
         let batch = Batch { topic: "bench".into(), partition: 0, count, data: data.clone() };
         let mut wasm = instance(&ctx.engine, &ctx.blackhole, &ctx.grants, "{}");
-        let mut native = sinkbox_sink_blackhole::Blackhole::open(Default::default()).expect("native open");
+        let mut native = sinkbox_sink_blackhole::Blackhole::open(Default::default(), &native_context()).expect("native open");
         let mut wasm_side = wasm_adds(&mut wasm, &batch, calls, false);
         let mut native_side = native_adds(&mut native, &batch, calls, false);
         let mut encode_side = || {
@@ -185,15 +221,16 @@ fn boundary(ctx: &Ctx, report: &mut Report) {
 /// sink after every batch (so an encoding sink never does I/O), otherwise
 /// once at the end.
 fn wasm_adds<'a>(sink: &'a mut SinkInstance, batch: &'a Batch, calls: u64, abort_each: bool) -> impl FnMut() + 'a {
-    let mut m = SinkMetrics::new("bench");
     move || {
-        for _ in 0..calls {
-            sink.add(black_box(batch), &mut m).expect("add");
-            if abort_each {
-                sink.abort(&mut m).expect("abort");
+        rt().block_on(async {
+            for _ in 0..calls {
+                sink.add(black_box(batch)).await.expect("add");
+                if abort_each {
+                    sink.abort().await.expect("abort");
+                }
             }
-        }
-        sink.abort(&mut m).expect("abort");
+            sink.abort().await.expect("abort");
+        })
     }
 }
 
@@ -235,7 +272,7 @@ fn realistic(ctx: &Ctx, report: &mut Report) {
     let native_path = ctx.scratch.join("native.csv");
     let config: sinkbox_sink_file::Config =
         serde_json::from_str(&csv_config(&native_path.display().to_string())).expect("config");
-    let mut native = sinkbox_sink_file::FileSink::open(config).expect("native open");
+    let mut native = sinkbox_sink_file::FileSink::open(config, &native_context()).expect("native open");
     let calls = 300;
     let mut wasm_side = wasm_adds(&mut wasm, &batch, calls, true);
     let mut native_side = native_adds(&mut native, &batch, calls, true);
@@ -330,18 +367,24 @@ fn instantiate(ctx: &Ctx, report: &mut Report) {
         .collect();
     let mut new_times = vec![Vec::new(); 2];
     let mut open_times = vec![Vec::new(); 2];
-    let mut m = SinkMetrics::new("bench");
     for _round in 0..20 {
         for (i, (_, engine)) in engines.iter().enumerate() {
             for _ in 0..100 {
-                let started = Instant::now();
-                let mut inst =
-                    SinkInstance::new(engine, &components[i], "bench", SandboxLimits::default(), &Grants::default())
-                        .expect("instantiate");
-                new_times[i].push(started.elapsed().as_secs_f64() * 1e6);
-                inst.open("{}", &mut m).map_err(|e| e.into_failure("bench", sinkbox::Phase::Open)).expect("open");
-                open_times[i].push(started.elapsed().as_secs_f64() * 1e6);
-                drop(black_box(inst));
+                rt().block_on(async {
+                    let started = Instant::now();
+                    let limits = SandboxLimits::default();
+                    let mut inst =
+                        SinkInstance::new(engine, &components[i], "bench", limits, &Grants::default(), Interrupt::never())
+                            .await
+                            .expect("instantiate");
+                    new_times[i].push(started.elapsed().as_secs_f64() * 1e6);
+                    inst.open("{}", &context())
+                        .await
+                        .map_err(|e| e.into_failure("bench", sinkbox::Phase::Open))
+                        .expect("open");
+                    open_times[i].push(started.elapsed().as_secs_f64() * 1e6);
+                    drop(black_box(inst));
+                });
             }
         }
     }
@@ -373,15 +416,10 @@ fn instantiate(ctx: &Ctx, report: &mut Report) {
 fn rss_per_instance(engine: &Engine, component: &SinkComponent, n: usize) -> (Option<f64>, Option<f64>) {
     let per = |from: Option<u64>, to: Option<u64>| Some(to?.saturating_sub(from?) as f64 / n as f64);
     let before = current_rss();
-    let mut live: Vec<SinkInstance> = (0..n)
-        .map(|_| {
-            SinkInstance::new(engine, component, "bench", SandboxLimits::default(), &Grants::default()).expect("new")
-        })
-        .collect();
+    let mut live: Vec<SinkInstance> = (0..n).map(|_| new_instance(engine, component, &Grants::default())).collect();
     let instantiated = current_rss();
-    let mut m = SinkMetrics::new("bench");
     for inst in &mut live {
-        inst.open("{}", &mut m).map_err(|e| e.into_failure("bench", sinkbox::Phase::Open)).expect("open");
+        open(inst, "{}");
     }
     let opened = current_rss();
     drop(black_box(live));
@@ -608,6 +646,67 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem} RAM, {rustc}, wasmtime 48, release profile")
 }
 
+/// The Python CSV example end to end with `lanes = 1` and `lanes = 2`:
+/// what spreading a slow-language sink over instances buys on this machine.
+fn lanes(ctx: &Ctx, report: &mut Report) {
+    let records: usize = std::env::var("SINKBOX_BENCH_LANES_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30_000);
+    report.section(
+        &format!("9. Lanes: the Python CSV example end to end over {records} keyed JSON orders, `lanes` 1 against 2"),
+        &["lanes", "records/s", "speed-up"],
+    );
+    let dir = ctx.scratch.join("lanes");
+    std::fs::create_dir_all(&dir).expect("lanes dir");
+    let input: String = (0..records)
+        .map(|i| {
+            let value = String::from_utf8(order_value(i)).expect("UTF-8");
+            format!("{{\"key\":\"c{}\",\"value\":{value}}}\n", i % 97)
+        })
+        .collect();
+    std::fs::write(dir.join("in.jsonl"), input).expect("input");
+    let component = sinkbox_test_artifacts::PY_CSV_SINK;
+    let run = |lanes: u32| -> f64 {
+        let out = dir.join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).expect("out");
+        let toml = format!(
+            r#"
+[pipeline]
+name = "lanes"
+resume = false
+[source]
+kind = "file"
+path = "in.jsonl"
+[[sink]]
+name = "py"
+component = {component:?}
+lanes = {lanes}
+config = {{ path = "/out/orders-{{lane}}.csv", columns = {CSV_CONFIG_COLUMNS} }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+"#
+        );
+        let file = sinkbox::PipelineFile::parse(&toml, "lanes.toml").expect("pipeline");
+        let pipeline = file.build(&ctx.engine, &dir, "lanes").expect("build");
+        let started = Instant::now();
+        let (status, result) = pipeline.run(&sinkbox::Control::default());
+        result.expect("the lanes pipeline runs");
+        assert_eq!(status.committed, records as u64);
+        records as f64 / started.elapsed().as_secs_f64()
+    };
+    run(1); // warm the compiled-component cache
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        one.push(run(1));
+        two.push(run(2));
+    }
+    let (one, two) = (median(one), median(two));
+    report.row(&["1".into(), format!("{one:.0}"), "1.00x".into()]);
+    report.row(&["2".into(), format!("{two:.0}"), format!("{:.2}x", two / one)]);
+    report.note(
+        "`sinkbox::Pipeline::run` in this process, three runs each, alternating, medians; the records carry 97 \
+         distinct keys, so `lanes = 2` spreads them over two instances, each its own task on the two-core runtime.",
+    );
+}
+
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let want = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
@@ -629,7 +728,7 @@ fn main() {
     );
     let started = Instant::now();
     type Section = fn(&Ctx, &mut Report);
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("boundary", boundary),
         ("realistic", realistic),
         ("limits", limits),
@@ -637,6 +736,7 @@ fn main() {
         ("coldstart", coldstart),
         ("e2e", e2e),
         ("languages", languages),
+        ("lanes", lanes),
     ];
     for (name, run) in sections {
         if want(name) {

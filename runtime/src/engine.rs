@@ -318,9 +318,9 @@ impl<T: 'static> Engine<T> {
     }
 
     fn instantiate_pre(&self, component: &Component, origin: &str) -> Result<InstancePre<T>> {
-        self.inner.linker.instantiate_pre(component).map_err(|e| Error::Component {
-            origin: origin.to_string(),
-            source: e.into(),
+        self.inner.linker.instantiate_pre(component).map_err(|e| {
+            let (imports, exports) = self.interface(component);
+            Error::Unlinkable { origin: origin.to_string(), imports, exports, source: e.into() }
         })
     }
 

@@ -168,6 +168,19 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A component imports something the linker does not offer.
+    #[error("cannot link component {origin}")]
+    Unlinkable {
+        /// File or built-in name.
+        origin: String,
+        /// What it imports.
+        imports: Vec<String>,
+        /// What it exports.
+        exports: Vec<String>,
+        /// What is missing.
+        #[source]
+        source: BoxError,
+    },
     /// A component does not export the sink contract.
     #[error("component {origin} does not implement the sinkbox:sink/sink-world@0.2.0 world")]
     NotASink {

@@ -153,7 +153,7 @@ fn validate_refuses_what_run_refuses() {
         "p.toml",
         "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"f\"\ncomponent = \"builtin:file\"\nconfig = { path = \"/o/x.csv\", format = \"csv\" }\ngrants = { dirs = [{ host = \"o\", guest = \"/o\", mode = \"rw\" }] }\n",
     );
-    let expected = "sink \"f\" failed: format \"csv\" needs a non-empty \"columns\" list in open";
+    let expected = "sink \"f\": config does not match the sink's schema: \"columns\" is a required property";
     let run = sinkbox(&s, &["run", "p.toml"]);
     assert_eq!(run.status.code(), Some(1));
     assert!(stderr(&run).contains(expected), "{}", stderr(&run));
@@ -199,16 +199,22 @@ fn absurd_durations_are_refused_naming_the_key() {
 }
 
 /// Two stdin runs into one output: the second run's records are other
-/// records (a new stream), so the file sink writes them too.
+/// records (a new stream). The file sink refuses to write them into an
+/// output it has no committed snapshot for, saying so, unless told to
+/// append; it never skips them.
 #[test]
 fn every_stdin_run_is_a_new_stream() {
     let s = Scratch::new("cli-stdin-twice");
-    let args = ["run", "--sink", "builtin:file", "--config", r#"{"path":"/out/o.jsonl"}"#, "--dir", "out:/out:rw"];
+    let args = |config| ["run", "--sink", "builtin:file", "--config", config, "--dir", "out:/out:rw"];
     let first = lines(10);
-    let out = sinkbox_with_stdin(&s, &args, &first);
+    let out = sinkbox_with_stdin(&s, &args(r#"{"path":"/out/o.jsonl"}"#), &first);
     assert!(out.status.success(), "{}", stderr(&out));
     let second: String = (0..10).map(|i| format!("{{\"second\":{i}}}\n")).collect();
-    let out = sinkbox_with_stdin(&s, &args, &second);
+    let out = sinkbox_with_stdin(&s, &args(r#"{"path":"/out/o.jsonl"}"#), &second);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("output /out/o.jsonl already holds 250 bytes this pipeline did not write"), "{}", stderr(&out));
+    assert_eq!(s.read("out/o.jsonl"), first, "nothing written by the refused run");
+    let out = sinkbox_with_stdin(&s, &args(r#"{"path":"/out/o.jsonl","if_exists":"append"}"#), &second);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(s.read("out/o.jsonl"), format!("{first}{second}"));
 }
@@ -255,13 +261,19 @@ fn a_replaced_input_is_refused_until_reset_and_an_appended_one_resumes() {
         assert!(err.contains(changed), "{replace}: {err}");
         assert_eq!(s.read("out/o.jsonl").lines().count(), 1010, "{replace}: nothing written");
     }
+    // Starting over into the old output would duplicate it: the file sink
+    // refuses until the operator moves the output away too.
     let out = sinkbox(&s, &["run", "p.toml", "--reset"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("reset: deleted the committed offsets .sinkbox/p.offsets.json"), "{err}");
     assert!(err.contains("reset: dead letters kept in .sinkbox/p.dead-letter.jsonl"), "{err}");
+    assert!(err.contains("output /out/o.jsonl already holds"), "{err}");
+    std::fs::rename(s.path("out/o.jsonl"), s.path("out/o.jsonl.old")).unwrap();
+    let out = sinkbox(&s, &["run", "p.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.read("out/o.jsonl").lines().count(), 6000, "started over on the new input");
     let output = s.read("out/o.jsonl");
-    assert_eq!(output.lines().count(), 7010, "every new record written");
     assert!(output.ends_with("{\"n\":\"new-5999\"}\n"), "{}", &output[output.len() - 100..]);
     assert!(s.path(".sinkbox/p.dead-letter.jsonl").exists(), "dead letters kept");
     // `sinkbox reset` says what it did; the next run reads from the start.
@@ -394,10 +406,10 @@ fn inspect_shows_world_version_imports_and_schema() {
     assert!(out.status.success(), "{}", stderr(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["implements_sink_world"], true);
-    assert_eq!(info["sink_version"], "0.1.0");
+    assert_eq!(info["sink_version"], "0.2.0");
     assert_eq!(info["config_schema"]["required"][0], "path");
     let imports: Vec<&str> = info["imports"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
-    assert!(imports.contains(&"sinkbox:sink/types@0.1.0"), "{imports:?}");
+    assert!(imports.contains(&"sinkbox:sink/types@0.2.0"), "{imports:?}");
     assert!(imports.iter().any(|i| i.starts_with("wasi:filesystem/preopens@0.2")), "{imports:?}");
 }
 
@@ -442,7 +454,7 @@ fn fuel_limits_in_a_pipeline_turn_fuel_metering_on() {
     );
     let out = sinkbox(&s, &["run", "p.toml"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("error: sink \"bomb\" ran out of fuel (budget 55000) in add"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("error: sink \"bomb\" ran out of fuel (budget 51000) in add"), "{}", stderr(&out));
 }
 
 /// What a newcomer does, per language: `sinkbox new`, `sinkbox build`, then
@@ -482,4 +494,56 @@ fn new_build_and_run_a_project_in_each_language() {
         let dead = std::fs::read_to_string(project.join("dead.jsonl")).unwrap();
         assert!(dead.contains(r#""offset":2"#) && dead.contains("not JSON"), "{lang}: {dead}");
     }
+}
+
+/// Runs the `hostile_text` program in `mode` over 5 records.
+fn hostile(name: &str, mode: &str) -> Output {
+    let s = Scratch::new(name);
+    s.write("in.jsonl", &lines(5));
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let config = format!(r#"{{"out":"/out/o.jsonl","mode":"{mode}","times":1}}"#);
+    sinkbox(
+        &s,
+        &[
+            "run",
+            "--no-progress",
+            "--sink",
+            sinkbox_test_artifacts::HOSTILE_TEXT,
+            "--config",
+            &config,
+            "--input",
+            "in.jsonl",
+            "--dir",
+            "out:/out:rw",
+        ],
+    )
+}
+
+#[test]
+fn guest_text_cannot_forge_host_log_lines() {
+    let out = hostile("hostile-forge", "forge");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("fine\\n2026-01-01T00:00:00Z  INFO FORGED"), "the newline is escaped: {err}");
+    assert!(!err.lines().any(|l| l.contains("FORGED") && !l.contains("fine\\n")), "no forged line: {err}");
+    assert!(!err.contains('\r'), "no raw carriage return");
+}
+
+#[test]
+fn a_huge_guest_error_is_cut_with_a_marker() {
+    let out = hostile("hostile-huge", "huge-error");
+    let err = stderr(&out);
+    assert!(out.status.success(), "the instance is replaced and the run finishes: {err}");
+    assert!(err.len() < 64 << 10, "16 MiB error printed whole: {} bytes of stderr", err.len());
+    assert!(err.contains("... [cut 16773120 bytes]"), "{}", &err[..err.len().min(2000)]);
+}
+
+#[test]
+fn a_log_flood_is_dropped_with_a_count() {
+    let out = hostile("hostile-flood", "flood");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let lines = err.lines().filter(|l| l.contains("flood line")).count();
+    assert!((100..=1000).contains(&lines), "{lines} of 100,000 flood lines logged");
+    assert!(err.contains("logged too much in flush; dropped"), "{}", &err[err.len().saturating_sub(2000)..]);
 }

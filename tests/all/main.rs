@@ -8,8 +8,10 @@
 mod cache;
 mod cli;
 mod compliance;
+mod core;
 mod crash;
 mod pipeline;
+mod sdks;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -499,7 +499,7 @@ impl Lane {
                     self.shared.clone().sleep(self.shared.retry.backoff(self.attempts)).await?;
                     self.start_instance().await?;
                 }
-                fault if fault.is_resource_limit() && failure.phase == Phase::Add && largest > 1 => {
+                fault if fault.is_resource_limit() && failure.phase == Phase::Add && self.piece.unwrap_or(largest) > 1 => {
                     // The batch may just be too big for the sandbox: try
                     // smaller ones before blaming any record.
                     self.metrics.traps += 1;

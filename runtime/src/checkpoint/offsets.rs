@@ -245,7 +245,7 @@ mod tests {
         let store = OffsetStore::new(&path, "p");
         let v1 = r#"{"version":1,"pipeline":"p","source":"stdin","position":{"partitions":[{"topic":"stdin","partition":0,"next_offset":10,"byte":70}]}}"#;
         fs::write(&path, v1).unwrap();
-        let position = store.load().unwrap().unwrap();
+        let position = store.load().unwrap().unwrap().position;
         assert_eq!((position.partitions[0].next_offset, &position.partitions[0].stream), (10, &None));
         fs::write(&path, v1.replace("\"version\":1", "\"version\":3")).unwrap();
         let err = store.load().unwrap_err().to_string();

@@ -139,6 +139,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         Lang::Python => {
             write("app.py", &fill(include_str!("../../templates/python/app.py.tmpl")))?;
             write("sinkbox_sdk/__init__.py", include_str!("../../../guest-sdk/python/sinkbox_sdk/__init__.py"))?;
+            write("sinkbox_sdk/testing.py", include_str!("../../../guest-sdk/python/sinkbox_sdk/testing.py"))?;
             write(".gitignore", "*.wasm\nout/\n.sinkbox/\n__pycache__/\n")?;
         }
         Lang::C => {
@@ -154,9 +155,17 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         Lang::Js => {
             write("sink.js", &fill(include_str!("../../templates/js/sink.js.tmpl")))?;
             write("sinkbox-sdk.js", include_str!("../../../guest-sdk/js/sinkbox-sdk.js"))?;
-            let package =
-                include_str!("../../../guest-sdk/js/package.json").replace("\"sinkbox-sdk\"", &format!("{name:?}"));
-            write("package.json", &package)?;
+            // A private package of its own, with the SDK's build tools: the
+            // SDK's package.json describes the published SDK, not a sink.
+            let sdk: serde_json::Value = serde_json::from_str(include_str!("../../../guest-sdk/js/package.json"))
+                .context("the JavaScript SDK's package.json")?;
+            let package = serde_json::json!({
+                "name": name,
+                "private": true,
+                "type": "module",
+                "devDependencies": sdk["devDependencies"],
+            });
+            write("package.json", &serde_json::to_string_pretty(&package)?)?;
             write(".gitignore", "*.wasm\nout/\n.sinkbox/\nnode_modules/\n")?;
         }
     }

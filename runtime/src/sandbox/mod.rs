@@ -209,24 +209,47 @@ impl Engine {
     /// Loads a sink component from its bytes, through the cache. `origin`
     /// names it in messages.
     pub fn load(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
-        SinkComponent::new(self, self.link(bytes, origin)?)
+        SinkComponent::new(self, self.link(bytes, origin).map_err(other_contract)?)
     }
 
     /// Loads a sink component from a file, through the cache.
     pub fn load_file(&self, path: &std::path::Path) -> Result<SinkComponent> {
-        SinkComponent::new(self, self.link_file(path)?)
+        SinkComponent::new(self, self.link_file(path).map_err(other_contract)?)
     }
 
     /// Compiles a sink component without the cache, for benchmarks.
     pub fn compile_uncached(&self, bytes: &[u8], origin: &str) -> Result<SinkComponent> {
-        SinkComponent::new(self, self.link_uncached(bytes, origin)?)
+        SinkComponent::new(self, self.link_uncached(bytes, origin).map_err(other_contract)?)
     }
 
     /// What a component imports and exports, and whether it runs as a sink.
     pub fn inspect(&self, bytes: &[u8], origin: &str) -> Result<ComponentInfo> {
         let described = self.describe(bytes, origin)?;
-        let sink = described.linked.and_then(|linked| SinkComponent::new(self, linked));
+        let sink = described.linked.map_err(other_contract).and_then(|linked| SinkComponent::new(self, linked));
         Ok(ComponentInfo { imports: described.imports, exports: described.exports, sink })
+    }
+}
+
+/// The contract version a component's interface names, if not this
+/// runtime's: from its sink export, or else its host import.
+fn contract_of(imports: &[String], exports: &[String]) -> Option<String> {
+    let version = exports
+        .iter()
+        .find_map(|name| name.strip_prefix("sinkbox:sink/sink@"))
+        .or_else(|| imports.iter().find_map(|name| name.strip_prefix("sinkbox:sink/host@")))?;
+    let found = format!("sinkbox:sink@{version}");
+    (found != CONTRACT).then_some(found)
+}
+
+/// A link failure of a component built for another contract version,
+/// reported as such.
+fn other_contract(error: Error) -> Error {
+    match error {
+        Error::Unlinkable { origin, imports, exports, source } => match contract_of(&imports, &exports) {
+            Some(found) => Error::ContractVersion { origin, found, expected: CONTRACT.to_string() },
+            None => Error::Component { origin, source },
+        },
+        other => other,
     }
 }
 
@@ -236,21 +259,13 @@ impl SinkComponent {
     /// versions named.
     fn new(engine: &Engine, linked: engine::Linked<StoreState>) -> Result<SinkComponent> {
         let origin = linked.origin;
-        let (_, exports) = engine.interface(linked.pre.component());
+        let (imports, exports) = engine.interface(linked.pre.component());
         match SinkWorldPre::new(linked.pre) {
             Ok(pre) => Ok(SinkComponent { pre, origin, load: linked.load }),
-            Err(e) => {
-                let other = exports.iter().find_map(|name| {
-                    let version = name.strip_prefix("sinkbox:sink/sink@")?;
-                    Some(format!("sinkbox:sink@{version}"))
-                });
-                match other {
-                    Some(found) if found != CONTRACT => {
-                        Err(Error::ContractVersion { origin, found, expected: CONTRACT.to_string() })
-                    }
-                    _ => Err(Error::NotASink { origin, source: e.into() }),
-                }
-            }
+            Err(e) => match contract_of(&imports, &exports) {
+                Some(found) => Err(Error::ContractVersion { origin, found, expected: CONTRACT.to_string() }),
+                None => Err(Error::NotASink { origin, source: e.into() }),
+            },
         }
     }
 }
