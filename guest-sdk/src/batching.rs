@@ -194,10 +194,7 @@ mod tests {
         sink.add_batch(batch("u", 3, &[(7, None, b"c")])).unwrap();
         sink.add_batch(batch("t", 0, &[(3, None, b"d")])).unwrap();
         sink.flush().unwrap();
-        assert_eq!(
-            sink.writer().0,
-            vec![("t".into(), 0, Some(1), Some(3), 3), ("u".into(), 3, Some(7), Some(7), 1)]
-        );
+        assert_eq!(sink.writer().0, vec![("t".into(), 0, Some(1), Some(3), 3), ("u".into(), 3, Some(7), Some(7), 1)]);
         sink.add_batch(batch("t", 0, &[(4, None, b"e")])).unwrap();
         sink.abort();
         sink.flush().unwrap();

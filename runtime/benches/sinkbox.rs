@@ -192,7 +192,8 @@ fn boundary(ctx: &Ctx, report: &mut Report) {
         let calls = total / batch_size as u64;
         let batch = Batch { topic: "bench".into(), partition: 0, count, data: data.clone() };
         let mut wasm = instance(&ctx.engine, &ctx.blackhole, &ctx.grants, "{}");
-        let mut native = sinkbox_sink_blackhole::Blackhole::open(Default::default(), &native_context()).expect("native open");
+        let mut native =
+            sinkbox_sink_blackhole::Blackhole::open(Default::default(), &native_context()).expect("native open");
         let mut wasm_side = wasm_adds(&mut wasm, &batch, calls, false);
         let mut native_side = native_adds(&mut native, &batch, calls, false);
         let mut encode_side = || {
@@ -373,10 +374,16 @@ fn instantiate(ctx: &Ctx, report: &mut Report) {
                 rt().block_on(async {
                     let started = Instant::now();
                     let limits = SandboxLimits::default();
-                    let mut inst =
-                        SinkInstance::new(engine, &components[i], "bench", limits, &Grants::default(), Interrupt::never())
-                            .await
-                            .expect("instantiate");
+                    let mut inst = SinkInstance::new(
+                        engine,
+                        &components[i],
+                        "bench",
+                        limits,
+                        &Grants::default(),
+                        Interrupt::never(),
+                    )
+                    .await
+                    .expect("instantiate");
                     new_times[i].push(started.elapsed().as_secs_f64() * 1e6);
                     inst.open("{}", &context())
                         .await
@@ -649,7 +656,8 @@ fn machine() -> String {
 /// The Python CSV example end to end with `lanes = 1` and `lanes = 2`:
 /// what spreading a slow-language sink over instances buys on this machine.
 fn lanes(ctx: &Ctx, report: &mut Report) {
-    let records: usize = std::env::var("SINKBOX_BENCH_LANES_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30_000);
+    let records: usize =
+        std::env::var("SINKBOX_BENCH_LANES_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30_000);
     report.section(
         &format!("9. Lanes: the Python CSV example end to end over {records} keyed JSON orders, `lanes` 1 against 2"),
         &["lanes", "records/s", "speed-up"],

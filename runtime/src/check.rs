@@ -118,7 +118,9 @@ impl Checker<'_> {
         let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(self.subject.scratch)
             .map(|d| {
                 d.flatten()
-                    .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default()))
+                    .map(|e| {
+                        (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default())
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -232,8 +234,10 @@ impl Checker<'_> {
 /// Runs every scenario; each one's problem names the call that went wrong.
 pub async fn check(engine: &Engine, subject: &Subject<'_>) -> Result<Vec<Outcome>> {
     let out_dir = subject.scratch;
-    std::fs::create_dir_all(out_dir).map_err(|e| crate::Error::io(format!("cannot create {}", out_dir.display()), e))?;
-    let grants = Grants { dirs: vec![DirGrant { host: out_dir.into(), guest: "/out".into(), writable: true }], env: vec![] };
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| crate::Error::io(format!("cannot create {}", out_dir.display()), e))?;
+    let grants =
+        Grants { dirs: vec![DirGrant { host: out_dir.into(), guest: "/out".into(), writable: true }], env: vec![] };
     let checker = Checker {
         engine,
         subject,

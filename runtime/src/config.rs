@@ -6,6 +6,7 @@
 //! batch_size = 1000                 # records per add
 //! batch_bytes = "1MiB"              # and at most this much data per add
 //! checkpoint_bytes = "16MiB"        # held for replays; reaching it closes the checkpoint
+//! max_dead_letters = 100000         # per run; one more stops the pipeline
 //! commit_every = 10000              # records per checkpoint
 //! commit_interval = "5s"            # longest a checkpoint stays open
 //! offsets = "state/orders.offsets.json"     # default: .sinkbox/NAME.offsets.json
@@ -55,9 +56,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::checkpoint::{Batching, Committed, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
-use crate::sandbox::{Engine, SinkComponent};
 use crate::error::{Error, Result};
 use crate::sandbox::{DirGrant, Grants, SandboxLimits};
+use crate::sandbox::{Engine, SinkComponent};
 use crate::source::{LineFormat, LineSource, Source};
 use crate::state::PipelineState;
 
@@ -122,6 +123,8 @@ pub struct PipelineSection {
     pub batch_bytes: Option<HumanBytes>,
     /// Bytes of batches held for replays before a checkpoint closes.
     pub checkpoint_bytes: Option<HumanBytes>,
+    /// Dead letters one run may write before the pipeline stops.
+    pub max_dead_letters: Option<u64>,
     /// Records per checkpoint.
     pub commit_every: Option<u64>,
     /// Longest a checkpoint stays open.
@@ -531,9 +534,8 @@ impl PipelineFile {
             None => Default::default(),
         };
         let source: Result<Box<dyn Source>> = match &self.source {
-            SourceSection::File { path, format } => {
-                LineSource::file(&base.join(path), *format, Some(&start.position)).map(|s| Box::new(s) as Box<dyn Source>)
-            }
+            SourceSection::File { path, format } => LineSource::file(&base.join(path), *format, Some(&start.position))
+                .map(|s| Box::new(s) as Box<dyn Source>),
             SourceSection::Stdin { format } => {
                 LineSource::stdin(*format, Some(&start.position)).map(|s| Box::new(s) as Box<dyn Source>)
             }
@@ -595,7 +597,10 @@ impl PipelineFile {
         if let Some(d) = r.max_retry_time {
             retry = retry.max_retry_time(d.0);
         }
-        let dead_letters = DeadLetters::new(&state.dead_letter);
+        let mut dead_letters = DeadLetters::new(&state.dead_letter);
+        if let Some(max) = p.max_dead_letters {
+            dead_letters = dead_letters.max(max);
+        }
         let (source, offsets, start) = self.open_source(base, &state)?;
         let sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
         Ok(Pipeline {

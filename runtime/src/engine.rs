@@ -305,11 +305,7 @@ impl<T: 'static> Engine<T> {
         let started = Instant::now();
         let component = self.compile(bytes, origin)?;
         let pre = self.instantiate_pre(&component, origin)?;
-        Ok(Linked {
-            pre,
-            origin: origin.to_string(),
-            load: LoadInfo { cached: false, elapsed: started.elapsed() },
-        })
+        Ok(Linked { pre, origin: origin.to_string(), load: LoadInfo { cached: false, elapsed: started.elapsed() } })
     }
 
     fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component> {

@@ -69,7 +69,9 @@ pub use checkpoint::{
 pub use config::PipelineFile;
 pub use engine::{EngineOptions, Pooling};
 pub use error::{Error, Fault, Phase, Result, SinkFailure};
-pub use sandbox::{CallStats, DirGrant, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance};
+pub use sandbox::{
+    CallStats, DirGrant, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance,
+};
 pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle, Stream};
 pub use state::{PipelineState, StateLock};
 pub use status::{LaneStatus, Outcome, SinkMetrics, Status};

@@ -8,7 +8,9 @@ fn schema(engine: &Engine, component: &sinkbox::SinkComponent) -> String {
     sinkbox::runtime().unwrap().block_on(async {
         let limits = SandboxLimits::default();
         let mut instance =
-            SinkInstance::new(engine, component, "cache", limits, &Grants::default(), Interrupt::never()).await.unwrap();
+            SinkInstance::new(engine, component, "cache", limits, &Grants::default(), Interrupt::never())
+                .await
+                .unwrap();
         instance.config_schema().await.unwrap().unwrap_or_default()
     })
 }

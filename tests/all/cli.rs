@@ -212,7 +212,11 @@ fn every_stdin_run_is_a_new_stream() {
     let second: String = (0..10).map(|i| format!("{{\"second\":{i}}}\n")).collect();
     let out = sinkbox_with_stdin(&s, &args(r#"{"path":"/out/o.jsonl"}"#), &second);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("output /out/o.jsonl already holds 250 bytes this pipeline did not write"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("output /out/o.jsonl already holds 250 bytes this pipeline did not write"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(s.read("out/o.jsonl"), first, "nothing written by the refused run");
     let out = sinkbox_with_stdin(&s, &args(r#"{"path":"/out/o.jsonl","if_exists":"append"}"#), &second);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -546,4 +550,22 @@ fn a_log_flood_is_dropped_with_a_count() {
     let lines = err.lines().filter(|l| l.contains("flood line")).count();
     assert!((100..=1000).contains(&lines), "{lines} of 100,000 flood lines logged");
     assert!(err.contains("logged too much in flush; dropped"), "{}", &err[err.len().saturating_sub(2000)..]);
+}
+
+#[test]
+fn a_schema_bomb_is_refused_before_validation() {
+    let s = Scratch::new("cli-schema-bomb");
+    s.write(
+        "p.toml",
+        &format!(
+            "[source]\nkind = \"stdin\"\n[[sink]]\nname = \"bomb\"\ncomponent = {:?}\n",
+            sinkbox_test_artifacts::SCHEMA_BOMB
+        ),
+    );
+    let started = Instant::now();
+    let out = sinkbox(&s, &["validate", "p.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("its config schema nests 81 levels deep with 80 $ref/anyOf/oneOf/allOf/not"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }

@@ -47,10 +47,8 @@ fn check(subject: &Subject<'_>) {
     };
     let outcomes = sinkbox::runtime().unwrap().block_on(sinkbox::check::check(engine(), &checked)).expect("check runs");
     assert_eq!(outcomes.len(), 5);
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| o.problem.as_ref().map(|p| format!("{}: {}", o.scenario, p)))
-        .collect();
+    let failed: Vec<String> =
+        outcomes.iter().filter_map(|o| o.problem.as_ref().map(|p| format!("{}: {}", o.scenario, p))).collect();
     assert!(failed.is_empty(), "{}: {}", subject.name, failed.join("\n"));
 }
 

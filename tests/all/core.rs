@@ -337,10 +337,9 @@ fn snapshots_are_committed_with_the_offsets_and_roll_back_an_uncommitted_checkpo
 
 #[test]
 fn a_file_sink_output_changed_outside_is_refused_with_what_changed() {
-    for (case, change, expected) in [
-        ("truncated", "truncate", "bytes were committed to it"),
-        ("deleted", "delete", "bytes were committed to it"),
-    ] {
+    for (case, change, expected) in
+        [("truncated", "truncate", "bytes were committed to it"), ("deleted", "delete", "bytes were committed to it")]
+    {
         let s = Scratch::new(&format!("changed-{case}"));
         s.write("in.jsonl", &lines(60));
         let toml = pipeline("builtin:file", "path = \"/out/out.jsonl\"", "", "");
@@ -381,9 +380,10 @@ fn an_output_truncated_or_deleted_during_a_run_is_detected_at_the_next_flush() {
             probe: false,
         };
         let fault = sinkbox::runtime().unwrap().block_on(async {
-            let mut i = SinkInstance::new(engine(), &component, "f", SandboxLimits::default(), &grants, Interrupt::never())
-                .await
-                .unwrap();
+            let mut i =
+                SinkInstance::new(engine(), &component, "f", SandboxLimits::default(), &grants, Interrupt::never())
+                    .await
+                    .unwrap();
             i.open(r#"{"path":"/out/out.jsonl"}"#, &context).await.unwrap();
             i.add(&sinkbox::check::batch(0..10)).await.unwrap();
             i.flush().await.unwrap();

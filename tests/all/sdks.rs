@@ -51,8 +51,19 @@ fn c_sdk_tests_pass() {
     for test in ["sdk_test", "jsonl_sink_test"] {
         let binary = out.join(test);
         let mut build = Command::new("clang");
-        build.args(["-std=gnu11", "-Wall", "-Werror", "-Wno-unknown-attributes", "-Iguest-sdk/c", "-Iguest-sdk/c/bindings"]);
-        build.arg(format!("guest-sdk/c/tests/{test}.c")).arg("guest-sdk/c/bindings/sink_world.c").arg("-o").arg(&binary);
+        build.args([
+            "-std=gnu11",
+            "-Wall",
+            "-Werror",
+            "-Wno-unknown-attributes",
+            "-Iguest-sdk/c",
+            "-Iguest-sdk/c/bindings",
+        ]);
+        build
+            .arg(format!("guest-sdk/c/tests/{test}.c"))
+            .arg("guest-sdk/c/bindings/sink_world.c")
+            .arg("-o")
+            .arg(&binary);
         passes(build, &format!("C SDK test build ({test})"), "apt-get install clang (bash .ci/setup)");
         passes(Command::new(&binary), &format!("C SDK test {test}"), "clang");
     }

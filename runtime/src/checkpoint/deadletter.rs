@@ -72,12 +72,25 @@ pub struct DeadLetters {
     path: PathBuf,
     file: Option<BufWriter<File>>,
     written: u64,
+    max: u64,
 }
 
+/// Dead letters a run may write before the pipeline stops (Kafka Connect's
+/// `errors.tolerance` in spirit): past it, the input or the sink is broken,
+/// not a few records.
+pub const MAX_DEAD_LETTERS: u64 = 100_000;
+
 impl DeadLetters {
-    /// A queue at `path`; the file is created on the first entry.
+    /// A queue at `path`; the file is created on the first entry. At most
+    /// [`MAX_DEAD_LETTERS`] entries per run.
     pub fn new(path: impl Into<PathBuf>) -> DeadLetters {
-        DeadLetters { path: path.into(), file: None, written: 0 }
+        DeadLetters { path: path.into(), file: None, written: 0, max: MAX_DEAD_LETTERS }
+    }
+
+    /// The most entries one run may write; one more stops the pipeline.
+    pub fn max(mut self, max: u64) -> DeadLetters {
+        self.max = max;
+        self
     }
 
     /// Its path.
@@ -150,6 +163,14 @@ impl DeadLetters {
     }
 
     fn write(&mut self, entry: Value) -> Result<()> {
+        if self.written >= self.max {
+            return Err(Error::Config(format!(
+                "the pipeline wrote {} dead letters to {}, its limit (max_dead_letters); the input or a sink is \
+                 broken, not a few records; stopping with the checkpoint uncommitted",
+                self.written,
+                self.path.display()
+            )));
+        }
         if self.file.is_none() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| self.fail(e))?;
@@ -281,5 +302,23 @@ mod tests {
         let t = rfc3339_now();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T", "{t}");
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn a_run_stops_at_its_dead_letter_cap_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("sinkbox-dead-cap-{}", std::process::id()));
+        let mut dead = DeadLetters::new(dir.join("d.jsonl")).max(2);
+        dead.push_malformed("bad", "t", 0, 0, b"x").unwrap();
+        dead.push_malformed("bad", "t", 0, 1, b"y").unwrap();
+        let err = dead.push_malformed("bad", "t", 0, 2, b"z").unwrap_err().to_string();
+        assert!(err.contains("wrote 2 dead letters to") && err.contains("d.jsonl"), "{err}");
+        dead.sync().unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("d.jsonl")).unwrap().lines().count(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

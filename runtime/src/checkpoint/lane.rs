@@ -499,7 +499,11 @@ impl Lane {
                     self.shared.clone().sleep(self.shared.retry.backoff(self.attempts)).await?;
                     self.start_instance().await?;
                 }
-                fault if fault.is_resource_limit() && failure.phase == Phase::Add && self.piece.unwrap_or(largest) > 1 => {
+                fault
+                    if fault.is_resource_limit()
+                        && failure.phase == Phase::Add
+                        && self.piece.unwrap_or(largest) > 1 =>
+                {
                     // The batch may just be too big for the sandbox: try
                     // smaller ones before blaming any record.
                     self.metrics.traps += 1;
@@ -532,12 +536,7 @@ impl Lane {
 
     pub(super) fn gave_up(&self, last: SinkFailure) -> Error {
         let attempts = self.attempts.max(self.backpressure);
-        Error::GaveUp {
-            sink: self.spec.name.clone(),
-            attempts,
-            from: self.shared.committed(),
-            last: Box::new(last),
-        }
+        Error::GaveUp { sink: self.spec.name.clone(), attempts, from: self.shared.committed(), last: Box::new(last) }
     }
 
     async fn abort_instance(&mut self) {

@@ -174,7 +174,10 @@ pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| Error::Io { what: "cannot start the async runtime".into(), source: std::io::Error::other(e.clone()) })
+        .map_err(|e| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source: std::io::Error::other(e.clone()),
+        })
 }
 
 impl Pipeline {
@@ -395,7 +398,6 @@ impl Run<'_> {
     fn interrupted(&self) -> Error {
         Error::Interrupted { from: self.committed.to_string() }
     }
-
 
     /// Opens the lanes of `parts` for every sink, each with its committed
     /// snapshot. Lanes with no snapshot yet flush at once, and their first

@@ -19,7 +19,8 @@ pub fn check(engine: &Engine, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let component = sinkbox::config::load_component(engine, &args.component, &PathBuf::from("."))?;
     let scratch = std::env::temp_dir().join(format!("sinkbox-check-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    let subject = sinkbox::check::Subject { component: &component, config: &args.config, output: None, scratch: &scratch };
+    let subject =
+        sinkbox::check::Subject { component: &component, config: &args.config, output: None, scratch: &scratch };
     let outcomes = sinkbox::runtime()?.block_on(sinkbox::check::check(engine, &subject));
     let _ = std::fs::remove_dir_all(&scratch);
     let outcomes = outcomes?;

@@ -40,6 +40,15 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
                     .map_err(|e| e.into_failure("inspect", sinkbox::Phase::ConfigSchema).to_string())
             });
             match schema {
+                Ok(Some(schema)) if schema.len() > sinkbox::schema::MAX_SCHEMA_BYTES => (
+                    true,
+                    Some(format!(
+                        "its config schema is {} bytes, over the limit of {}",
+                        schema.len(),
+                        sinkbox::schema::MAX_SCHEMA_BYTES
+                    )),
+                    None,
+                ),
                 Ok(schema) => (true, None, schema),
                 Err(e) => (true, Some(e), None),
             }

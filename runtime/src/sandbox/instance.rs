@@ -204,15 +204,9 @@ impl SinkInstance {
             () = interrupt.wait() => Err(Ended::Stopped),
         };
         match ended {
-            Ok(exports) => Ok(SinkInstance {
-                store,
-                exports,
-                name,
-                guard,
-                interrupt,
-                stats: CallStats::default(),
-                broken: false,
-            }),
+            Ok(exports) => {
+                Ok(SinkInstance { store, exports, name, guard, interrupt, stats: CallStats::default(), broken: false })
+            }
             Err(ended) => Err(fail(guard.classify(&store, ended, limits.fuel_per_call))),
         }
     }
@@ -221,7 +215,9 @@ impl SinkInstance {
     /// classifying what went wrong and recording what it cost.
     async fn invoke(&mut self, phase: Phase, budget: u64, call: Call<'_>) -> Result<Returned, Failure> {
         if self.broken {
-            return Err(self.failure(phase, Fault::Fatal("the instance failed before and is never entered again".into())));
+            return Err(
+                self.failure(phase, Fault::Fatal("the instance failed before and is never entered again".into()))
+            );
         }
         self.guard.arm(&mut self.store, budget);
         let started = Instant::now();
@@ -338,7 +334,8 @@ impl SinkInstance {
     /// `status`; custom counters beyond 32, or with names over 64 bytes,
     /// are dropped with a warning.
     pub async fn status(&mut self) -> Result<Option<GuestStatus>, Failure> {
-        let Returned::Status(status) = self.invoke(Phase::Status, self.guard.limits.fuel_per_call, Call::Status).await?
+        let Returned::Status(status) =
+            self.invoke(Phase::Status, self.guard.limits.fuel_per_call, Call::Status).await?
         else {
             unreachable!("status returns a status")
         };

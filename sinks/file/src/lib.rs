@@ -286,7 +286,8 @@ impl Sink for FileSink {
             // poison the instance so the runtime replaces it instead: a
             // fresh instance truncates to the committed length on open.
             let flushed = self.flushed_len;
-            let truncated = self.file.as_mut().is_some_and(|f| f.set_len(flushed).and_then(|()| f.seek(SeekFrom::End(0))).is_ok());
+            let truncated =
+                self.file.as_mut().is_some_and(|f| f.set_len(flushed).and_then(|()| f.seek(SeekFrom::End(0))).is_ok());
             if !truncated {
                 panic!("cannot truncate {} back to its flushed length", self.path);
             }

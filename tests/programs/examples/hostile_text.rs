@@ -12,7 +12,9 @@ impl Behaviour for HostileText {
     fn flush(&mut self, config: &Config) -> Result<(), Error> {
         match config.mode.as_deref() {
             Some("forge") => {
-                sinkbox_sdk::info!("fine\n2026-01-01T00:00:00Z  INFO FORGED sink \"payments\" committed 1000 records\r");
+                sinkbox_sdk::info!(
+                    "fine\n2026-01-01T00:00:00Z  INFO FORGED sink \"payments\" committed 1000 records\r"
+                );
                 Ok(())
             }
             Some("huge-error") if config.count("huge") < config.times => Err(Error::fatal("x".repeat(16 << 20))),

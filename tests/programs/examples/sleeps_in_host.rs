@@ -19,7 +19,11 @@ impl SleepsInHost {
         }
         let sleeps = *self.decided.get_or_insert_with(|| config.times == 0 || config.count("sleeps") < config.times);
         if sleeps {
-            let wait = if config.sleep_ms == 0 { Duration::from_secs(365 * 24 * 3600) } else { Duration::from_millis(config.sleep_ms) };
+            let wait = if config.sleep_ms == 0 {
+                Duration::from_secs(365 * 24 * 3600)
+            } else {
+                Duration::from_millis(config.sleep_ms)
+            };
             std::thread::sleep(wait);
         }
     }
