@@ -170,8 +170,11 @@ mod tests {
     use super::*;
     use crate::testing::{batch, context};
 
+    /// What one `write` saw: topic, partition, first and last offset, count.
+    type Write = (String, u32, Option<u64>, Option<u64>, usize);
+
     /// Records what `write` saw.
-    struct Seen(Vec<(String, u32, Option<u64>, Option<u64>, usize)>);
+    struct Seen(Vec<Write>);
 
     impl Writer for Seen {
         type Config = ();

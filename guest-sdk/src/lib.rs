@@ -97,9 +97,12 @@ pub mod testing {
 
     use crate::{Batch, Context};
 
+    /// One record for [`batch`]: offset, key, value.
+    pub type Entry<'a> = (u64, Option<&'a [u8]>, &'a [u8]);
+
     /// A batch of the given `(offset, key, value)` records of
     /// `topic[partition]`.
-    pub fn batch(topic: &str, partition: u32, records: &[(u64, Option<&[u8]>, &[u8])]) -> Batch {
+    pub fn batch(topic: &str, partition: u32, records: &[Entry<'_>]) -> Batch {
         let mut writer = BatchWriter::default();
         for &(offset, key, value) in records {
             writer.push(&RecordRef { offset, timestamp: None, key, value, headers: &[] });
@@ -379,7 +382,8 @@ impl Batch {
     /// The records, borrowed from the batch buffer. An `Err` means the
     /// runtime sent a malformed buffer, which is a bug on its side.
     pub fn records(&self) -> impl Iterator<Item = Result<Record<'_>, DecodeError>> {
-        sinkbox_format::Records::new(&self.inner.data, self.inner.count).map(|r| r.map(Record))
+        let (topic, partition) = (self.inner.topic.as_str(), self.inner.partition);
+        sinkbox_format::Records::new(&self.inner.data, self.inner.count).map(move |r| r.map(|r| Record(r, topic, partition)))
     }
 
     /// The packed buffer, for sinks that forward it as is.
@@ -390,9 +394,20 @@ impl Batch {
 
 /// A record, borrowed from its batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record<'a>(sinkbox_format::Record<'a>);
+pub struct Record<'a>(sinkbox_format::Record<'a>, &'a str, u32);
 
 impl<'a> Record<'a> {
+    /// The stream the record comes from (for a file source, its path and
+    /// stream identity).
+    pub fn topic(&self) -> &'a str {
+        self.1
+    }
+
+    /// The partition within the topic.
+    pub fn partition(&self) -> u32 {
+        self.2
+    }
+
     /// Position of the record in its partition; strictly increasing.
     pub fn offset(&self) -> u64 {
         self.0.offset

@@ -398,7 +398,7 @@ fn instantiate(ctx: &Ctx, report: &mut Report) {
     for (i, (name, engine)) in engines.iter().enumerate() {
         let mut opened = std::mem::take(&mut open_times[i]);
         opened.sort_by(f64::total_cmp);
-        let alive = if engine.pooling_enabled() { 900 } else { 10_000 };
+        let alive = if engine.pooling_enabled() { 900 } else { 1_000 };
         let (rss_new, rss_open) = rss_per_instance(engine, &components[i], alive);
         report.row(&[
             format!("{name}{}", if i == 0 && !engine.pooling_enabled() { " (unavailable, fell back)" } else { "" }),
@@ -657,7 +657,7 @@ fn machine() -> String {
 /// what spreading a slow-language sink over instances buys on this machine.
 fn lanes(ctx: &Ctx, report: &mut Report) {
     let records: usize =
-        std::env::var("SINKBOX_BENCH_LANES_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30_000);
+        std::env::var("SINKBOX_BENCH_LANES_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     report.section(
         &format!("9. Lanes: the Python CSV example end to end over {records} keyed JSON orders, `lanes` 1 against 2"),
         &["lanes", "records/s", "speed-up"],
@@ -702,7 +702,7 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
     };
     run(1); // warm the compiled-component cache
     let (mut one, mut two) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..5 {
         one.push(run(1));
         two.push(run(2));
     }
@@ -710,7 +710,7 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
     report.row(&["1".into(), format!("{one:.0}"), "1.00x".into()]);
     report.row(&["2".into(), format!("{two:.0}"), format!("{:.2}x", two / one)]);
     report.note(
-        "`sinkbox::Pipeline::run` in this process, three runs each, alternating, medians; the records carry 97 \
+        "`sinkbox::Pipeline::run` in this process, five runs each, alternating, medians; the records carry 97 \
          distinct keys, so `lanes = 2` spreads them over two instances, each its own task on the two-core runtime.",
     );
 }

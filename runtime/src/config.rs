@@ -33,7 +33,7 @@
 //! on_error = "dead-letter"          # or "fail"
 //! lanes = 1                         # instances per partition, spread by key
 //! config = { path = "/out/orders.csv", format = "csv", columns = ["id", "total"] }
-//! limits = { memory = "64MiB", fuel_per_record = 10000000, fuel_per_call = 1000000000, timeout = "10s" }
+//! limits = { memory = "64MiB", fuel_per_record = 10000000, fuel_per_call = 1000000000, timeout = "10s", handles = 1024 }
 //! grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }], env = { TZ = "UTC" } }
 //! ```
 //!
@@ -219,6 +219,8 @@ pub struct LimitsSection {
     /// Wall-clock limit per call.
     #[serde(default, deserialize_with = "limits_timeout")]
     pub timeout: Option<HumanDuration>,
+    /// Host handles (open files, streams) the instance may hold.
+    pub handles: Option<usize>,
 }
 
 /// A sink's `grants`.
@@ -452,6 +454,9 @@ impl SinkSection {
         }
         if let Some(t) = self.limits.timeout {
             limits = limits.timeout(t.0);
+        }
+        if let Some(n) = self.limits.handles {
+            limits = limits.handles(n);
         }
         let mut dirs = Vec::new();
         for dir in &self.grants.dirs {

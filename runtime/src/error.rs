@@ -72,6 +72,12 @@ pub enum Fault {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The guest tried to hold more host handles than its limit.
+    #[error("exceeded its limit of {limit} open handles")]
+    Handles {
+        /// The limit.
+        limit: usize,
+    },
     /// Any other trap: a panic, a stack overflow, an unreachable.
     #[error("trapped")]
     Trap {
@@ -118,7 +124,14 @@ impl Fault {
 
     /// Whether this is a trap (as opposed to an error the sink returned).
     pub fn is_trap(&self) -> bool {
-        matches!(self, Fault::OutOfFuel { .. } | Fault::Timeout { .. } | Fault::Memory { .. } | Fault::Trap { .. })
+        matches!(
+            self,
+            Fault::OutOfFuel { .. }
+                | Fault::Timeout { .. }
+                | Fault::Memory { .. }
+                | Fault::Handles { .. }
+                | Fault::Trap { .. }
+        )
     }
 }
 

@@ -436,3 +436,17 @@ fn a_stop_while_a_guest_is_stuck_in_a_call_ends_the_run_within_the_grace() {
     assert_eq!(status.outcome, sinkbox::Outcome::Interrupted);
     assert_eq!(status.committed, 0);
 }
+
+#[test]
+fn a_sink_cannot_hold_more_host_handles_than_its_limit() {
+    let s = Scratch::new("fd-hog");
+    s.write("in.jsonl", &lines(5));
+    let config = "out = \"/out/out.jsonl\", times = 5000";
+    let toml = pipeline(programs::FD_HOG, config, "limits = { handles = 256 }\non_error = \"fail\"", "");
+    let (status, result) = s.run(&toml);
+    let err = chain(&result.unwrap_err());
+    assert!(err.contains("sink \"t\" exceeded its limit of 256 open handles in flush"), "{err}");
+    assert_eq!(status.committed, 0);
+    let hogged = std::fs::read_dir(s.path("out")).unwrap().count();
+    assert!(hogged < 300, "{hogged} files opened under a limit of 256 handles");
+}

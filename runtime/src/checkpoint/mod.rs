@@ -429,7 +429,7 @@ impl Run<'_> {
                     };
                     let snapshot = self.snapshots.get(&key).cloned();
                     let state = Lane::new(spec.clone(), key, context, snapshot, self.shared.clone());
-                    let (commands, rx) = mpsc::channel(2);
+                    let (commands, rx) = mpsc::channel(4);
                     let (opened_tx, opened) = oneshot::channel();
                     let task = tokio::spawn(state.run(rx, opened_tx));
                     handles.push((LaneHandle { sink: index, commands, task }, opened));

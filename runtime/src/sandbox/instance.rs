@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
@@ -172,9 +172,11 @@ impl SinkInstance {
                 fail(Fault::Fatal(format!("cannot grant directory {} as {}: {e}", dir.host.display(), dir.guest)))
             })?;
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.handles);
         let state = StoreState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter {
                 limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
                 peak: 0,
@@ -416,6 +418,9 @@ impl Guard {
         };
         if store.data().limiter.denied {
             return Fault::Memory { limit: self.limits.memory };
+        }
+        if matches!(error.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full)) {
+            return Fault::Handles { limit: self.limits.handles };
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => Fault::OutOfFuel { budget },

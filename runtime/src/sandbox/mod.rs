@@ -38,15 +38,17 @@ pub type Engine = engine::Engine<StoreState>;
 pub const MAX_SNAPSHOT: usize = 64 << 10;
 
 /// Per-instance limits. Defaults: 64 MiB of linear memory, a 10 s
-/// wall-clock limit per call, and, when the engine meters fuel, 10 million
-/// fuel per record in `add` plus 1 billion per call (the budget of `open`,
-/// `flush` and `close`).
+/// wall-clock limit per call, 1,024 host handles (open files, directories,
+/// streams and pollables together), and, when the engine meters fuel, 10
+/// million fuel per record in `add` plus 1 billion per call (the budget of
+/// `open`, `flush` and `close`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SandboxLimits {
     pub(crate) memory: u64,
     pub(crate) fuel_per_record: u64,
     pub(crate) fuel_per_call: u64,
     pub(crate) timeout: Duration,
+    pub(crate) handles: usize,
 }
 
 impl Default for SandboxLimits {
@@ -56,6 +58,7 @@ impl Default for SandboxLimits {
             fuel_per_record: 10_000_000,
             fuel_per_call: 1_000_000_000,
             timeout: Duration::from_secs(10),
+            handles: 1024,
         }
     }
 }
@@ -82,6 +85,13 @@ impl SandboxLimits {
     /// Wall-clock limit of every call, host calls included.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Host handles (files, directories, streams, pollables) the instance
+    /// may hold at once: one sink cannot take the process's descriptors.
+    pub fn handles(mut self, n: usize) -> Self {
+        self.handles = n.max(16);
         self
     }
 

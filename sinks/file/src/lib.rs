@@ -135,7 +135,7 @@ impl FileSink {
         // An I/O failure in a granted directory is usually transient (disk
         // full, quota); the runtime retries on a fresh instance with
         // backoff, then stops.
-        Error::retryable(format!("{what} {}: {e}", self.path))
+        Error::retryable(format!("{what} {}: {}", self.path, describe(&e)))
     }
 
     /// Fails if the output is not what this sink wrote: deleted, truncated
@@ -294,6 +294,22 @@ impl Sink for FileSink {
             self.spilled = 0;
         }
     }
+}
+
+/// An I/O error in words: WASI reports some only by number ("os error
+/// 29"), which tells an operator nothing.
+fn describe(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let words = match e.kind() {
+        ErrorKind::StorageFull => "no space left on device",
+        ErrorKind::QuotaExceeded => "disk quota exceeded",
+        ErrorKind::PermissionDenied => "permission denied",
+        ErrorKind::NotFound => "no such file or directory",
+        ErrorKind::ReadOnlyFilesystem => "read-only file system",
+        ErrorKind::FileTooLarge => "file too large",
+        _ => return e.to_string(),
+    };
+    format!("{words} ({e})")
 }
 
 export_sink!(FileSink);
