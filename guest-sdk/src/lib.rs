@@ -383,7 +383,8 @@ impl Batch {
     /// runtime sent a malformed buffer, which is a bug on its side.
     pub fn records(&self) -> impl Iterator<Item = Result<Record<'_>, DecodeError>> {
         let (topic, partition) = (self.inner.topic.as_str(), self.inner.partition);
-        sinkbox_format::Records::new(&self.inner.data, self.inner.count).map(move |r| r.map(|r| Record(r, topic, partition)))
+        sinkbox_format::Records::new(&self.inner.data, self.inner.count)
+            .map(move |r| r.map(|r| Record(r, topic, partition)))
     }
 
     /// The packed buffer, for sinks that forward it as is.

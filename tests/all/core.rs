@@ -450,3 +450,19 @@ fn a_sink_cannot_hold_more_host_handles_than_its_limit() {
     let hogged = std::fs::read_dir(s.path("out")).unwrap().count();
     assert!(hogged < 300, "{hogged} files opened under a limit of 256 handles");
 }
+
+#[test]
+fn records_of_20_kib_pass_the_default_limits() {
+    let s = Scratch::new("big-records");
+    let pad = "x".repeat(20 << 10);
+    let input: String = (0..3000).map(|i| format!("{{\"id\":{i},\"pad\":\"{pad}\"}}\n")).collect();
+    s.write("in.jsonl", &input);
+    let toml = format!(
+        "[pipeline]\ndead_letter = \"dead.jsonl\"\noffsets = \"offsets.json\"\n[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"f\"\ncomponent = \"builtin:file\"\nconfig = {{ path = \"/out/out.jsonl\" }}\ngrants = {{ dirs = [{{ host = \"out\", guest = \"/out\", mode = \"rw\" }}] }}\n"
+    );
+    let (status, result) = s.run(&toml);
+    result.unwrap();
+    assert_eq!((status.committed, status.sinks[0].rejected, status.sinks[0].traps), (3000, 0, 0));
+    assert!(s.read("dead.jsonl").is_empty());
+    assert_eq!(std::fs::metadata(s.path("out/out.jsonl")).unwrap().len(), input.len() as u64);
+}

@@ -11,7 +11,8 @@ impl Behaviour for FdHog {
     fn flush(&mut self, config: &Config) -> Result<(), Error> {
         let dir = config.out.as_deref().and_then(|o| o.rsplit_once('/')).map_or("/out", |(d, _)| d).to_string();
         for i in 0..config.times {
-            let file = std::fs::File::create(format!("{dir}/hog-{i}")).map_err(|e| Error::fatal(format!("file {i}: {e}")))?;
+            let file =
+                std::fs::File::create(format!("{dir}/hog-{i}")).map_err(|e| Error::fatal(format!("file {i}: {e}")))?;
             self.0.push(file);
         }
         Ok(())
