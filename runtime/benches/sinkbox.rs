@@ -138,18 +138,7 @@ fn rt() -> &'static tokio::runtime::Runtime {
 
 /// The context of a first open, as the runtime gives it.
 fn context() -> sinkbox::Context {
-    sinkbox::Context {
-        pipeline: "bench".into(),
-        sink: "bench".into(),
-        topic: "bench".into(),
-        partition: 0,
-        lane: 0,
-        lanes: 1,
-        worker_index: 0,
-        worker_count: 1,
-        snapshot: None,
-        probe: false,
-    }
+    sinkbox::check::context(None, false)
 }
 
 /// The same context for a sink's native build.

@@ -54,7 +54,9 @@ pub fn batch(offsets: std::ops::Range<u64>) -> Batch {
     Batch { topic: "t".into(), partition: 0, count, data }
 }
 
-fn context(snapshot: Option<Vec<u8>>, probe: bool) -> Context {
+/// The context of the only instance of sink `check` of pipeline `check`,
+/// serving `t[0]`, opened with `snapshot`.
+pub fn context(snapshot: Option<Vec<u8>>, probe: bool) -> Context {
     Context {
         pipeline: "check".into(),
         sink: "check".into(),

@@ -367,18 +367,7 @@ fn an_output_truncated_or_deleted_during_a_run_is_detected_at_the_next_flush() {
             dirs: vec![sinkbox::DirGrant { host: s.path("out"), guest: "/out".into(), writable: true }],
             env: vec![],
         };
-        let context = sinkbox::Context {
-            pipeline: "p".into(),
-            sink: "f".into(),
-            topic: "t".into(),
-            partition: 0,
-            lane: 0,
-            lanes: 1,
-            worker_index: 0,
-            worker_count: 1,
-            snapshot: None,
-            probe: false,
-        };
+        let context = sinkbox::check::context(None, false);
         let fault = sinkbox::runtime().unwrap().block_on(async {
             let mut i =
                 SinkInstance::new(engine(), &component, "f", SandboxLimits::default(), &grants, Interrupt::never())
@@ -457,9 +446,8 @@ fn records_of_20_kib_pass_the_default_limits() {
     let pad = "x".repeat(20 << 10);
     let input: String = (0..3000).map(|i| format!("{{\"id\":{i},\"pad\":\"{pad}\"}}\n")).collect();
     s.write("in.jsonl", &input);
-    let toml = format!(
-        "[pipeline]\ndead_letter = \"dead.jsonl\"\noffsets = \"offsets.json\"\n[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"f\"\ncomponent = \"builtin:file\"\nconfig = {{ path = \"/out/out.jsonl\" }}\ngrants = {{ dirs = [{{ host = \"out\", guest = \"/out\", mode = \"rw\" }}] }}\n"
-    );
+    let toml = pipeline("builtin:file", "path = \"/out/out.jsonl\"", "", "")
+        .replace("batch_size = 10\ncommit_every = 50\n", "");
     let (status, result) = s.run(&toml);
     result.unwrap();
     assert_eq!((status.committed, status.sinks[0].rejected, status.sinks[0].traps), (3000, 0, 0));

@@ -69,18 +69,6 @@ pub struct CallStats {
     pub flush_time: Duration,
 }
 
-impl CallStats {
-    /// Adds `other` to these.
-    pub fn absorb(&mut self, other: &CallStats) {
-        self.calls += other.calls;
-        self.calls_ok += other.calls_ok;
-        self.fuel += other.fuel;
-        self.peak_memory = self.peak_memory.max(other.peak_memory);
-        self.add_time += other.add_time;
-        self.flush_time += other.flush_time;
-    }
-}
-
 /// How a sink call failed.
 #[derive(Debug)]
 pub enum Failure {
