@@ -10,7 +10,7 @@ use sinkbox_format::BatchWriter;
 
 use super::lane::{Lane, push_record, records};
 use crate::bindings::Batch;
-use crate::error::{Result, SinkFailure};
+use crate::error::{Fault, Result, SinkFailure};
 use crate::sandbox::Failure;
 
 impl Lane {
@@ -101,6 +101,11 @@ impl Lane {
             let batch = Batch { topic: first.topic.clone(), partition: first.partition, count, data };
             match instance.add(&batch).await {
                 Ok(()) | Err(Failure::Rejected(_)) => {}
+                // An abort cuts every call off: that says nothing of the
+                // records, and the pipeline is ending.
+                Err(Failure::Fault(f)) if matches!(f.fault, Fault::Stopped) => {
+                    return Err(crate::error::Error::Interrupted { from: self.shared.committed() });
+                }
                 Err(Failure::Fault(f)) if f.fault.kills_instance() => {
                     trapped = true;
                     break;

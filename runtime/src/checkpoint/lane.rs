@@ -36,7 +36,7 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    fn committed(&self) -> String {
+    pub(super) fn committed(&self) -> String {
         self.committed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
