@@ -80,9 +80,13 @@ pub struct SinkSpec {
 }
 
 /// Shared with the caller while a pipeline runs: stop requests and live
-/// counters for a progress display.
+/// counters for a progress display. Cheap to clone: clones share one state.
+#[derive(Debug, Clone, Default)]
+pub struct Control(Arc<ControlState>);
+
+/// What a [`Control`] shares.
 #[derive(Debug)]
-pub struct Control {
+pub struct ControlState {
     state: watch::Sender<u8>,
     abort: watch::Sender<bool>,
     /// Records read so far.
@@ -93,15 +97,23 @@ pub struct Control {
     pub committed: AtomicU64,
 }
 
-impl Default for Control {
+impl Default for ControlState {
     fn default() -> Self {
-        Control {
+        ControlState {
             state: watch::Sender::new(RUN),
             abort: watch::Sender::new(false),
             read: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             committed: AtomicU64::new(0),
         }
+    }
+}
+
+impl std::ops::Deref for Control {
+    type Target = ControlState;
+
+    fn deref(&self) -> &ControlState {
+        &self.0
     }
 }
 
@@ -186,9 +198,23 @@ impl Pipeline {
     /// if any, says why the run ended early. Blocks on the process's
     /// runtime; from async code use [`Pipeline::run_async`].
     pub fn run(self, control: &Control) -> (Status, Result<()>) {
-        match runtime() {
-            Ok(rt) => rt.block_on(self.run_async(control)),
-            Err(e) => (Status { outcome: Outcome::Failed(e.to_string()), ..Default::default() }, Err(e)),
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => return (Status { outcome: Outcome::Failed(e.to_string()), ..Default::default() }, Err(e)),
+        };
+        // The loop runs on a worker, beside its lanes, rather than on the
+        // calling thread: handing a batch to a lane then wakes it on the
+        // same worker instead of across threads.
+        let control = control.clone();
+        match rt.block_on(rt.spawn(async move { self.run_async(&control).await })) {
+            Ok(ended) => ended,
+            Err(e) => {
+                let e = Error::Io {
+                    what: "the pipeline's task failed".into(),
+                    source: std::io::Error::other(e.to_string()),
+                };
+                (Status { outcome: Outcome::Failed(e.to_string()), ..Default::default() }, Err(e))
+            }
         }
     }
 
