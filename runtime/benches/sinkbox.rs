@@ -704,6 +704,54 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
     );
 }
 
+/// `sinkbox run` end to end against another build of it (the previous
+/// release, say), alternating runs: `SINKBOX_BENCH_BASELINE=PATH`.
+fn baseline(ctx: &Ctx, report: &mut Report) {
+    let Some(other) = std::env::var_os("SINKBOX_BENCH_BASELINE") else { return };
+    let mb: u64 = std::env::var("SINKBOX_BENCH_E2E_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    report.section(
+        &format!("10. Against a baseline build: `sinkbox run`, {mb} MB JSONL into the file sink, alternating"),
+        &["output", "baseline s", "this build s", "this / baseline"],
+    );
+    let input = data_file(mb);
+    let run = |binary: &std::ffi::OsStr, config: &str, tag: &str| -> f64 {
+        let out = ctx.scratch.join(format!("baseline-{tag}"));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).expect("out dir");
+        let started = Instant::now();
+        let output = Command::new(binary)
+            .arg("--cache-dir")
+            .arg(ctx.scratch.join(format!("cache-{tag}")))
+            .args(["--log", "warn", "run", "--no-progress", "--sink", "builtin:file", "--config", config, "--input"])
+            .arg(&input)
+            .arg("--dir")
+            .arg(format!("{}:/out:rw", out.display()))
+            .arg("--dead-letter")
+            .arg(ctx.scratch.join(format!("baseline-{tag}-dead.jsonl")))
+            .output()
+            .expect("sinkbox runs");
+        assert!(output.status.success(), "{tag}: {}", String::from_utf8_lossy(&output.stderr));
+        started.elapsed().as_secs_f64()
+    };
+    let this = std::ffi::OsStr::new(env!("CARGO_BIN_EXE_sinkbox"));
+    for (label, config) in [
+        ("JSONL", r#"{"path":"/out/e2e.jsonl"}"#.to_string()),
+        ("CSV", csv_config("/out/e2e.csv").replace(r#","spill_bytes":1073741824"#, "")),
+    ] {
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            old.push(run(&other, &config, "old"));
+            new.push(run(this, &config, "new"));
+        }
+        let (old, new) = (median(old), median(new));
+        report.row(&[label.into(), format!("{old:.2}"), format!("{new:.2}"), format!("{:.2}x", new / old)]);
+    }
+    report.note(&format!(
+        "Baseline: {}. Five runs each, alternating, medians of the whole process's wall time.",
+        std::path::Path::new(&other).display()
+    ));
+}
+
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let want = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
@@ -725,7 +773,7 @@ fn main() {
     );
     let started = Instant::now();
     type Section = fn(&Ctx, &mut Report);
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("boundary", boundary),
         ("realistic", realistic),
         ("limits", limits),
@@ -734,6 +782,7 @@ fn main() {
         ("e2e", e2e),
         ("languages", languages),
         ("lanes", lanes),
+        ("baseline", baseline),
     ];
     for (name, run) in sections {
         if want(name) {
