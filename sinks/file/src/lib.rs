@@ -30,13 +30,15 @@ use std::io::{Seek, SeekFrom, Write};
 pub use encoder::Encoder;
 use sinkbox_sdk::{Batch, Context, Error, Record, Sink, Status, export_sink};
 
-/// The file sink's config.
-#[derive(Debug, serde::Deserialize)]
+/// The file sink's config. Its JSON Schema is derived from this struct
+/// ([`config_schema`]), doc comments and defaults included.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Output file, as the guest sees it (inside a granted directory).
     /// `{partition}` and `{lane}` are replaced by the instance's; with
     /// `lanes > 1` the path must name `{lane}`.
+    #[schemars(length(min = 1))]
     pub path: String,
     /// `jsonl` (default) or `csv`.
     #[serde(default)]
@@ -66,7 +68,7 @@ fn default_spill() -> usize {
 }
 
 /// Output line format.
-#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One JSON value per line.
@@ -77,7 +79,7 @@ pub enum Format {
 }
 
 /// A first run's answer to an output that already holds data.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum IfExists {
     /// Refuse: the data is not this pipeline's.
@@ -85,6 +87,20 @@ pub enum IfExists {
     Fail,
     /// Keep it and write after it.
     Append,
+}
+
+/// The config's JSON Schema (draft 2020-12): derived from [`Config`], plus
+/// the one rule a struct cannot say: CSV needs columns.
+pub fn config_schema() -> String {
+    let mut schema = schemars::schema_for!(Config);
+    schema.insert(
+        "allOf".into(),
+        serde_json::json!([{
+            "if": { "properties": { "format": { "const": "csv" } }, "required": ["format"] },
+            "then": { "required": ["columns"], "properties": { "columns": { "minItems": 1 } } }
+        }]),
+    );
+    serde_json::to_string(&schema).unwrap_or_default()
 }
 
 /// The snapshot: the output's length after a flush.
@@ -163,7 +179,7 @@ impl Sink for FileSink {
     type Config = Config;
 
     fn config_schema() -> Option<String> {
-        Some(include_str!("../schema.json").into())
+        Some(config_schema())
     }
 
     fn open(config: Config, context: &Context) -> Result<Self, Error> {
@@ -313,3 +329,20 @@ fn describe(e: &std::io::Error) -> String {
 }
 
 export_sink!(FileSink);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_config_schema_is_derived_from_the_struct() {
+        let schema: serde_json::Value = serde_json::from_str(&super::config_schema()).expect("JSON");
+        assert_eq!(schema["required"], serde_json::json!(["path"]));
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["properties"]["spill_bytes"]["default"], 1 << 20);
+        assert_eq!(schema["properties"]["header"]["default"], true);
+        let text = schema.to_string();
+        for word in ["jsonl", "csv", "fail", "append", "Output file, as the guest sees it"] {
+            assert!(text.contains(word), "{word}: {text}");
+        }
+        assert_eq!(schema["allOf"][0]["then"]["required"], serde_json::json!(["columns"]));
+    }
+}
