@@ -511,15 +511,20 @@ impl Run<'_> {
         self.round_robin += 1;
         let Some(handles) = self.lanes.get(partition) else { return Ok(()) };
         let mut sends = Vec::new();
+        // Sinks with the same lane count share one split of the batch.
+        let mut splits: BTreeMap<usize, Vec<Option<Arc<Batch>>>> = BTreeMap::new();
         let mut i = 0;
         for spec in &self.sinks {
             let n = spec.lanes.max(1) as usize;
             if n == 1 {
                 sends.push((i, batch.clone()));
             } else {
-                for (lane, part) in route::split(&batch, n, self.round_robin).into_iter().enumerate() {
+                let parts = splits.entry(n).or_insert_with(|| {
+                    route::split(&batch, n, self.round_robin).into_iter().map(|p| p.map(Arc::new)).collect()
+                });
+                for (lane, part) in parts.iter().enumerate() {
                     if let Some(part) = part {
-                        sends.push((i + lane, Arc::new(part)));
+                        sends.push((i + lane, part.clone()));
                     }
                 }
             }

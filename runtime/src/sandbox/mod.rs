@@ -94,11 +94,6 @@ impl SandboxLimits {
         self.handles = n.max(16);
         self
     }
-
-    /// The wall-clock limit of every call.
-    pub fn call_timeout(&self) -> Duration {
-        self.timeout
-    }
 }
 
 /// What a sink may touch. Nothing unless granted.
