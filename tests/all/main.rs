@@ -12,6 +12,8 @@ mod core;
 mod crash;
 mod pipeline;
 mod sdks;
+#[allow(dead_code)] // Filled in by the network sinks' tests.
+mod servers;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
