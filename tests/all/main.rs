@@ -10,6 +10,7 @@ mod cli;
 mod compliance;
 mod core;
 mod crash;
+mod egress;
 mod pipeline;
 mod sdks;
 #[allow(dead_code)] // Filled in by the network sinks' tests.
