@@ -535,7 +535,7 @@ impl Egress {
             }
             .boxed_unsync()
         });
-        let io: IoFuture = Box::new(async move { conn.await });
+        let io: IoFuture = Box::new(conn);
         Ok((response, io))
     }
 }
