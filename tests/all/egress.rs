@@ -50,6 +50,10 @@ impl Peer {
 }
 
 fn pipeline(addr: &str, hosts: &str) -> String {
+    pipeline_with(addr, hosts, "")
+}
+
+fn pipeline_with(addr: &str, hosts: &str, sink_extra: &str) -> String {
     format!(
         r#"
 [pipeline]
@@ -68,6 +72,7 @@ component = {component:?}
 on_error = "fail"
 config = {{ addr = "{addr}" }}
 grants = {{ hosts = [{hosts}] }}
+{sink_extra}
 "#,
         component = programs::TCP_CLIENT
     )
@@ -137,4 +142,27 @@ fn a_bad_host_grant_is_refused_naming_the_sink_and_the_entry() {
     let file = sinkbox::PipelineFile::parse(&pipeline("127.0.0.1:1", "\"tcp://127.0.0.1\""), "test.toml");
     let err = chain(&file.unwrap_err());
     assert!(err.contains("sink \"net\": grants.hosts: \"tcp://127.0.0.1\": a tcp grant needs a port"), "{err}");
+}
+
+#[test]
+fn a_sink_cannot_send_more_than_its_limit_per_checkpoint() {
+    let peer = Peer::start();
+    let s = Scratch::new("egress-tcp-sent-limit");
+    // 50 records of about 25 bytes per checkpoint: about 1.2 KiB.
+    s.write("in.jsonl", &lines(120));
+    let addr = format!("127.0.0.1:{}", peer.port);
+    let toml = pipeline_with(&addr, &format!("\"tcp://{addr}\""), "limits = { sent_per_checkpoint = \"1KiB\" }");
+    let (status, result) = s.run(&toml);
+    let err = chain(&result.unwrap_err());
+    assert!(
+        err.contains("(because sink \"net\" tried to send more than its limit of 1 KiB (limits.sent_per_checkpoint) in one checkpoint)"),
+        "{err}"
+    );
+    assert_eq!(status.committed, 0);
+    let net = status.sinks[0].net;
+    assert!(net.limited >= 1 && net.bytes_sent <= 1024 * net.requests, "{net:?}");
+    // What did arrive is at most the budget per connection.
+    for (_, text) in peer.collect(Duration::from_secs(2)) {
+        assert!(text.len() <= 1024, "{} bytes on one connection", text.len());
+    }
 }

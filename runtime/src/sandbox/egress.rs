@@ -277,6 +277,20 @@ struct Counters {
     sent_in_checkpoint: AtomicU64,
     /// Refusals logged so far: the first few are logged, then only counted.
     logged: AtomicU64,
+    /// The last limit the host enforced, to name it in the call's failure
+    /// (the guest sees only an I/O error).
+    enforced: std::sync::Mutex<Option<String>>,
+}
+
+impl Counters {
+    /// Counts a limit the host enforced and remembers what it was.
+    fn enforce(&self, sink: &str, message: String) {
+        bump(&self.limited);
+        tracing::warn!(sink, "{message}");
+        if let Ok(mut enforced) = self.enforced.lock() {
+            *enforced = Some(message);
+        }
+    }
 }
 
 fn bump(counter: &AtomicU64) {
@@ -328,6 +342,12 @@ impl Egress {
             http_4xx: take(&c.http_4xx),
             http_5xx: take(&c.http_5xx),
         }
+    }
+
+    /// The limit the host enforced during the last call, if any, to name
+    /// in its failure.
+    pub(crate) fn take_enforced(&self) -> Option<String> {
+        self.counters.enforced.lock().ok().and_then(|mut e| e.take())
     }
 
     /// A checkpoint was flushed: its send budget starts again.
@@ -428,7 +448,7 @@ impl Egress {
         let between_bytes_timeout = timeout(options.and_then(|o| o.between_bytes_timeout));
 
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-            bump(&self.counters.limited);
+            self.counters.enforce(&self.sink, too_many_connections(&self.sink, self.limits.connections));
             return Err(HttpError::ConnectionLimitReached);
         };
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
@@ -500,8 +520,13 @@ impl Egress {
         *request.uri_mut() =
             http::Uri::builder().path_and_query(path).build().map_err(|_| HttpError::HttpRequestUriInvalid)?;
         let request = request.map(|body| {
-            SentBody { inner: body, counters: self.counters.clone(), budget: self.limits.sent_per_checkpoint }
-                .boxed_unsync()
+            SentBody {
+                inner: body,
+                counters: self.counters.clone(),
+                budget: self.limits.sent_per_checkpoint,
+                sink: self.sink.clone(),
+            }
+            .boxed_unsync()
         });
         let conn = wasmtime_wasi::runtime::spawn(async move { conn.await.map_err(HttpError::from) });
         let response = match tokio::time::timeout(first_byte_timeout, sender.send_request(request)).await {
@@ -526,6 +551,7 @@ impl Egress {
         let response = response.map(|incoming| {
             ReceivedBody {
                 inner: incoming,
+                sink: self.sink.clone(),
                 counters,
                 received: 0,
                 limit,
@@ -624,6 +650,7 @@ struct SentBody {
     inner: WasiBody,
     counters: Arc<Counters>,
     budget: u64,
+    sink: Arc<str>,
 }
 
 impl Body for SentBody {
@@ -638,7 +665,7 @@ impl Body for SentBody {
             let n = data.len() as u64;
             let sent = self.counters.sent_in_checkpoint.fetch_add(n, Ordering::Relaxed) + n;
             if sent > self.budget {
-                bump(&self.counters.limited);
+                self.counters.enforce(&self.sink, sent_too_much(&self.sink, self.budget));
                 return Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(Some(self.budget)))));
             }
             self.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
@@ -660,6 +687,7 @@ impl Body for SentBody {
 /// holds the connection's permit until it ends.
 struct ReceivedBody {
     inner: hyper::body::Incoming,
+    sink: Arc<str>,
     counters: Arc<Counters>,
     received: u64,
     limit: u64,
@@ -681,7 +709,12 @@ impl Body for ReceivedBody {
                     let n = data.len() as u64;
                     self.received += n;
                     if self.received > self.limit {
-                        bump(&self.counters.limited);
+                        let message = format!(
+                            "sink \"{}\" was sent a response over its limit of {} (limits.response_bytes)",
+                            self.sink,
+                            crate::error::Bytes(self.limit)
+                        );
+                        self.counters.enforce(&self.sink, message);
                         return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(self.limit)))));
                     }
                     self.counters.bytes_received.fetch_add(n, Ordering::Relaxed);
@@ -706,6 +739,103 @@ impl Body for ReceivedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+fn too_many_connections(sink: &str, limit: usize) -> String {
+    format!("sink \"{sink}\" tried to hold more than {limit} connections at once (limits.connections)")
+}
+
+fn sent_too_much(sink: &str, budget: u64) -> String {
+    format!(
+        "sink \"{sink}\" tried to send more than its limit of {} (limits.sent_per_checkpoint) in one checkpoint",
+        crate::error::Bytes(budget)
+    )
+}
+
+/// The version of `wasi:sockets/tcp` that WASI is linked at (guests of any
+/// 0.2.x minor version resolve to it).
+const TCP_INTERFACE: &str = "wasi:sockets/tcp@0.2.12";
+
+/// Replaces WASI's `tcp-socket.finish-connect` with one that meters the
+/// connection: its output stream counts the bytes sent against the
+/// checkpoint's send budget, and it holds one of the instance's connection
+/// permits for as long as it lives.
+pub(crate) fn link_tcp_metering(linker: &mut wasmtime::component::Linker<super::StoreState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::sockets::network::Host as _;
+    use wasmtime_wasi::p2::bindings::sockets::tcp::{HostTcpSocket, TcpSocket};
+    use wasmtime_wasi::sockets::WasiSocketsView;
+    use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
+
+    type Connected = Result<(Resource<DynInputStream>, Resource<DynOutputStream>), SocketErrorCode>;
+    let mut tcp = linker.instance(TCP_INTERFACE)?;
+    tcp.func_wrap(
+        "[method]tcp-socket.finish-connect",
+        |mut store: wasmtime::StoreContextMut<'_, super::StoreState>,
+         (socket,): (Resource<TcpSocket>,)|
+         -> wasmtime::Result<(Connected,)> {
+            let state = store.data_mut();
+            let egress = state.egress.clone();
+            let mut view = state.sockets();
+            let (input, output) = match view.finish_connect(Resource::new_borrow(socket.rep())) {
+                Ok(streams) => streams,
+                Err(e) => return Ok((Err(view.convert_error_code(e)?),)),
+            };
+            let Ok(permit) = egress.connections.clone().try_acquire_owned() else {
+                egress.counters.enforce(&egress.sink, too_many_connections(&egress.sink, egress.limits.connections));
+                view.table.delete(input)?;
+                view.table.delete(output)?;
+                return Ok((Err(SocketErrorCode::NewSocketLimit),));
+            };
+            let inner: DynOutputStream = view.table.delete(output)?;
+            let metered: DynOutputStream = Box::new(SentStream { inner, egress, _permit: permit });
+            let output = view.table.push_child(metered, &socket)?;
+            Ok((Ok((input, output)),))
+        },
+    )
+}
+
+/// A TCP connection's output stream: counts what the guest sends and
+/// refuses writes over the checkpoint's send budget.
+struct SentStream {
+    inner: wasmtime_wasi_io::streams::DynOutputStream,
+    egress: Egress,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi_io::poll::Pollable for SentStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi_io::streams::OutputStream for SentStream {
+    fn write(&mut self, bytes: Bytes) -> wasmtime_wasi_io::streams::StreamResult<()> {
+        let n = bytes.len() as u64;
+        let counters = &self.egress.counters;
+        let sent = counters.sent_in_checkpoint.fetch_add(n, Ordering::Relaxed) + n;
+        let budget = self.egress.limits.sent_per_checkpoint;
+        if sent > budget {
+            let message = sent_too_much(&self.egress.sink, budget);
+            counters.enforce(&self.egress.sink, message.clone());
+            return Err(wasmtime_wasi_io::streams::StreamError::LastOperationFailed(wasmtime::format_err!(message)));
+        }
+        counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi_io::streams::StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi_io::streams::StreamResult<usize> {
+        self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
     }
 }
 

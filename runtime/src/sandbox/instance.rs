@@ -261,14 +261,24 @@ impl SinkInstance {
                 return Err(Failure::Rejected(list));
             }
             Ended::Returned(Ok(Err(GuestError::Backpressure(ms)))) => Fault::Backpressure(ms),
-            Ended::Returned(Ok(Err(GuestError::Retryable(m)))) => Fault::Retryable(text::guest(&m)),
-            Ended::Returned(Ok(Err(GuestError::Fatal(m)))) => Fault::Fatal(text::guest(&m)),
+            Ended::Returned(Ok(Err(GuestError::Retryable(m)))) => Fault::Retryable(self.explained(&m)),
+            Ended::Returned(Ok(Err(GuestError::Fatal(m)))) => Fault::Fatal(self.explained(&m)),
             other => self.guard.classify(&self.store, other, budget),
         };
         if fault.kills_instance() || matches!(fault, Fault::Retryable(_)) {
             self.broken = true;
         }
         Err(self.failure(phase, fault))
+    }
+
+    /// A guest's error message, followed by the limit the host enforced
+    /// during the call if there was one (the guest saw only an I/O error).
+    fn explained(&self, message: &str) -> String {
+        let message = text::guest(message);
+        match self.store.data().egress.take_enforced() {
+            Some(enforced) => format!("{message} (because {enforced})"),
+            None => message,
+        }
     }
 
     fn failure(&self, phase: Phase, fault: Fault) -> Failure {
@@ -406,6 +416,7 @@ impl Guard {
         }
         store.data_mut().limiter.denied = false;
         store.data().stderr_tail.clear();
+        store.data().egress.take_enforced();
     }
 
     /// Classifies how a call failed by type, never by message.

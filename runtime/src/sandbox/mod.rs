@@ -249,6 +249,7 @@ fn link(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Resul
     wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<_, egress::GuardedLookup>(linker, |s| {
         egress::LookupView { egress: s.egress.clone(), sockets: s.sockets() }
     })?;
+    egress::link_tcp_metering(linker)?;
     linker.allow_shadowing(false);
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     SinkWorld::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
