@@ -118,3 +118,179 @@ impl Drop for Server {
         self.stop();
     }
 }
+
+/// A request an [`HttpReceiver`] took.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An answer an [`HttpReceiver`] gives: status, extra headers, body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: &str) -> Answer {
+        Answer { status, headers: Vec::new(), body: body.to_string() }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    requests: Vec<Received>,
+    /// Answers for the next requests, in order; then 200.
+    script: std::collections::VecDeque<Answer>,
+    connections: usize,
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 (any HTTP server is the `http`
+/// sink's peer): it records every request and answers from a script, then
+/// `200 OK`. It reads bodies by `content-length` and keeps connections
+/// alive.
+pub struct HttpReceiver {
+    pub port: u16,
+    state: std::sync::Arc<std::sync::Mutex<ReceiverState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpReceiver {
+    /// Listens on a free port.
+    pub fn start() -> HttpReceiver {
+        HttpReceiver::start_on(0)
+    }
+
+    /// Listens on `port` (0: a free one).
+    pub fn start_on(port: u16) -> HttpReceiver {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+        let port = listener.local_addr().expect("local addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            state.lock().expect("state").connections += 1;
+                            let (state, stop) = (state.clone(), stop.clone());
+                            std::thread::spawn(move || serve_connection(stream, &state, &stop));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        HttpReceiver { port, state, stop, thread: Some(thread) }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Queues answers for the next requests.
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.state.lock().expect("state").script.extend(answers);
+    }
+
+    /// The requests taken so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.state.lock().expect("state").requests.clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().expect("state").connections
+    }
+
+    /// Stops listening; the port is free once this returns.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for HttpReceiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    state: &std::sync::Mutex<ReceiverState>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+        }
+        let length: usize =
+            headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answer = {
+            let mut state = state.lock().expect("state");
+            state.requests.push(Received { method, path, headers, body });
+            state.script.pop_front().unwrap_or_else(|| Answer::new(200, "{}"))
+        };
+        let mut text = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", answer.status, answer.body.len());
+        for (name, value) in &answer.headers {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("\r\n");
+        text.push_str(&answer.body);
+        if writer.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
