@@ -214,3 +214,106 @@ fn http_sink_to_a_host_not_granted_is_denied_and_sends_nothing() {
     assert_eq!(other.connections(), 0);
     assert!(dead_letters(&s).is_empty(), "a denied request blames no record");
 }
+
+/// `n` metric records `{"id":I,"host":"hI%7","load":I.5,"ts":T0+I}`.
+fn metrics(n: usize) -> String {
+    (0..n).map(|i| format!("{{\"id\":{i},\"host\":\"h{}\",\"load\":{i}.5,\"ts\":{}}}\n", i % 7, 1_700_000_000_000u64 + i as u64)).collect()
+}
+
+fn influx_query(port: u16, q: &str) -> Value {
+    let path = format!("/query?db=metrics&epoch=ms&q={}", q.replace(' ', "+").replace('*', "%2A").replace(',', "%2C"));
+    let (status, body) = crate::servers::http(port, "GET", &path, &[], b"");
+    assert_eq!(status, 200, "{q}: {body}");
+    serde_json::from_str(&body).expect("query answer is JSON")
+}
+
+/// The points of `users` as `[time, host, id, load]`, by time.
+fn influx_points(port: u16) -> Vec<Value> {
+    let answer = influx_query(port, "SELECT host, id, load FROM users");
+    answer["results"][0]["series"][0]["values"].as_array().cloned().unwrap_or_default()
+}
+
+fn create_database(port: u16) {
+    let (status, body) = crate::servers::http(port, "POST", "/query?q=CREATE+DATABASE+metrics", &[], b"");
+    assert_eq!(status, 200, "{body}");
+}
+
+fn influx_config(port: u16) -> String {
+    format!(
+        r#"url = "http://127.0.0.1:{port}", database = "metrics", measurement = "users", tag_keys = ["host"], field_keys = ["id", "load"], time_key = "ts", max_lines = 1000"#
+    )
+}
+
+fn expected_points(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| serde_json::json!([1_700_000_000_000u64 + i as u64, format!("h{}", i % 7), i, i as f64 + 0.5]))
+        .collect()
+}
+
+#[test]
+fn influxdb_sink_writes_every_record_as_a_point() {
+    let n = 5000;
+    let s = Scratch::new("net-influx-e2e");
+    s.write("in.jsonl", &metrics(n));
+    let server = crate::servers::influxdb(&s.path("influxdb"));
+    create_database(server.port);
+    let origin = format!("http://{}", server.addr());
+    let toml = pipeline("builtin:influxdb", &influx_config(server.port), &[origin], 2500, "");
+    let start = Instant::now();
+    let (status, result) = s.run(&toml);
+    let elapsed = start.elapsed();
+    result.expect("the pipeline runs");
+    eprintln!("influxdb sink: {n} records in {elapsed:?} ({:.0} records/s)", n as f64 / elapsed.as_secs_f64());
+    assert_eq!(status.committed, n as u64);
+    assert_eq!(influx_points(server.port), expected_points(n));
+    assert!(dead_letters(&s).is_empty());
+}
+
+#[test]
+fn influxdb_sink_retries_while_the_server_is_down_and_dead_letters_refused_points() {
+    let n = 3000;
+    let s = Scratch::new("net-influx-down");
+    // One point whose field type conflicts with the others.
+    let input = metrics(n).replace("\"load\":2500.5", "\"load\":\"high\"");
+    s.write("in.jsonl", &input);
+    let dir = s.path("influxdb");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (port, rpc_port) = (crate::servers::free_port(), crate::servers::free_port());
+    let mut server =
+        crate::servers::Server::start("influxd", crate::servers::influxdb_command(&dir, port, rpc_port), port, &dir);
+    create_database(port);
+    server.stop();
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        server.restart(crate::servers::influxdb_command(&dir, port, rpc_port));
+        server
+    });
+    let toml = pipeline("builtin:influxdb", &influx_config(port), &[format!("http://127.0.0.1:{port}")], 1000, "max_attempts = 50");
+    let (status, result) = s.run(&toml);
+    let _server = later.join().expect("restart thread");
+    result.expect("the pipeline recovers once the server is up");
+    assert!(status.sinks[0].retries >= 1, "{status:?}");
+    let dead = dead_letters(&s);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["offset"], 2500);
+    let reason = dead[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("influxdb refused the point: HTTP 400: ") && reason.contains("field type conflict"), "{reason}");
+    let mut want = expected_points(n);
+    want.remove(2500);
+    assert_eq!(influx_points(port), want);
+}
+
+#[test]
+fn influxdb_sink_to_a_host_not_granted_is_denied_and_writes_nothing() {
+    let s = Scratch::new("net-influx-denied");
+    s.write("in.jsonl", &metrics(100));
+    let server = crate::servers::influxdb(&s.path("influxdb"));
+    create_database(server.port);
+    let other = HttpReceiver::start();
+    let toml = pipeline("builtin:influxdb", &influx_config(server.port), &[other.origin()], 1000, "max_attempts = 2");
+    let (_, result) = s.run(&toml);
+    let error = chain(&result.expect_err("the write is denied"));
+    assert!(error.contains(&format!("the request to http://{}/write?db=metrics&precision=ms was denied", server.addr())), "{error}");
+    assert_eq!(influx_points(server.port), Vec::<Value>::new(), "nothing reached the server");
+    assert_eq!(other.connections(), 0);
+}

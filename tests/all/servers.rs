@@ -294,3 +294,78 @@ fn serve_connection(
         }
     }
 }
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a fresh connection;
+/// returns the status and the body. For tests to look into a server.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).expect("send the request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(body) } else { body.to_string() })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// InfluxDB 1.x (Debian `influxdb`): HTTP API on `port`, everything bound
+/// to 127.0.0.1 and kept in `dir`.
+pub fn influxdb_command(dir: &Path, port: u16, rpc_port: u16) -> Command {
+    let config = format!(
+        r#"reporting-enabled = false
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{dir}/meta"
+[data]
+  dir = "{dir}/data"
+  wal-dir = "{dir}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+  pprof-enabled = false
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("influxdb.conf"), config).expect("influxdb config");
+    let mut command = Command::new(program("influxd", "the Debian package influxdb", &[]));
+    command.arg("-config").arg(dir.join("influxdb.conf"));
+    command
+}
+
+/// Starts InfluxDB 1.x in `dir` (created) on a free port.
+pub fn influxdb(dir: &Path) -> Server {
+    std::fs::create_dir_all(dir).expect("influxdb dir");
+    let (port, rpc_port) = (free_port(), free_port());
+    Server::start("influxd", influxdb_command(dir, port, rpc_port), port, dir)
+}
