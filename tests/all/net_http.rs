@@ -317,3 +317,103 @@ fn influxdb_sink_to_a_host_not_granted_is_denied_and_writes_nothing() {
     assert_eq!(influx_points(server.port), Vec::<Value>::new(), "nothing reached the server");
     assert_eq!(other.connections(), 0);
 }
+
+/// `n` envelope lines: key `doc-I`, value `{"id":I,"name":"user-I"}`.
+fn keyed(n: usize) -> String {
+    (0..n).map(|i| format!("{{\"key\":\"doc-{i}\",\"value\":{{\"id\":{i},\"name\":\"user-{i}\"}}}}\n")).collect()
+}
+
+/// The documents of `users` as `(_id, _source)`, by `_source.id`.
+fn es_documents(port: u16) -> Vec<(String, Value)> {
+    let (status, body) = crate::servers::http(port, "POST", "/users/_refresh", &[], b"");
+    if status == 404 {
+        return Vec::new();
+    }
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = crate::servers::http(port, "GET", "/users/_search?size=10000", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("search answer");
+    let mut docs: Vec<(String, Value)> = answer["hits"]["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|hit| (hit["_id"].as_str().expect("_id").to_string(), hit["_source"].clone()))
+        .collect();
+    docs.sort_by_key(|(_, source)| source["id"].as_u64());
+    docs
+}
+
+fn expected_documents(n: usize) -> Vec<(String, Value)> {
+    (0..n).map(|i| (format!("doc-{i}"), serde_json::json!({"id": i, "name": format!("user-{i}")}))).collect()
+}
+
+fn es_config(port: u16) -> String {
+    format!(r#"url = "http://127.0.0.1:{port}", index = "users", max_records = 500"#)
+}
+
+#[test]
+fn elasticsearch_sink_indexes_every_record_by_key() {
+    let n = 5000;
+    let s = Scratch::new("net-es-e2e");
+    s.write("in.jsonl", &keyed(n));
+    let server = crate::servers::noida(&s.path("noida"));
+    let toml = pipeline("builtin:elasticsearch", &es_config(server.port), &[format!("http://{}", server.addr())], 2500, "");
+    let start = Instant::now();
+    let (status, result) = s.run(&toml);
+    let elapsed = start.elapsed();
+    result.expect("the pipeline runs");
+    eprintln!("elasticsearch sink: {n} records in {elapsed:?} ({:.0} records/s)", n as f64 / elapsed.as_secs_f64());
+    assert_eq!(status.committed, n as u64);
+    assert_eq!(es_documents(server.port), expected_documents(n));
+    assert!(dead_letters(&s).is_empty());
+}
+
+#[test]
+fn elasticsearch_sink_retries_while_the_server_is_down_and_dead_letters_refused_documents() {
+    let n = 2000;
+    let s = Scratch::new("net-es-down");
+    // One document whose `id` does not fit the mapping (a number).
+    let input = keyed(n).replace("{\"id\":1500,", "{\"id\":\"fifteen hundred\",");
+    s.write("in.jsonl", &input);
+    let dir = s.path("noida");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = crate::servers::free_port();
+    let mut server = crate::servers::Server::start("noida-db", crate::servers::noida_command(&dir, port), port, &dir);
+    server.stop();
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        server.restart(crate::servers::noida_command(&dir, port));
+        server
+    });
+    let toml = pipeline("builtin:elasticsearch", &es_config(port), &[format!("http://127.0.0.1:{port}")], 1000, "max_attempts = 50");
+    let (status, result) = s.run(&toml);
+    let _server = later.join().expect("restart thread");
+    result.expect("the pipeline recovers once the server is up");
+    assert!(status.sinks[0].retries >= 1, "{status:?}");
+    let dead = dead_letters(&s);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["offset"], 1500);
+    let reason = dead[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("elasticsearch refused the document (status 400): document_parsing_exception: ")
+            && reason.contains("failed to parse field [id]"),
+        "{reason}"
+    );
+    let mut want = expected_documents(n);
+    want.remove(1500);
+    assert_eq!(es_documents(port), want);
+}
+
+#[test]
+fn elasticsearch_sink_to_a_host_not_granted_is_denied_and_writes_nothing() {
+    let s = Scratch::new("net-es-denied");
+    s.write("in.jsonl", &keyed(100));
+    let server = crate::servers::noida(&s.path("noida"));
+    let other = HttpReceiver::start();
+    let toml = pipeline("builtin:elasticsearch", &es_config(server.port), &[other.origin()], 1000, "max_attempts = 2");
+    let (_, result) = s.run(&toml);
+    let error = chain(&result.expect_err("the bulk request is denied"));
+    assert!(error.contains(&format!("the request to http://{}/_bulk?", server.addr())) && error.contains("was denied"), "{error}");
+    assert_eq!(es_documents(server.port), Vec::new(), "nothing reached the server");
+    assert_eq!(other.connections(), 0);
+}

