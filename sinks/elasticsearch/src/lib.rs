@@ -210,9 +210,14 @@ impl ElasticSink {
         match (response.status(), response.verdict()) {
             (_, Verdict::Ok) => {}
             (_, Verdict::Backpressure(wait)) => return Err(Error::backpressure(wait)),
-            (_, Verdict::Retry(reason)) => return Err(Error::retryable(format!("elasticsearch bulk failed: {reason}"))),
+            (_, Verdict::Retry(reason)) => {
+                return Err(Error::retryable(format!("elasticsearch bulk failed: {reason}")));
+            }
             (401 | 403 | 404, Verdict::Refused(reason)) => {
-                return Err(Error::retryable(format!("elasticsearch refused the bulk request to {}: {reason}", self.url)));
+                return Err(Error::retryable(format!(
+                    "elasticsearch refused the bulk request to {}: {reason}",
+                    self.url
+                )));
             }
             (_, Verdict::Refused(reason)) => {
                 let reason = format!("elasticsearch refused the bulk request: {reason}");
@@ -377,7 +382,10 @@ mod tests {
         );
         let conflict = read_bulk_answer(answer, 5, Action::Index).expect("answer");
         assert!(matches!(&conflict[1], ItemOutcome::Refused(r) if r.contains("version_conflict_engine_exception")));
-        assert_eq!(read_bulk_answer(answer, 4, Action::Index), Err("the bulk answer has 5 items for 4 documents".into()));
+        assert_eq!(
+            read_bulk_answer(answer, 4, Action::Index),
+            Err("the bulk answer has 5 items for 4 documents".into())
+        );
         assert_eq!(read_bulk_answer(b"{}", 1, Action::Index), Err("the bulk answer has no items".into()));
     }
 

@@ -237,9 +237,7 @@ impl Writer for InfluxSink {
         };
         let authorization = match (config.api, &config.token, &config.username, &config.password) {
             (Api::V2, Some(token), _, _) => Some(format!("Token {token}")),
-            (Api::V1, _, Some(user), password) => {
-                Some(http::basic_auth(user, password.as_deref().unwrap_or_default()))
-            }
+            (Api::V1, _, Some(user), password) => Some(http::basic_auth(user, password.as_deref().unwrap_or_default())),
             _ => None,
         };
         Ok(InfluxSink {

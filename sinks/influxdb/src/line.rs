@@ -77,7 +77,12 @@ impl Encoder {
         result
     }
 
-    fn encode_object(&self, object: &Map<String, Value>, timestamp: Option<i64>, out: &mut Vec<u8>) -> Result<(), String> {
+    fn encode_object(
+        &self,
+        object: &Map<String, Value>,
+        timestamp: Option<i64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
         let measurement = match &self.measurement_key {
             Some(key) => match object.get(key) {
                 Some(Value::String(s)) if !s.is_empty() => s.as_str(),
@@ -253,8 +258,16 @@ mod tests {
             (r#"{"ts":1.5,"v":1}"#, None, Err("the time field \"ts\" = 1.5 is not an integer (in Ms)")),
             (r#"{"ts":"now","v":1}"#, None, Err("the time field \"ts\" = \"now\" is not an integer")),
             (r#"{"ts":1,"host":"x"}"#, None, Err("the record has no field values (a point needs at least one)")),
-            (r#"{"ts":1,"host":"a\nb","v":1}"#, None, Err("tag \"host\" (\"a\\nb\") contains a line break, which line protocol cannot carry")),
-            (r#"{"ts":1,"v":18446744073709551615}"#, None, Err("field \"v\" = 18446744073709551615 is larger than a 64-bit signed integer")),
+            (
+                r#"{"ts":1,"host":"a\nb","v":1}"#,
+                None,
+                Err("tag \"host\" (\"a\\nb\") contains a line break, which line protocol cannot carry"),
+            ),
+            (
+                r#"{"ts":1,"v":18446744073709551615}"#,
+                None,
+                Err("field \"v\" = 18446744073709551615 is larger than a 64-bit signed integer"),
+            ),
             (r#"[1]"#, None, Err("the value is not a JSON object")),
             ("x", None, Err("the value is not JSON: expected value at line 1 column 1")),
         ];
