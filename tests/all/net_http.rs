@@ -158,7 +158,7 @@ fn http_sink_retries_while_the_server_is_down() {
         std::thread::sleep(Duration::from_millis(1500));
         HttpReceiver::start_on(port)
     });
-    let toml = pipeline("builtin:http", &http_config(&origin), &[origin.clone()], 500, "max_attempts = 50");
+    let toml = pipeline("builtin:http", &http_config(&origin), std::slice::from_ref(&origin), 500, "max_attempts = 50");
     let (status, result) = s.run(&toml);
     let receiver = later.join().expect("receiver thread");
     result.expect("the pipeline recovers once the server is up");
