@@ -153,9 +153,12 @@ fn http_sink_retries_while_the_server_is_down() {
     s.write("in.jsonl", &lines(n));
     let port = crate::servers::free_port();
     let origin = format!("http://127.0.0.1:{port}");
-    // Nothing listens yet; the receiver comes up after a second.
+    // The server is down (connections close at once); it comes up after
+    // 1.5 s.
+    let holder = crate::servers::PortHolder::hold(&[port]);
     let later = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
+        drop(holder);
         HttpReceiver::start_on(port)
     });
     let toml = pipeline("builtin:http", &http_config(&origin), std::slice::from_ref(&origin), 500, "max_attempts = 50");
@@ -238,9 +241,9 @@ fn influx_query(port: u16, q: &str) -> Value {
     serde_json::from_str(&body).expect("query answer is JSON")
 }
 
-/// The points of `users` as `[time, host, id, load]`, by time.
+/// The points of `people` as `[time, host, id, load]`, by time.
 fn influx_points(port: u16) -> Vec<Value> {
-    let answer = influx_query(port, "SELECT host, id, load FROM users");
+    let answer = influx_query(port, "SELECT host, id, load FROM people");
     answer["results"][0]["series"][0]["values"].as_array().cloned().unwrap_or_default()
 }
 
@@ -251,7 +254,7 @@ fn create_database(port: u16) {
 
 fn influx_config(port: u16) -> String {
     format!(
-        r#"url = "http://127.0.0.1:{port}", database = "metrics", measurement = "users", tag_keys = ["host"], field_keys = ["id", "load"], time_key = "ts", max_lines = 1000"#
+        r#"url = "http://127.0.0.1:{port}", database = "metrics", measurement = "people", tag_keys = ["host"], field_keys = ["id", "load"], time_key = "ts", max_lines = 1000"#
     )
 }
 
@@ -294,8 +297,10 @@ fn influxdb_sink_retries_while_the_server_is_down_and_dead_letters_refused_point
         crate::servers::Server::start("influxd", crate::servers::influxdb_command(&dir, port, rpc_port), port, &dir);
     create_database(port);
     server.stop();
+    let holder = crate::servers::PortHolder::hold(&[port, rpc_port]);
     let later = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
+        drop(holder);
         server.restart(crate::servers::influxdb_command(&dir, port, rpc_port));
         server
     });
@@ -404,8 +409,10 @@ fn elasticsearch_sink_retries_while_the_server_is_down_and_dead_letters_refused_
     let port = crate::servers::free_port();
     let mut server = crate::servers::Server::start("noida-db", crate::servers::noida_command(&dir, port), port, &dir);
     server.stop();
+    let holder = crate::servers::PortHolder::hold(&[port]);
     let later = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
+        drop(holder);
         server.restart(crate::servers::noida_command(&dir, port));
         server
     });
@@ -585,7 +592,7 @@ fn s3_sink_writes_one_gzipped_object_per_checkpoint() {
 }
 
 #[test]
-fn s3_sink_retries_while_the_server_is_down_overwrites_on_replay_and_dead_letters_bad_records() {
+fn s3_sink_retries_while_the_server_is_down_and_dead_letters_bad_records() {
     let n = 2000;
     let s = Scratch::new("net-s3-down");
     // CSV needs objects; one record is an array.
@@ -595,8 +602,10 @@ fn s3_sink_retries_while_the_server_is_down_overwrites_on_replay_and_dead_letter
     let (mut server, ports) = seaweedfs(&dir);
     let port = server.port;
     server.stop();
+    let holder = crate::servers::PortHolder::hold(&[&[port][..], &ports[..]].concat());
     let later = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
+        drop(holder);
         server.restart(crate::servers::seaweedfs_command(&dir, port, ports, S3_ACCESS_KEY, S3_SECRET_KEY));
         server
     });
@@ -610,7 +619,7 @@ fn s3_sink_retries_while_the_server_is_down_overwrites_on_replay_and_dead_letter
     let dead = dead_letters(&s);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["offset"], 1200);
-    assert_eq!(dead[0]["reason"], "value is not a JSON object");
+    assert_eq!(dead[0]["reason"], "value is not a JSON object: expected `{` at byte 0");
     let objects = s3_objects(port, "csv/");
     let keys: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, [format!("csv/0/{:020}.csv", 0), format!("csv/0/{:020}.csv", 1000)]);

@@ -460,3 +460,46 @@ pub fn seaweedfs_ports() -> [u16; 7] {
         (0..7).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
     std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
 }
+
+/// Ports held while their server is down: bound on 127.0.0.1 so no other
+/// test's server takes them (freed ports are handed out again at once),
+/// and every connection is closed at once, as by a server that died. Drop
+/// it to free the ports for the restart.
+pub struct PortHolder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PortHolder {
+    pub fn hold(ports: &[u16]) -> PortHolder {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads = ports
+            .iter()
+            .map(|&port| {
+                let listener =
+                    TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("hold port {port}: {e}"));
+                listener.set_nonblocking(true).expect("nonblocking");
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match listener.accept() {
+                            Ok((stream, _)) => drop(stream),
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        PortHolder { stop, threads }
+    }
+}
+
+impl Drop for PortHolder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
