@@ -81,6 +81,8 @@
 #![deny(missing_docs)]
 
 mod batching;
+#[cfg(feature = "http")]
+pub mod http;
 
 use std::cell::RefCell;
 use std::fmt;

