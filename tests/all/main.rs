@@ -10,9 +10,9 @@ mod cli;
 mod compliance;
 mod core;
 mod crash;
+mod net_tcp;
 mod pipeline;
 mod sdks;
-#[allow(dead_code)] // Filled in by the network sinks' tests.
 mod servers;
 
 use std::path::{Path, PathBuf};
