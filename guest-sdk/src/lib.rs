@@ -81,6 +81,7 @@
 #![deny(missing_docs)]
 
 mod batching;
+pub mod template;
 
 use std::cell::RefCell;
 use std::fmt;

@@ -5,7 +5,7 @@
 use sinkbox_sdk::testing::{batch, context};
 use sinkbox_sdk::{Error, Rejection, Sink};
 
-use crate::servers::Postgres;
+use crate::servers::{Postgres, Redis};
 
 mod postgres {
     use super::*;
@@ -152,5 +152,131 @@ mod postgres {
         }
         pg.restart();
         assert_eq!(pg.psql("SELECT count(*) FROM t"), "0\n", "the lost transaction never committed");
+    }
+}
+
+mod redis {
+    use super::*;
+    use sinkbox_sink_redis::{Config, RedisSink};
+
+    fn config(redis: &Redis, extra: &str) -> Config {
+        let text = format!(r#"{{"host":"127.0.0.1","port":{}{extra}}}"#, redis.server.port);
+        serde_json::from_str(&text).expect("config")
+    }
+
+    #[test]
+    fn xadd_set_and_hset_write_what_the_records_say_and_refuse_the_rest() {
+        let redis = Redis::start();
+        let mut sink = RedisSink::open(
+            config(&redis, r#","key":"s:{partition}","format":"fields","maxlen":1000"#),
+            &context("in", 2),
+        )
+        .expect("open");
+        let rows: &[(u64, Option<&[u8]>, &[u8])] =
+            &[(0, None, br#"{"id":1,"name":"a"}"#), (1, None, b"[1]"), (2, None, br#"{"id":2,"tags":["x"]}"#)];
+        match sink.add_batch(batch("in", 2, rows)) {
+            Err(Error::Rejected(list)) => assert_eq!(
+                list,
+                vec![Rejection {
+                    offset: 1,
+                    reason: "value is not a JSON object, which this sink's format needs".into()
+                }]
+            ),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        sink.flush().expect("flush");
+        assert_eq!(sink.status().expect("status").written, 2);
+        assert_eq!(redis.cli(&["XLEN", "s:2"]), "2\n");
+        let entries = redis.cli(&["--raw", "XRANGE", "s:2", "-", "+"]);
+        let is_id = |l: &str| {
+            l.split_once('-').is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
+        };
+        let fields: Vec<&str> = entries.lines().filter(|l| !is_id(l)).collect();
+        assert_eq!(fields, ["id", "1", "name", "a", "id", "2", "tags", "[\"x\"]"]);
+
+        let mut set =
+            RedisSink::open(config(&redis, r#","command":"set","key":"u:{key}","ttl_seconds":100"#), &context("in", 0))
+                .expect("open");
+        redis.cli(&["HSET", "u:h", "f", "v"]);
+        let rows: &[(u64, Option<&[u8]>, &[u8])] =
+            &[(0, Some(b"a"), b"{\"v\":1}"), (1, None, b"{}"), (2, Some(b"b"), b"plain text")];
+        match set.add_batch(batch("in", 0, rows)) {
+            Err(Error::Rejected(list)) => assert_eq!(
+                list,
+                vec![Rejection { offset: 1, reason: "the record has no key, which the template names".into() }]
+            ),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert_eq!(redis.cli(&["GET", "u:a"]), "{\"v\":1}\n");
+        assert_eq!(redis.cli(&["GET", "u:b"]), "plain text\n");
+        assert_eq!(redis.cli(&["TTL", "u:b"]), "100\n");
+
+        let mut hset =
+            RedisSink::open(config(&redis, r#","command":"hset","key":"u:{/id}""#), &context("in", 0)).expect("open");
+        let rows: &[(u64, Option<&[u8]>, &[u8])] = &[
+            (0, None, br#"{"id":"x","n":1,"ok":true}"#),
+            (1, None, br#"{"id":"h"}"#),
+            (2, None, br#"{"id":"a","n":2}"#),
+        ];
+        match hset.add_batch(batch("in", 0, rows)) {
+            Err(Error::Rejected(list)) => assert_eq!(
+                list,
+                vec![
+                    Rejection {
+                        offset: 1,
+                        reason: "redis refused the command: WRONGTYPE Operation against a key holding the wrong kind \
+                                 of value"
+                            .into()
+                    },
+                    Rejection {
+                        offset: 2,
+                        reason: "redis refused the command: WRONGTYPE Operation against a key holding the wrong kind \
+                                 of value"
+                            .into()
+                    },
+                ]
+            ),
+            other => panic!("expected rejections, got {other:?}"),
+        }
+        assert_eq!(redis.cli(&["HGETALL", "u:x"]), "id\nx\nn\n1\nok\ntrue\n");
+    }
+
+    #[test]
+    fn idempotent_streams_skip_replayed_entries_and_a_dead_server_is_retryable() {
+        let mut redis = Redis::start();
+        let open = |redis: &Redis| {
+            RedisSink::open(config(redis, r#","key":"s:{partition}","idempotent":true"#), &context("in", 0))
+        };
+        let mut sink = open(&redis).expect("open");
+        let rows: &[(u64, Option<&[u8]>, &[u8])] = &[(0, None, b"a"), (1, None, b"b")];
+        sink.add_batch(batch("in", 0, rows)).expect("add");
+        sink.abort();
+        let rows: &[(u64, Option<&[u8]>, &[u8])] = &[(0, None, b"a"), (1, None, b"b"), (2, None, b"c")];
+        sink.add_batch(batch("in", 0, rows)).expect("replay");
+        sink.flush().expect("flush");
+        let status = sink.status().expect("status");
+        assert_eq!((status.written, status.custom), (1, vec![("duplicates_skipped".to_string(), 2)]));
+        assert_eq!(redis.cli(&["--raw", "XRANGE", "s:0", "-", "+"]), "1-0\nvalue\na\n2-0\nvalue\nb\n3-0\nvalue\nc\n");
+
+        let addr = redis.server.addr();
+        redis.server.stop();
+        match sink.add_batch(batch("in", 0, &[(3, None, b"d")])) {
+            Err(Error::Retryable(m)) => assert!(m.starts_with(&format!("redis {addr}: ")), "{m}"),
+            other => panic!("expected retryable, got {other:?}"),
+        }
+        match open(&redis) {
+            Err(Error::Retryable(m)) => {
+                assert!(m.starts_with(&format!("redis {addr}: cannot connect to {addr}: ")), "{m}")
+            }
+            other => panic!("expected retryable, got {:?}", other.err()),
+        }
+        let err = RedisSink::open(config(&redis, r#","key":"s","idempotent":true"#), &context("in", 0)).err();
+        assert_eq!(
+            err,
+            Some(Error::fatal("\"idempotent\" streams need one writer each: put {partition} in the key \"s\""))
+        );
+        redis.restart();
+        let mut sink = open(&redis).expect("open after restart");
+        sink.add_batch(batch("in", 0, &[(3, None, b"d")])).expect("add after restart");
     }
 }
