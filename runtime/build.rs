@@ -7,7 +7,7 @@ mod guests;
 use std::path::PathBuf;
 
 /// Built-in sink names; each is the crate `sinks/NAME` (`sinkbox-sink-NAME`).
-const BUILTINS: [&str; 4] = ["blackhole", "file", "postgres", "redis"];
+const BUILTINS: [&str; 5] = ["blackhole", "file", "mqtt", "postgres", "redis"];
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

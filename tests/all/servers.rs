@@ -336,3 +336,163 @@ impl Mosquitto {
         self.server.restart(command);
     }
 }
+
+/// An MQTT 3.1.1 subscriber for tests: subscribes to a filter at QoS 1 and
+/// collects every message (topic, payload) a reader thread receives,
+/// acknowledging each.
+pub struct Subscriber {
+    stream: TcpStream,
+    /// Messages received so far.
+    pub messages: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl Subscriber {
+    pub fn connect(port: u16, filter: &str) -> Subscriber {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("subscriber connects");
+        let id = format!("test-sub-{}", free_port());
+        let mut connect = vec![0x10u8, (12 + id.len()) as u8, 0, 4];
+        connect.extend_from_slice(b"MQTT");
+        connect.extend_from_slice(&[4, 0x02, 0, 0, 0, id.len() as u8]);
+        connect.extend_from_slice(id.as_bytes());
+        let mut subscribe = vec![0x82u8, (5 + filter.len()) as u8, 0, 1, 0, filter.len() as u8];
+        subscribe.extend_from_slice(filter.as_bytes());
+        subscribe.push(1);
+        stream.write_all(&connect).and_then(|()| stream.write_all(&subscribe)).expect("subscribe");
+        let mut ack = [0u8; 9];
+        stream.read_exact(&mut ack).expect("CONNACK and SUBACK");
+        assert_eq!(ack, [0x20, 2, 0, 0, 0x90, 3, 0, 1, 1], "the broker accepted the subscription");
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (reader, mut writer, sink) =
+            (stream.try_clone().expect("clone"), stream.try_clone().expect("clone"), messages.clone());
+        std::thread::spawn(move || {
+            let read = |n: usize| -> Option<Vec<u8>> {
+                let mut buf = vec![0; n];
+                (&reader).read_exact(&mut buf).ok().map(|()| buf)
+            };
+            while let Some(first) = read(1) {
+                let (mut len, mut shift) = (0usize, 0);
+                loop {
+                    let Some(byte) = read(1) else { return };
+                    len |= usize::from(byte[0] & 0x7f) << shift;
+                    shift += 7;
+                    if byte[0] & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let Some(body) = read(len) else { return };
+                if first[0] >> 4 != 3 {
+                    continue;
+                }
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let topic = String::from_utf8_lossy(&body[2..2 + topic_len]).into_owned();
+                let mut at = 2 + topic_len;
+                if (first[0] >> 1) & 3 > 0 {
+                    let mut ack = vec![0x40, 2];
+                    ack.extend_from_slice(&body[at..at + 2]);
+                    let _ = writer.write_all(&ack);
+                    at += 2;
+                }
+                sink.lock().unwrap().push((topic, body[at..].to_vec()));
+            }
+        });
+        Subscriber { stream, messages }
+    }
+
+    /// Waits until `n` messages arrived (or `limit` passed) and returns them.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<(String, Vec<u8>)> {
+        let start = Instant::now();
+        while self.messages.lock().unwrap().len() < n && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server, to fail the network
+/// under a sink without touching the server: [`Proxy::cut`] resets every
+/// connection; [`Proxy::close`] stops accepting (connections are refused)
+/// and [`Proxy::open`] accepts again, on the same port.
+pub struct Proxy {
+    pub port: u16,
+    target: u16,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    listening: bool,
+    connections: Vec<TcpStream>,
+    accepted: u64,
+}
+
+impl Proxy {
+    /// A proxy to `target`, not accepting yet.
+    pub fn new(target: u16) -> Proxy {
+        Proxy { port: free_port(), target, state: Default::default() }
+    }
+
+    /// Starts accepting on the proxy's port.
+    pub fn open(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("proxy binds");
+        listener.set_nonblocking(true).expect("nonblocking");
+        self.state.lock().unwrap().listening = true;
+        let (state, target) = (self.state.clone(), self.target);
+        std::thread::spawn(move || {
+            loop {
+                if !state.lock().unwrap().listening {
+                    return;
+                }
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                let mut st = state.lock().unwrap();
+                st.accepted += 1;
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().expect("clone"), to.try_clone().expect("clone"));
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                st.connections.push(client);
+                st.connections.push(server);
+            }
+        });
+    }
+
+    /// Stops accepting: new connections are refused.
+    pub fn close(&self) {
+        self.state.lock().unwrap().listening = false;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Closes every connection through the proxy.
+    pub fn cut(&self) {
+        for c in self.state.lock().unwrap().connections.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// How many connections the proxy accepted.
+    pub fn accepted(&self) -> u64 {
+        self.state.lock().unwrap().accepted
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.close();
+        self.cut();
+    }
+}
