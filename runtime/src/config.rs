@@ -35,6 +35,14 @@
 //! config = { path = "/out/orders.csv", format = "csv", columns = ["id", "total"] }
 //! limits = { memory = "64MiB", fuel_per_record = 10000000, fuel_per_call = 1000000000, timeout = "10s", handles = 1024 }
 //! grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }], env = { TZ = "UTC" } }
+//!
+//! [[sink]]
+//! name = "events-http"
+//! component = "builtin:http"
+//! config = { url = "http://127.0.0.1:8080/ingest" }
+//! # no network unless granted; checked at connect on name, address and port
+//! grants = { hosts = ["http://127.0.0.1:8080", "https://*.example.com", "tcp://127.0.0.1:5432"] }
+//! limits = { net_timeout = "30s", connections = 16, response_bytes = "16MiB", sent_per_checkpoint = "256MiB" }
 //! ```
 //!
 //! Relative paths are relative to the pipeline file's directory. An
@@ -57,7 +65,7 @@ use serde::Deserialize;
 
 use crate::checkpoint::{Batching, Committed, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
 use crate::error::{Error, Result};
-use crate::sandbox::{DirGrant, Grants, SandboxLimits};
+use crate::sandbox::{DirGrant, Grants, HostGrant, SandboxLimits};
 use crate::sandbox::{Engine, SinkComponent};
 use crate::source::{LineFormat, LineSource, Source};
 use crate::state::PipelineState;
@@ -221,6 +229,15 @@ pub struct LimitsSection {
     pub timeout: Option<HumanDuration>,
     /// Host handles (open files, streams) the instance may hold.
     pub handles: Option<usize>,
+    /// Time limit of one network request or connect.
+    #[serde(default, deserialize_with = "limits_timeout")]
+    pub net_timeout: Option<HumanDuration>,
+    /// Concurrent HTTP connections per instance.
+    pub connections: Option<usize>,
+    /// Bytes of one HTTP response the guest may read.
+    pub response_bytes: Option<HumanBytes>,
+    /// Bytes an instance may send between two flushes.
+    pub sent_per_checkpoint: Option<HumanBytes>,
 }
 
 /// A sink's `grants`.
@@ -233,6 +250,11 @@ pub struct GrantsSection {
     /// Environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Hosts the sink may connect to: `http://HOST[:PORT]`,
+    /// `https://HOST[:PORT]`, `tcp://HOST:PORT`; HOST an address, a name or
+    /// (http, https) `*.domain`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// One granted directory.
@@ -402,8 +424,19 @@ impl PipelineFile {
 }
 
 impl SinkSection {
-    /// Refuses two grants of one guest path (the last would silently win).
+    /// The parsed `grants.hosts`.
+    fn hosts(&self) -> Result<Vec<HostGrant>, String> {
+        self.grants
+            .hosts
+            .iter()
+            .map(|text| HostGrant::parse(text).map_err(|e| format!("sink \"{}\": grants.hosts: {e}", self.name)))
+            .collect()
+    }
+
+    /// Refuses two grants of one guest path (the last would silently win)
+    /// and host grants that do not parse.
     fn check_grants(&self) -> Result<(), String> {
+        self.hosts()?;
         let mut seen = std::collections::HashMap::new();
         for dir in &self.grants.dirs {
             // `/out`, `/out/` and `//out` are one guest path.
@@ -458,6 +491,18 @@ impl SinkSection {
         if let Some(n) = self.limits.handles {
             limits = limits.handles(n);
         }
+        if let Some(t) = self.limits.net_timeout {
+            limits = limits.net_timeout(t.0);
+        }
+        if let Some(n) = self.limits.connections {
+            limits = limits.connections(n);
+        }
+        if let Some(b) = self.limits.response_bytes {
+            limits = limits.response_bytes(b.0);
+        }
+        if let Some(b) = self.limits.sent_per_checkpoint {
+            limits = limits.sent_per_checkpoint(b.0);
+        }
         let mut dirs = Vec::new();
         for dir in &self.grants.dirs {
             let host = base.join(&dir.host);
@@ -481,7 +526,7 @@ impl SinkSection {
             config: self.config_json()?,
             component,
             limits,
-            grants: Grants { dirs, env },
+            grants: Grants { dirs, env, hosts: self.hosts().map_err(Error::Config)? },
             on_error: self.on_error,
             lanes: self.lanes.unwrap_or(1),
         })

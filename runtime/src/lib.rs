@@ -70,7 +70,8 @@ pub use config::PipelineFile;
 pub use engine::{EngineOptions, Pooling};
 pub use error::{Error, Fault, Phase, Result, SinkFailure};
 pub use sandbox::{
-    CallStats, DirGrant, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance,
+    CallStats, DirGrant, Engine, Failure, Grants, HostGrant, Interrupt, NetStats, SandboxLimits, SinkComponent,
+    SinkInstance,
 };
 pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle, Stream};
 pub use state::{PipelineState, StateLock};

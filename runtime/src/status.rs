@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::bindings::GuestStatus;
 use crate::error::Bytes;
-use crate::sandbox::CallStats;
+use crate::sandbox::{CallStats, NetStats};
 
 /// How a run ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -154,6 +154,9 @@ pub struct SinkMetrics {
     /// What the sink reported about itself, if it reports.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reported: Option<Reported>,
+    /// What the sink did on the network (requests, bytes, errors by class).
+    #[serde(skip_serializing_if = "NetStats::is_empty")]
+    pub net: NetStats,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -174,6 +177,7 @@ impl SinkMetrics {
         self.peak_memory = self.peak_memory.max(stats.peak_memory);
         self.add_time += stats.add_time;
         self.flush_time += stats.flush_time;
+        self.net.add(&stats.net);
     }
 
     /// Adds a sink status report.
@@ -195,6 +199,7 @@ impl SinkMetrics {
         self.flush_time += other.flush_time;
         self.calls += other.calls;
         self.calls_ok += other.calls_ok;
+        self.net.add(&other.net);
         if let Some(reported) = &other.reported {
             self.reported.get_or_insert_with(Reported::default).merge(reported);
         }
@@ -255,6 +260,23 @@ impl fmt::Display for Status {
                     write!(f, "  {name} {n}")?;
                 }
                 writeln!(f)?;
+            }
+            let n = &s.net;
+            if !n.is_empty() {
+                writeln!(
+                    f,
+                    "  {:<16} network: requests {}  sent {}  received {}  denied {}  connect errors {}  timeouts {}  limited {}  4xx {}  5xx {}",
+                    "",
+                    n.requests,
+                    Bytes(n.bytes_sent),
+                    Bytes(n.bytes_received),
+                    n.denied,
+                    n.connect_errors,
+                    n.timeouts,
+                    n.limited,
+                    n.http_4xx,
+                    n.http_5xx
+                )?;
             }
         }
         Ok(())

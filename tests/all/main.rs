@@ -10,6 +10,7 @@ mod cli;
 mod compliance;
 mod core;
 mod crash;
+mod egress;
 mod net_tcp;
 mod pipeline;
 mod sdks;

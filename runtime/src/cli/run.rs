@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Quick form: give the sink an environment variable.
     #[arg(long, requires = "sink", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Quick form: let the sink connect to a host, e.g.
+    /// `http://127.0.0.1:8086` or `tcp://127.0.0.1:5432`.
+    #[arg(long = "allow-host", requires = "sink", value_name = "SCHEME://HOST:PORT")]
+    hosts: Vec<String>,
     /// Quick form: keep committed offsets here and resume from them.
     #[arg(long, requires = "sink")]
     offsets: Option<PathBuf>,
@@ -191,7 +195,7 @@ fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)>
             on_error: Default::default(),
             lanes: None,
             limits,
-            grants: GrantsSection { dirs, env },
+            grants: GrantsSection { dirs, env, hosts: args.hosts.clone() },
         }],
     };
     Ok((file, PathBuf::new(), name))

@@ -9,9 +9,10 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use super::{Engine, MAX_SNAPSHOT, MemoryLimiter, SandboxLimits, SinkComponent, StoreState, budget, output, text};
-use super::{Grants, SinkWorld};
+use super::{Grants, NetStats, SinkWorld, egress};
 use crate::bindings::{Batch, Context, GuestError, GuestStatus, Rejection};
 use crate::error::{Fault, Phase, SinkFailure};
+use wasmtime_wasi_http::WasiHttpCtx;
 
 /// Most custom counters kept from one status report.
 const MAX_CUSTOM_COUNTERS: usize = 32;
@@ -67,6 +68,8 @@ pub struct CallStats {
     pub add_time: Duration,
     /// Time spent in `flush`.
     pub flush_time: Duration,
+    /// What the instance did on the network.
+    pub net: NetStats,
 }
 
 /// How a sink call failed.
@@ -146,11 +149,13 @@ impl SinkInstance {
         let mut wasi = WasiCtx::builder();
         let stderr_tail = output::Tail::default();
         let log_budget = budget::LogBudget::default();
+        let egress = egress::Egress::new(name.clone(), &grants.hosts, limits.net);
         wasi.stdout(output::GuestOutput::new(name.clone(), "stdout", None, log_budget.clone()))
             .stderr(output::GuestOutput::new(name.clone(), "stderr", Some(stderr_tail.clone()), log_budget.clone()))
-            .allow_tcp(false)
+            .allow_tcp(egress.tcp())
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(egress.tcp())
+            .socket_addr_check(egress.socket_check());
         for (key, value) in &grants.env {
             wasi.env(key, value);
         }
@@ -173,6 +178,8 @@ impl SinkInstance {
             sink: name.clone(),
             stderr_tail,
             log_budget,
+            http: WasiHttpCtx::new(),
+            egress,
         };
         let mut store = Store::new(engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
@@ -316,7 +323,10 @@ impl SinkInstance {
                     )),
                 ))
             }
-            Returned::Snapshot(snapshot) => Ok(snapshot),
+            Returned::Snapshot(snapshot) => {
+                self.store.data().egress.checkpoint();
+                Ok(snapshot)
+            }
             _ => unreachable!("flush returns a snapshot"),
         }
     }
@@ -356,12 +366,14 @@ impl SinkInstance {
     /// hands back what its calls cost.
     pub async fn close(mut self) -> (Result<(), Failure>, CallStats) {
         let result = self.invoke(Phase::Close, self.guard.limits.fuel_per_call, Call::Close).await.map(drop);
-        (result, self.stats)
+        (result, self.take_stats())
     }
 
     /// What the calls so far cost; resets the counters.
     pub fn take_stats(&mut self) -> CallStats {
-        std::mem::take(&mut self.stats)
+        let mut stats = std::mem::take(&mut self.stats);
+        stats.net = self.store.data().egress.take_stats();
+        stats
     }
 
     /// Bytes of linear memory the instance has grown to.

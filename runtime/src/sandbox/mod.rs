@@ -10,6 +10,7 @@
 //! computes for long never holds a worker thread.
 
 mod budget;
+mod egress;
 mod instance;
 mod output;
 pub mod text;
@@ -20,9 +21,12 @@ use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{HasSelf, ResourceTable};
+use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use budget::{LOG_BYTES_PER_SEC, LOG_LINES_PER_SEC};
+pub use egress::{HostGrant, HostPattern, NetLimits, NetStats, Protocol};
 pub use instance::{CallStats, Failure, Interrupt, SinkInstance};
 
 use crate::bindings::sinkbox as wit;
@@ -49,6 +53,7 @@ pub struct SandboxLimits {
     pub(crate) fuel_per_call: u64,
     pub(crate) timeout: Duration,
     pub(crate) handles: usize,
+    pub(crate) net: NetLimits,
 }
 
 impl Default for SandboxLimits {
@@ -59,6 +64,7 @@ impl Default for SandboxLimits {
             fuel_per_call: 1_000_000_000,
             timeout: Duration::from_secs(10),
             handles: 1024,
+            net: NetLimits::default(),
         }
     }
 }
@@ -94,6 +100,31 @@ impl SandboxLimits {
         self.handles = n.max(16);
         self
     }
+
+    /// Time limit of one network request or connect (default 30 s); the
+    /// call's own deadline still covers it.
+    pub fn net_timeout(mut self, timeout: Duration) -> Self {
+        self.net.timeout = timeout;
+        self
+    }
+
+    /// Concurrent HTTP connections of one instance (default 16).
+    pub fn connections(mut self, n: usize) -> Self {
+        self.net.connections = n.max(1);
+        self
+    }
+
+    /// Bytes of one HTTP response the guest may read (default 16 MiB).
+    pub fn response_bytes(mut self, bytes: u64) -> Self {
+        self.net.response_bytes = bytes;
+        self
+    }
+
+    /// Bytes an instance may send between two flushes (default 256 MiB).
+    pub fn sent_per_checkpoint(mut self, bytes: u64) -> Self {
+        self.net.sent_per_checkpoint = bytes;
+        self
+    }
 }
 
 /// What a sink may touch. Nothing unless granted.
@@ -103,6 +134,8 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// Environment variables the guest sees.
     pub env: Vec<(String, String)>,
+    /// Hosts the guest may connect to (see [`HostGrant`]).
+    pub hosts: Vec<HostGrant>,
 }
 
 /// A host directory made visible to a guest.
@@ -126,11 +159,20 @@ pub struct StoreState {
     stderr_tail: output::Tail,
     /// Shared by the log import and the guest's stdout and stderr.
     log_budget: budget::LogBudget,
+    http: WasiHttpCtx,
+    /// The network policy: the wasi:http hook and the sockets checks.
+    egress: egress::Egress,
 }
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
     }
 }
 
@@ -199,9 +241,16 @@ pub struct ComponentInfo {
     pub sink: Result<SinkComponent>,
 }
 
-/// Links WASI (async) and the host interface.
+/// Links WASI (async), wasi:http's outgoing handler and the host
+/// interface. Name lookup is WASI's, behind the sink's grants.
 fn link(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    linker.allow_shadowing(true);
+    wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<_, egress::GuardedLookup>(linker, |s| {
+        egress::LookupView { egress: s.egress.clone(), sockets: s.sockets() }
+    })?;
+    linker.allow_shadowing(false);
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     SinkWorld::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
 }
 
