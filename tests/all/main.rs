@@ -14,6 +14,7 @@ mod egress;
 mod net_tcp;
 mod pipeline;
 mod sdks;
+#[allow(dead_code)] // Parts are used only by some network sinks' tests.
 mod servers;
 
 use std::path::{Path, PathBuf};

@@ -7,7 +7,8 @@ use sinkbox_sdk::{Error, Rejection, Sink};
 
 use std::time::Duration;
 
-use crate::servers::{Mosquitto, Postgres, Redis, Subscriber};
+use crate::servers::{Mosquitto, Postgres, Proxy, Redis, Subscriber};
+use crate::{Scratch, chain};
 
 mod postgres {
     use super::*;
@@ -358,5 +359,331 @@ mod mqtt {
         }
         broker.restart();
         sink.add_batch(batch("in", 0, &[(0, None, b"x")])).expect("reconnects between checkpoints");
+    }
+}
+
+/// Whole pipelines through the sandbox: the built-in sinks with
+/// `grants.hosts`, against the real servers.
+mod pipelines {
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    /// A `[[sink]]` section: the builtin's config as JSON, and its hosts.
+    fn sink(name: &str, builtin: &str, config: &str, hosts: &[String]) -> String {
+        format!(
+            "[[sink]]\nname = {name:?}\ncomponent = \"builtin:{builtin}\"\nconfig = '''{config}'''\ngrants = {{ hosts = {hosts:?} }}\n"
+        )
+    }
+
+    /// A pipeline over `in.jsonl` with fast, patient retries.
+    fn pipeline(batch: usize, commit: usize, sinks: &[String]) -> String {
+        format!(
+            r#"
+[pipeline]
+batch_size = {batch}
+commit_every = {commit}
+dead_letter = "dead.jsonl"
+offsets = "offsets.json"
+
+[source]
+kind = "file"
+path = "in.jsonl"
+
+[retry]
+base = "20ms"
+cap = "200ms"
+max_attempts = 300
+
+{}"#,
+            sinks.concat()
+        )
+    }
+
+    fn dead_letters(s: &Scratch) -> Vec<Value> {
+        s.read("dead.jsonl").lines().map(|l| serde_json::from_str(l).expect("dead letter is JSON")).collect()
+    }
+
+    /// `n` lines `{"id":I,"name":"user-I"}`, with `bad` ids named "bad".
+    fn rows(n: usize, bad: &[usize]) -> String {
+        (0..n)
+            .map(|i| {
+                let name = if bad.contains(&i) { "bad".to_string() } else { format!("user-{i}") };
+                format!("{{\"id\":{i},\"name\":\"{name}\"}}\n")
+            })
+            .collect()
+    }
+
+    fn rate(what: &str, status: &sinkbox::Status) {
+        let secs = status.elapsed.as_secs_f64();
+        eprintln!(
+            "{what}: {} records in {:.2} s = {:.0} records/s",
+            status.committed,
+            secs,
+            status.committed as f64 / secs
+        );
+    }
+
+    fn tcp(port: u16) -> Vec<String> {
+        vec![format!("tcp://127.0.0.1:{port}")]
+    }
+
+    fn pg_config(port: u16) -> String {
+        format!(
+            r#"{{"host":"127.0.0.1","port":{port},"user":"sinkbox","password":"sinkbox-pw","table":"t","columns":["id","name"],"mode":"upsert","key":["id"]}}"#
+        )
+    }
+
+    #[test]
+    fn postgres_holds_every_record_once_and_refused_rows_are_dead_lettered() {
+        let pg = Postgres::start();
+        pg.psql("CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL CHECK (name <> 'bad'))");
+        let s = Scratch::new("net-postgres-e2e");
+        let n = 20_000;
+        let bad = [10, 9_999, 19_999];
+        s.write("in.jsonl", &rows(n, &bad));
+        let port = pg.server.port;
+        let (status, result) = s.run(&pipeline(1000, 5000, &[sink("pg", "postgres", &pg_config(port), &tcp(port))]));
+        result.unwrap();
+        rate("postgres (upsert, batch 1000)", &status);
+        assert_eq!(status.committed, n as u64);
+        assert_eq!(status.sinks[0].rejected, 3);
+        let expected = n - bad.len();
+        assert_eq!(
+            pg.psql("SELECT count(*), count(DISTINCT id), sum(id) FROM t WHERE name = 'user-' || id"),
+            format!("{expected}|{expected}|{}\n", (0..n).filter(|i| !bad.contains(i)).sum::<usize>())
+        );
+        assert_eq!(pg.psql("SELECT count(*) FROM t"), format!("{expected}\n"));
+        let dead = dead_letters(&s);
+        assert_eq!(dead.len(), 3);
+        for (letter, id) in dead.iter().zip(bad) {
+            assert_eq!(letter["sink"], "pg");
+            assert_eq!(
+                letter["reason"],
+                format!(
+                    "postgres refused the row: new row for relation \"t\" violates check constraint \"t_name_check\" \
+                     (SQLSTATE 23514): Failing row contains ({id}, bad)."
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_survives_a_server_that_is_down_then_restarted_mid_run() {
+        let mut pg = Postgres::start();
+        pg.psql("CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL)");
+        let s = Scratch::new("net-postgres-restart");
+        let n = 30_000;
+        s.write("in.jsonl", &rows(n, &[]));
+        let port = pg.server.port;
+        pg.server.stop();
+        let toml = pipeline(200, 2000, &[sink("pg", "postgres", &pg_config(port), &tcp(port))]);
+        let restarter = std::thread::spawn(move || {
+            // Down at the start: the sink cannot connect and is retried.
+            std::thread::sleep(Duration::from_millis(1500));
+            pg.restart();
+            // Then killed once rows arrive: the open transaction is lost
+            // with its connection and the checkpoint replayed.
+            let start = Instant::now();
+            while pg.psql("SELECT count(*) FROM t").trim() == "0" && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            pg.restart();
+            pg
+        });
+        let (status, result) = s.run(&toml);
+        let pg = restarter.join().expect("restarter");
+        result.unwrap();
+        assert_eq!(status.committed, n as u64);
+        assert!(status.sinks[0].retries >= 1, "{:?}", status.sinks[0]);
+        assert_eq!(
+            pg.psql("SELECT count(*), count(DISTINCT id), min(id), max(id) FROM t WHERE name = 'user-' || id"),
+            format!("{n}|{n}|0|{}\n", n - 1)
+        );
+        assert!(dead_letters(&s).is_empty());
+    }
+
+    #[test]
+    fn every_sink_is_refused_a_host_it_was_not_granted_and_nothing_reaches_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().unwrap().port();
+        let cases = [
+            ("postgres", pg_config(port)),
+            ("redis", format!(r#"{{"host":"127.0.0.1","port":{port},"key":"s"}}"#)),
+            ("mqtt", format!(r#"{{"host":"127.0.0.1","port":{port},"topic":"t"}}"#)),
+        ];
+        for (builtin, config) in cases {
+            // Granted: another port on the same address, and nothing at all.
+            for hosts in [tcp(port + 1), vec![]] {
+                let s = Scratch::new(&format!("net-denied-{builtin}"));
+                s.write("in.jsonl", &rows(5, &[]));
+                let (status, result) = s.run(&pipeline(10, 50, &[sink("net", builtin, &config, &hosts)]));
+                let err = chain(&result.unwrap_err());
+                let expected = format!(
+                    "{builtin} 127.0.0.1:{port}: the connection was denied: the pipeline does not grant it; add \
+                     \"tcp://127.0.0.1:{port}\" to this sink's grants.hosts"
+                );
+                assert!(err.contains(&expected), "{builtin}: {err}");
+                assert_eq!(status.committed, 0);
+            }
+        }
+        let accepted = listener.accept();
+        assert!(
+            matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a refused sink reached the listener: {accepted:?}"
+        );
+    }
+
+    #[test]
+    fn redis_streams_and_hashes_hold_every_record_and_refused_commands_are_dead_lettered() {
+        let redis = Redis::start();
+        redis.cli(&["SET", "h:7", "a string"]);
+        let s = Scratch::new("net-redis-e2e");
+        let n = 20_000;
+        s.write("in.jsonl", &rows(n, &[]));
+        let port = redis.server.port;
+        let stream = format!(r#"{{"host":"127.0.0.1","port":{port},"key":"ev:{{partition}}","idempotent":true}}"#);
+        let hash = format!(r#"{{"host":"127.0.0.1","port":{port},"command":"hset","key":"h:{{/id}}"}}"#);
+        let (status, result) = s.run(&pipeline(
+            1000,
+            5000,
+            &[sink("stream", "redis", &stream, &tcp(port)), sink("hash", "redis", &hash, &tcp(port))],
+        ));
+        result.unwrap();
+        rate("redis (xadd + hset, two sinks, batch 1000)", &status);
+        assert_eq!(status.committed, n as u64);
+        assert_eq!(redis.cli(&["XLEN", "ev:0"]), format!("{n}\n"));
+        let first = redis.cli(&["--raw", "XRANGE", "ev:0", "-", "+", "COUNT", "1"]);
+        let first_offset: u64 = first.lines().next().unwrap().trim_end_matches("-0").parse::<u64>().unwrap() - 1;
+        assert_eq!(first.lines().nth(2), Some(r#"{"id":0,"name":"user-0"}"#));
+        let last = redis.cli(&["--raw", "XREVRANGE", "ev:0", "+", "-", "COUNT", "1"]);
+        assert_eq!(last.lines().next(), Some(format!("{}-0", first_offset + n as u64).as_str()));
+        assert_eq!(redis.cli(&["DBSIZE"]), format!("{}\n", n + 1));
+        assert_eq!(redis.cli(&["HGET", "h:19999", "name"]), "user-19999\n");
+        let dead = dead_letters(&s);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0]["sink"], "hash");
+        assert_eq!(
+            dead[0]["reason"],
+            "redis refused the command: WRONGTYPE Operation against a key holding the wrong kind of value"
+        );
+        assert_eq!(redis.cli(&["GET", "h:7"]), "a string\n");
+    }
+
+    #[test]
+    fn redis_idempotent_streams_stay_exact_when_connections_fail_mid_run() {
+        let redis = Redis::start();
+        let proxy = Proxy::new(redis.server.port);
+        let s = Scratch::new("net-redis-restart");
+        let n = 30_000;
+        s.write("in.jsonl", &rows(n, &[]));
+        let config =
+            format!(r#"{{"host":"127.0.0.1","port":{},"key":"ev:{{partition}}","idempotent":true}}"#, proxy.port);
+        let toml = pipeline(200, 2000, &[sink("stream", "redis", &config, &tcp(proxy.port))]);
+        let status = std::thread::scope(|scope| {
+            let run = scope.spawn(|| s.run(&toml));
+            // Refused at the start, then open; then every connection cut
+            // once entries arrive.
+            std::thread::sleep(Duration::from_millis(1000));
+            proxy.open();
+            let start = Instant::now();
+            while redis.cli(&["XLEN", "ev:0"]).trim() == "0" && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            proxy.cut();
+            let (status, result) = run.join().expect("run");
+            result.unwrap();
+            status
+        });
+        assert_eq!(status.committed, n as u64);
+        assert!(status.sinks[0].retries >= 1, "{:?}", status.sinks[0]);
+        assert_eq!(redis.cli(&["XLEN", "ev:0"]), format!("{n}\n"), "no entry twice, none missing");
+        assert!(proxy.accepted() >= 2, "the sink connected again after the cut");
+    }
+
+    /// Envelope lines keyed `k0`..`k6`; `bad` offsets get the key `bad+`.
+    fn keyed(n: usize, bad: &[usize]) -> String {
+        (0..n)
+            .map(|i| {
+                let key = if bad.contains(&i) { "bad+".to_string() } else { format!("k{}", i % 7) };
+                format!("{{\"key\":\"{key}\",\"value\":{{\"i\":{i}}}}}\n")
+            })
+            .collect()
+    }
+
+    /// The `i` of each message, per topic.
+    fn by_topic(messages: &[(String, Vec<u8>)]) -> std::collections::BTreeMap<String, Vec<u64>> {
+        let mut topics = std::collections::BTreeMap::<String, Vec<u64>>::new();
+        for (topic, payload) in messages {
+            let value: Value = serde_json::from_slice(payload).expect("payload is JSON");
+            topics.entry(topic.clone()).or_default().push(value["i"].as_u64().expect("i"));
+        }
+        topics
+    }
+
+    #[test]
+    fn mqtt_delivers_every_record_once_in_order_per_topic_and_dead_letters_bad_topics() {
+        let broker = Mosquitto::start(&[]);
+        let subscriber = Subscriber::connect(broker.server.port, "ev/#");
+        let s = Scratch::new("net-mqtt-e2e");
+        let n = 20_000;
+        let bad = [3, 12_345];
+        s.write("in.jsonl", &keyed(n, &bad));
+        let port = broker.server.port;
+        let config = format!(r#"{{"host":"127.0.0.1","port":{port},"topic":"ev/{{key}}","qos":1}}"#);
+        let (status, result) = s.run(&pipeline(1000, 5000, &[sink("mq", "mqtt", &config, &tcp(port))]));
+        result.unwrap();
+        rate("mqtt (qos 1, batch 1000)", &status);
+        assert_eq!(status.committed, n as u64);
+        let got = subscriber.wait_for(n - bad.len(), Duration::from_secs(30));
+        assert_eq!(got.len(), n - bad.len());
+        let topics = by_topic(&got);
+        for k in 0..7 {
+            let expected: Vec<u64> = (0..n).filter(|i| i % 7 == k && !bad.contains(i)).map(|i| i as u64).collect();
+            assert_eq!(topics[&format!("ev/k{k}")], expected, "ev/k{k}");
+        }
+        let dead = dead_letters(&s);
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0]["reason"], "the topic \"ev/bad+\" holds '+', which a published topic must not");
+    }
+
+    #[test]
+    fn mqtt_at_qos_1_loses_nothing_when_connections_fail_mid_run() {
+        let broker = Mosquitto::start(&[]);
+        let subscriber = Subscriber::connect(broker.server.port, "ev/#");
+        let proxy = Proxy::new(broker.server.port);
+        let s = Scratch::new("net-mqtt-restart");
+        let n = 30_000;
+        s.write("in.jsonl", &keyed(n, &[]));
+        let config = format!(r#"{{"host":"127.0.0.1","port":{},"topic":"ev/{{key}}","qos":1}}"#, proxy.port);
+        let toml = pipeline(200, 2000, &[sink("mq", "mqtt", &config, &tcp(proxy.port))]);
+        let status = std::thread::scope(|scope| {
+            let run = scope.spawn(|| s.run(&toml));
+            std::thread::sleep(Duration::from_millis(1000));
+            proxy.open();
+            let start = Instant::now();
+            while subscriber.messages.lock().unwrap().is_empty() && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            proxy.cut();
+            let (status, result) = run.join().expect("run");
+            result.unwrap();
+            status
+        });
+        assert_eq!(status.committed, n as u64);
+        assert!(status.sinks[0].retries >= 1, "{:?}", status.sinks[0]);
+        let got = subscriber.wait_for(n, Duration::from_secs(30));
+        let mut seen: Vec<u64> = by_topic(&got).into_values().flatten().collect();
+        seen.sort_unstable();
+        let duplicates = seen.len() - {
+            seen.dedup();
+            seen.len()
+        };
+        assert_eq!(seen, (0..n as u64).collect::<Vec<_>>(), "every record arrived");
+        eprintln!("mqtt restart: {duplicates} duplicates from replays");
     }
 }

@@ -39,7 +39,7 @@ pub fn program(program: &str, package: &str, extra: &[&str]) -> PathBuf {
         .unwrap_or_else(|| panic!("{program} is not installed; install {package} (bash .ci/setup does)"))
 }
 
-/// A server process, killed (and its scratch directory removed) on drop.
+/// A server process, killed on drop.
 pub struct Server {
     child: Option<Child>,
     /// The port it listens on, on 127.0.0.1.
