@@ -2,7 +2,7 @@
 //! servers on 127.0.0.1: their protocol code natively, then whole
 //! pipelines through the sandbox with `grants.hosts`.
 
-use sinkbox_sdk::testing::{batch, context};
+use sinkbox_sdk::testing::{Entry, batch, context};
 use sinkbox_sdk::{Error, Rejection, Sink};
 
 use std::time::Duration;
@@ -67,7 +67,7 @@ mod postgres {
         sink.flush().expect("an empty flush");
         assert_eq!(count(), "2", "abort rolled the open transaction back");
 
-        let rows: &[(u64, Option<&[u8]>, &[u8])] = &[
+        let rows: &[Entry] = &[
             (3, None, br#"{"id":3,"name":"d"}"#),
             (4, None, br#"{"id":1,"name":"dup"}"#),
             (5, None, br#"{"id":5,"name":"bad"}"#),
@@ -175,7 +175,7 @@ mod redis {
             &context("in", 2),
         )
         .expect("open");
-        let rows: &[(u64, Option<&[u8]>, &[u8])] =
+        let rows: &[Entry] =
             &[(0, None, br#"{"id":1,"name":"a"}"#), (1, None, b"[1]"), (2, None, br#"{"id":2,"tags":["x"]}"#)];
         match sink.add_batch(batch("in", 2, rows)) {
             Err(Error::Rejected(list)) => assert_eq!(
@@ -201,8 +201,7 @@ mod redis {
             RedisSink::open(config(&redis, r#","command":"set","key":"u:{key}","ttl_seconds":100"#), &context("in", 0))
                 .expect("open");
         redis.cli(&["HSET", "u:h", "f", "v"]);
-        let rows: &[(u64, Option<&[u8]>, &[u8])] =
-            &[(0, Some(b"a"), b"{\"v\":1}"), (1, None, b"{}"), (2, Some(b"b"), b"plain text")];
+        let rows: &[Entry] = &[(0, Some(b"a"), b"{\"v\":1}"), (1, None, b"{}"), (2, Some(b"b"), b"plain text")];
         match set.add_batch(batch("in", 0, rows)) {
             Err(Error::Rejected(list)) => assert_eq!(
                 list,
@@ -216,7 +215,7 @@ mod redis {
 
         let mut hset =
             RedisSink::open(config(&redis, r#","command":"hset","key":"u:{/id}""#), &context("in", 0)).expect("open");
-        let rows: &[(u64, Option<&[u8]>, &[u8])] = &[
+        let rows: &[Entry] = &[
             (0, None, br#"{"id":"x","n":1,"ok":true}"#),
             (1, None, br#"{"id":"h"}"#),
             (2, None, br#"{"id":"a","n":2}"#),
@@ -244,10 +243,10 @@ mod redis {
             RedisSink::open(config(redis, r#","key":"s:{partition}","idempotent":true"#), &context("in", 0))
         };
         let mut sink = open(&redis).expect("open");
-        let rows: &[(u64, Option<&[u8]>, &[u8])] = &[(0, None, b"a"), (1, None, b"b")];
+        let rows: &[Entry] = &[(0, None, b"a"), (1, None, b"b")];
         sink.add_batch(batch("in", 0, rows)).expect("add");
         sink.abort();
-        let rows: &[(u64, Option<&[u8]>, &[u8])] = &[(0, None, b"a"), (1, None, b"b"), (2, None, b"c")];
+        let rows: &[Entry] = &[(0, None, b"a"), (1, None, b"b"), (2, None, b"c")];
         sink.add_batch(batch("in", 0, rows)).expect("replay");
         sink.flush().expect("flush");
         let status = sink.status().expect("status");
@@ -306,8 +305,7 @@ mod mqtt {
         let broker = Mosquitto::start(&[]);
         let port = broker.server.port;
         let subscriber = Subscriber::connect(port, "ev/#");
-        let rows: &[(u64, Option<&[u8]>, &[u8])] =
-            &[(0, Some(b"a"), b"0"), (1, Some(b"a/+"), b"1"), (2, None, b"2"), (3, Some(b"b"), b"3")];
+        let rows: &[Entry] = &[(0, Some(b"a"), b"0"), (1, Some(b"a/+"), b"1"), (2, None, b"2"), (3, Some(b"b"), b"3")];
         for qos in [1, 0] {
             let mut sink = MqttSink::open(
                 config(port, &format!(r#","topic":"ev/{{key}}","qos":{qos},"retain":true"#)),

@@ -343,8 +343,11 @@ impl Mosquitto {
 pub struct Subscriber {
     stream: TcpStream,
     /// Messages received so far.
-    pub messages: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    pub messages: Messages,
 }
+
+/// Messages a [`Subscriber`] received: (topic, payload).
+pub type Messages = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
 impl Subscriber {
     pub fn connect(port: u16, filter: &str) -> Subscriber {
@@ -362,13 +365,13 @@ impl Subscriber {
         let mut ack = [0u8; 9];
         stream.read_exact(&mut ack).expect("CONNACK and SUBACK");
         assert_eq!(ack, [0x20, 2, 0, 0, 0x90, 3, 0, 1, 1], "the broker accepted the subscription");
-        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (reader, mut writer, sink) =
-            (stream.try_clone().expect("clone"), stream.try_clone().expect("clone"), messages.clone());
+        let messages = Messages::default();
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let (mut writer, sink) = (stream.try_clone().expect("clone"), messages.clone());
         std::thread::spawn(move || {
-            let read = |n: usize| -> Option<Vec<u8>> {
+            let mut read = |n: usize| -> Option<Vec<u8>> {
                 let mut buf = vec![0; n];
-                (&reader).read_exact(&mut buf).ok().map(|()| buf)
+                reader.read_exact(&mut buf).ok().map(|()| buf)
             };
             while let Some(first) = read(1) {
                 let (mut len, mut shift) = (0usize, 0);

@@ -231,9 +231,8 @@ impl RedisSink {
         if expected > 0 {
             conn.stream.write_all(&hello).map_err(|e| self.io_error("cannot write to", e))?;
             for _ in 0..expected {
-                match conn.reply().map_err(|e| self.io_error("cannot read from", e))? {
-                    Reply::Error(e) => return Err(Error::fatal(format!("redis {}: {e}", self.addr))),
-                    _ => {}
+                if let Reply::Error(e) = conn.reply().map_err(|e| self.io_error("cannot read from", e))? {
+                    return Err(Error::fatal(format!("redis {}: {e}", self.addr)));
                 }
             }
         }
