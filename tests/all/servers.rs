@@ -307,9 +307,8 @@ impl Mosquitto {
         // No cap on QoS 1 messages queued for a subscriber: by default
         // mosquitto drops those beyond 1,000 when a (test) subscriber falls
         // behind, which would look like a sink losing messages.
-        let mut config = format!(
-            "listener {port} 127.0.0.1\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n"
-        );
+        let mut config =
+            format!("listener {port} 127.0.0.1\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n");
         if passwords.is_empty() {
             config.push_str("allow_anonymous true\n");
         } else {
