@@ -7,7 +7,8 @@ mod guests;
 use std::path::PathBuf;
 
 /// Built-in sink names; each is the crate `sinks/NAME` (`sinkbox-sink-NAME`).
-const BUILTINS: [&str; 6] = ["blackhole", "elasticsearch", "file", "http", "influxdb", "s3"];
+const BUILTINS: [&str; 9] =
+    ["blackhole", "elasticsearch", "file", "http", "influxdb", "mqtt", "postgres", "redis", "s3"];
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

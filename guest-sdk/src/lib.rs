@@ -83,6 +83,7 @@
 mod batching;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod template;
 
 use std::cell::RefCell;
 use std::fmt;

@@ -430,8 +430,9 @@ fn broken_components_are_clear_errors() {
     assert!(stderr(&out).contains("cannot load component junk.wasm"), "{}", stderr(&out));
     let out = sinkbox(&s, &["run", "--sink", "builtin:nope", "--input", "in.jsonl"]);
     assert!(
-        stderr(&out)
-            .contains("no built-in sink \"nope\"; built-ins are: blackhole, elasticsearch, file, http, influxdb, s3"),
+        stderr(&out).contains(
+            "no built-in sink \"nope\"; built-ins are: blackhole, elasticsearch, file, http, influxdb, mqtt, postgres, redis, s3"
+        ),
         "{}",
         stderr(&out)
     );

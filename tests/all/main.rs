@@ -12,9 +12,10 @@ mod core;
 mod crash;
 mod egress;
 mod net_http;
+mod net_tcp;
 mod pipeline;
 mod sdks;
-#[allow(dead_code)] // `wait_for_port` serves servers started outside `Server`.
+#[allow(dead_code)] // Parts are used only by some network sinks' tests.
 mod servers;
 
 use std::path::{Path, PathBuf};

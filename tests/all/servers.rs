@@ -39,7 +39,7 @@ pub fn program(program: &str, package: &str, extra: &[&str]) -> PathBuf {
         .unwrap_or_else(|| panic!("{program} is not installed; install {package} (bash .ci/setup does)"))
 }
 
-/// A server process, killed (and its scratch directory removed) on drop.
+/// A server process, killed on drop.
 pub struct Server {
     child: Option<Child>,
     /// The port it listens on, on 127.0.0.1.
@@ -63,6 +63,13 @@ impl Server {
         let mut server = Server { child: Some(child), port, dir: dir.to_path_buf(), name: name.to_string() };
         server.wait(Duration::from_secs(30));
         server
+    }
+
+    /// A server that is not running yet: start it with
+    /// [`Server::restart`] (for servers whose command needs the port and
+    /// directory first).
+    pub fn unstarted(name: &str, port: u16, dir: &Path) -> Server {
+        Server { child: None, port, dir: dir.to_path_buf(), name: name.to_string() }
     }
 
     /// Waits for the port, failing with the server's log if it exited.
@@ -101,7 +108,11 @@ impl Server {
     /// [`Server::stop`].
     pub fn restart(&mut self, mut command: Command) {
         self.stop();
-        let log = std::fs::OpenOptions::new().append(true).open(self.dir.join("server.log")).expect("server log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("server log");
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -501,5 +512,379 @@ impl Drop for PortHolder {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// A scratch directory under `/tmp` (servers that run as another user
+/// must reach it), removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("sinkbox-{what}-{}-{}", std::process::id(), free_port()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The uid and gid of a system user, from `/etc/passwd`.
+fn user_ids(user: &str) -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&user))
+        .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+        .unwrap_or_else(|| panic!("there is no system user {user}; install postgresql (bash .ci/setup does)"))
+}
+
+/// A PostgreSQL 15 server on 127.0.0.1, run as the `postgres` user (initdb
+/// refuses root) from a fresh cluster. Logins over TCP: `sinkbox` (password
+/// `sinkbox-pw`, SCRAM-SHA-256), `md5user` (password `md5-pw`, md5) and
+/// `trustuser` (no password); `psql` runs over the Unix socket.
+pub struct Postgres {
+    // Dropped first: the server stops before its directory goes.
+    pub server: Server,
+    bin: PathBuf,
+    _temp: TempDir,
+}
+
+impl Postgres {
+    const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+    pub fn start() -> Postgres {
+        use std::os::unix::process::CommandExt;
+        let bin = program("initdb", "postgresql", &[Self::BIN]).parent().expect("bin dir").to_path_buf();
+        let temp = TempDir::new("postgres");
+        let (uid, gid) = user_ids("postgres");
+        std::os::unix::fs::chown(&temp.0, Some(uid), Some(gid)).expect("chown the postgres dir");
+        std::fs::write(temp.0.join("pw"), "sinkbox-pw\n").expect("pwfile");
+        let status = Command::new(bin.join("initdb"))
+            .args(["-D", "data", "-U", "sinkbox", "--pwfile", "pw", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .current_dir(&temp.0)
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed ({status})");
+        let hba = "local all all trust\n\
+                   host all md5user 127.0.0.1/32 md5\n\
+                   host all trustuser 127.0.0.1/32 trust\n\
+                   host all all 127.0.0.1/32 scram-sha-256\n";
+        std::fs::write(temp.0.join("data/pg_hba.conf"), hba).expect("pg_hba.conf");
+        let port = free_port();
+        let mut postgres = Postgres { server: Server::unstarted("postgres", port, &temp.0), bin, _temp: temp };
+        postgres.server.restart(postgres.command());
+        postgres.psql_in("postgres", "CREATE DATABASE sinkbox");
+        postgres.psql(
+            "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5-pw'; \
+             CREATE ROLE trustuser LOGIN; GRANT ALL ON SCHEMA public TO md5user, trustuser",
+        );
+        postgres
+    }
+
+    /// The command that runs the server (for [`Server::restart`]).
+    pub fn command(&self) -> Command {
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = user_ids("postgres");
+        let mut command = Command::new(self.bin.join("postgres"));
+        command
+            .args(["-D", "data", "-k"])
+            .arg(&self.server.dir)
+            .arg("-p")
+            .arg(self.server.port.to_string())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"])
+            .current_dir(&self.server.dir)
+            .uid(uid)
+            .gid(gid);
+        command
+    }
+
+    /// Runs `sql` with psql as `sinkbox` in the database `sinkbox` over the
+    /// Unix socket and returns its output (unaligned, tuples only),
+    /// panicking on an error.
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("sinkbox", sql)
+    }
+
+    fn psql_in(&self, database: &str, sql: &str) -> String {
+        let output = Command::new(program("psql", "postgresql-client", &[]))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "sinkbox", "-d", database, "-h"])
+            .arg(&self.server.dir)
+            .arg("-p")
+            .arg(self.server.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .expect("run psql");
+        assert!(output.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Stops the server and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        let command = self.command();
+        self.server.restart(command);
+    }
+}
+
+/// A redis-server on 127.0.0.1 with no persistence.
+pub struct Redis {
+    pub server: Server,
+    _temp: TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let temp = TempDir::new("redis");
+        let port = free_port();
+        let mut redis = Redis { server: Server::unstarted("redis-server", port, &temp.0), _temp: temp };
+        redis.server.restart(redis.command());
+        redis
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(program("redis-server", "redis-server", &[]));
+        command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"])
+            .arg(self.server.port.to_string())
+            .current_dir(&self.server.dir);
+        command
+    }
+
+    /// Runs redis-cli with `args` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(program("redis-cli", "redis-tools", &[]))
+            .args(["-h", "127.0.0.1", "-p", &self.server.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(output.status.success(), "redis-cli {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn restart(&mut self) {
+        let command = self.command();
+        self.server.restart(command);
+    }
+}
+
+/// A mosquitto MQTT broker on 127.0.0.1. With `passwords`, clients must
+/// log in (`user:password` pairs); otherwise anonymous clients may.
+pub struct Mosquitto {
+    pub server: Server,
+    _temp: TempDir,
+}
+
+impl Mosquitto {
+    pub fn start(passwords: &[(&str, &str)]) -> Mosquitto {
+        let temp = TempDir::new("mosquitto");
+        let port = free_port();
+        // No cap on QoS 1 messages queued for a subscriber: by default
+        // mosquitto drops those beyond 1,000 when a (test) subscriber falls
+        // behind, which would look like a sink losing messages.
+        let mut config =
+            format!("listener {port} 127.0.0.1\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n");
+        if passwords.is_empty() {
+            config.push_str("allow_anonymous true\n");
+        } else {
+            let file = temp.0.join("passwords");
+            let text: String = passwords.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+            std::fs::write(&file, text).expect("password file");
+            let status = Command::new(program("mosquitto_passwd", "mosquitto", &[]))
+                .arg("-U")
+                .arg(&file)
+                .status()
+                .expect("run mosquitto_passwd");
+            assert!(status.success(), "mosquitto_passwd failed");
+            config.push_str(&format!("allow_anonymous false\npassword_file {}\n", file.display()));
+        }
+        std::fs::write(temp.0.join("mosquitto.conf"), config).expect("mosquitto.conf");
+        let mut broker = Mosquitto { server: Server::unstarted("mosquitto", port, &temp.0), _temp: temp };
+        broker.server.restart(broker.command());
+        broker
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(program("mosquitto", "mosquitto", &["/usr/sbin"]));
+        command.arg("-c").arg(self.server.dir.join("mosquitto.conf"));
+        command
+    }
+
+    pub fn restart(&mut self) {
+        let command = self.command();
+        self.server.restart(command);
+    }
+}
+
+/// An MQTT 3.1.1 subscriber for tests: subscribes to a filter at QoS 1 and
+/// collects every message (topic, payload) a reader thread receives,
+/// acknowledging each.
+pub struct Subscriber {
+    stream: TcpStream,
+    /// Messages received so far.
+    pub messages: Messages,
+}
+
+/// Messages a [`Subscriber`] received: (topic, payload).
+pub type Messages = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+impl Subscriber {
+    pub fn connect(port: u16, filter: &str) -> Subscriber {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("subscriber connects");
+        let id = format!("test-sub-{}", free_port());
+        let mut connect = vec![0x10u8, (12 + id.len()) as u8, 0, 4];
+        connect.extend_from_slice(b"MQTT");
+        connect.extend_from_slice(&[4, 0x02, 0, 0, 0, id.len() as u8]);
+        connect.extend_from_slice(id.as_bytes());
+        let mut subscribe = vec![0x82u8, (5 + filter.len()) as u8, 0, 1, 0, filter.len() as u8];
+        subscribe.extend_from_slice(filter.as_bytes());
+        subscribe.push(1);
+        stream.write_all(&connect).and_then(|()| stream.write_all(&subscribe)).expect("subscribe");
+        let mut ack = [0u8; 9];
+        stream.read_exact(&mut ack).expect("CONNACK and SUBACK");
+        assert_eq!(ack, [0x20, 2, 0, 0, 0x90, 3, 0, 1, 1], "the broker accepted the subscription");
+        let messages = Messages::default();
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let (mut writer, sink) = (stream.try_clone().expect("clone"), messages.clone());
+        std::thread::spawn(move || {
+            let mut read = |n: usize| -> Option<Vec<u8>> {
+                let mut buf = vec![0; n];
+                reader.read_exact(&mut buf).ok().map(|()| buf)
+            };
+            while let Some(first) = read(1) {
+                let (mut len, mut shift) = (0usize, 0);
+                loop {
+                    let Some(byte) = read(1) else { return };
+                    len |= usize::from(byte[0] & 0x7f) << shift;
+                    shift += 7;
+                    if byte[0] & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let Some(body) = read(len) else { return };
+                if first[0] >> 4 != 3 {
+                    continue;
+                }
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let topic = String::from_utf8_lossy(&body[2..2 + topic_len]).into_owned();
+                let mut at = 2 + topic_len;
+                if (first[0] >> 1) & 3 > 0 {
+                    let mut ack = vec![0x40, 2];
+                    ack.extend_from_slice(&body[at..at + 2]);
+                    let _ = writer.write_all(&ack);
+                    at += 2;
+                }
+                sink.lock().unwrap().push((topic, body[at..].to_vec()));
+            }
+        });
+        Subscriber { stream, messages }
+    }
+
+    /// Waits until `n` messages arrived (or `limit` passed) and returns them.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<(String, Vec<u8>)> {
+        let start = Instant::now();
+        while self.messages.lock().unwrap().len() < n && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server, to fail the network
+/// under a sink without touching the server: [`Proxy::cut`] resets every
+/// connection; [`Proxy::close`] stops accepting (connections are refused)
+/// and [`Proxy::open`] accepts again, on the same port.
+pub struct Proxy {
+    pub port: u16,
+    target: u16,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    listening: bool,
+    connections: Vec<TcpStream>,
+    accepted: u64,
+}
+
+impl Proxy {
+    /// A proxy to `target`, not accepting yet.
+    pub fn new(target: u16) -> Proxy {
+        Proxy { port: free_port(), target, state: Default::default() }
+    }
+
+    /// Starts accepting on the proxy's port.
+    pub fn open(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("proxy binds");
+        listener.set_nonblocking(true).expect("nonblocking");
+        self.state.lock().unwrap().listening = true;
+        let (state, target) = (self.state.clone(), self.target);
+        std::thread::spawn(move || {
+            loop {
+                if !state.lock().unwrap().listening {
+                    return;
+                }
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                let mut st = state.lock().unwrap();
+                st.accepted += 1;
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().expect("clone"), to.try_clone().expect("clone"));
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                st.connections.push(client);
+                st.connections.push(server);
+            }
+        });
+    }
+
+    /// Stops accepting: new connections are refused.
+    pub fn close(&self) {
+        self.state.lock().unwrap().listening = false;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Closes every connection through the proxy.
+    pub fn cut(&self) {
+        for c in self.state.lock().unwrap().connections.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// How many connections the proxy accepted.
+    pub fn accepted(&self) -> u64 {
+        self.state.lock().unwrap().accepted
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.close();
+        self.cut();
     }
 }
