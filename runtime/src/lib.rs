@@ -68,7 +68,7 @@ pub use checkpoint::{
 };
 pub use config::PipelineFile;
 pub use engine::{EngineOptions, Pooling};
-pub use error::{Error, Fault, Phase, Result, SinkFailure};
+pub use error::{DeadLetterLimit, Error, Fault, Phase, Result, SinkFailure};
 pub use sandbox::{
     CallStats, DirGrant, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance,
 };

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sinkbox_format::Record;
 
-use crate::error::{Error, Result};
+use crate::error::{DeadLetterLimit, Error, Result};
 
 /// The most bytes of a record (value, key and headers together) a dead
 /// letter keeps: 1 MiB.
@@ -164,12 +164,11 @@ impl DeadLetters {
 
     fn write(&mut self, entry: Value) -> Result<()> {
         if self.written >= self.max {
-            return Err(Error::Config(format!(
-                "the pipeline wrote {} dead letters to {}, its limit (max_dead_letters); the input or a sink is \
-                 broken, not a few records; stopping with the checkpoint uncommitted",
-                self.written,
-                self.path.display()
-            )));
+            return Err(Error::DeadLetterLimit {
+                path: self.path.clone(),
+                written: self.written,
+                limit: DeadLetterLimit::Count { max: self.max },
+            });
         }
         if self.file.is_none() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -315,8 +314,14 @@ mod cap_tests {
         let mut dead = DeadLetters::new(dir.join("d.jsonl")).max(2);
         dead.push_malformed("bad", "t", 0, 0, b"x").unwrap();
         dead.push_malformed("bad", "t", 0, 1, b"y").unwrap();
-        let err = dead.push_malformed("bad", "t", 0, 2, b"z").unwrap_err().to_string();
+        let err = dead.push_malformed("bad", "t", 0, 2, b"z").unwrap_err();
+        assert!(
+            matches!(&err, Error::DeadLetterLimit { written: 2, limit: DeadLetterLimit::Count { max: 2 }, .. }),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("wrote 2 dead letters to") && err.contains("d.jsonl"), "{err}");
+        assert!(err.contains("its limit (max_dead_letters = 2)"), "{err}");
         dead.sync().unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("d.jsonl")).unwrap().lines().count(), 2);
         std::fs::remove_dir_all(dir).unwrap();

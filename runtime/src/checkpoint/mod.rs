@@ -476,7 +476,11 @@ impl Run<'_> {
                         failure.get_or_insert(e);
                     }
                     Err(_) => {
-                        failure.get_or_insert_with(|| Error::Config("a sink instance ended while opening".into()));
+                        let sink = &self.sinks[handle.sink].name;
+                        failure.get_or_insert_with(|| Error::Task {
+                            what: format!("sink \"{sink}\": its task ended while opening"),
+                            source: None,
+                        });
                     }
                 }
                 kept.push(handle);
@@ -548,7 +552,10 @@ impl Run<'_> {
                 self.ended.push((sink, end.status));
                 end.error.unwrap_or_else(|| self.interrupted())
             }
-            Err(e) => Error::Config(format!("a sink task failed: {e}")),
+            Err(e) => Error::Task {
+                what: format!("sink \"{}\": its task failed", self.sinks[sink].name),
+                source: Some(Box::new(e)),
+            },
         }
     }
 
