@@ -34,6 +34,7 @@
 //! lanes = 1                         # instances per partition, spread by key
 //! config = { path = "/out/orders.csv", format = "csv", columns = ["id", "total"] }
 //! limits = { memory = "64MiB", fuel_per_record = 10000000, fuel_per_call = 1000000000, timeout = "10s", handles = 1024 }
+//! # more limits: log_lines_per_call = 1000, log_bytes_per_call = "1MiB" (logs past them are dropped and counted)
 //! grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }], env = { TZ = "UTC" } }
 //! ```
 //!
@@ -221,6 +222,10 @@ pub struct LimitsSection {
     pub timeout: Option<HumanDuration>,
     /// Host handles (open files, streams) the instance may hold.
     pub handles: Option<usize>,
+    /// Log lines one call may emit.
+    pub log_lines_per_call: Option<u32>,
+    /// Log bytes one call may emit.
+    pub log_bytes_per_call: Option<HumanBytes>,
 }
 
 /// A sink's `grants`.
@@ -457,6 +462,12 @@ impl SinkSection {
         }
         if let Some(n) = self.limits.handles {
             limits = limits.handles(n);
+        }
+        if let Some(n) = self.limits.log_lines_per_call {
+            limits = limits.log_lines_per_call(n);
+        }
+        if let Some(b) = self.limits.log_bytes_per_call {
+            limits = limits.log_bytes_per_call(b.0);
         }
         let mut dirs = Vec::new();
         for dir in &self.grants.dirs {

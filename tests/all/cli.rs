@@ -553,6 +553,31 @@ fn a_log_flood_is_dropped_with_a_count() {
 }
 
 #[test]
+fn one_call_logs_at_most_its_cap_and_the_rest_is_counted() {
+    let s = Scratch::new("cli-log-per-call");
+    s.write("in.jsonl", &lines(5));
+    s.write(
+        "p.toml",
+        &format!(
+            "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"loud\"\ncomponent = {:?}\n\
+             config = {{ mode = \"flood\", times = 1 }}\nlimits = {{ log_lines_per_call = 50 }}\n",
+            sinkbox_test_artifacts::HOSTILE_TEXT
+        ),
+    );
+    let out = sinkbox(&s, &["run", "--no-progress", "p.toml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // The sink floods in each of its two flushes (the first one at open,
+    // then the checkpoint's): 50 lines each, and one line per call saying
+    // what it dropped. The 99,950 lines dropped per call are "flood line
+    // 50" to "flood line 99999", about 1.5 MiB.
+    assert_eq!(err.lines().filter(|l| l.contains("flood line")).count(), 100, "{err}");
+    let report = "sink \"loud\" logged too much in flush; dropped 99950 lines (1.5 MiB) over its limit of 50 lines and \
+                  1 MiB per call\n";
+    assert_eq!(err.matches(report).count(), 2, "{}", &err[err.len().saturating_sub(2000)..]);
+}
+
+#[test]
 fn a_schema_bomb_is_refused_before_validation() {
     let s = Scratch::new("cli-schema-bomb");
     s.write(

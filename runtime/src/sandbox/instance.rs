@@ -145,7 +145,7 @@ impl SinkInstance {
         let fail = |fault| SinkFailure { sink: name.to_string(), phase: Phase::Instantiate, fault };
         let mut wasi = WasiCtx::builder();
         let stderr_tail = output::Tail::default();
-        let log_budget = budget::LogBudget::default();
+        let log_budget = budget::LogBudget::new(limits.log_per_call);
         wasi.stdout(output::GuestOutput::new(name.clone(), "stdout", None, log_budget.clone()))
             .stderr(output::GuestOutput::new(name.clone(), "stderr", Some(stderr_tail.clone()), log_budget.clone()))
             .allow_tcp(false)
@@ -236,14 +236,8 @@ impl SinkInstance {
         let used = if guard.fuel { budget.saturating_sub(self.store.get_fuel().unwrap_or(0)) } else { 0 };
         let ok = matches!(ended, Ended::Returned(Ok(Ok(_))));
         self.record(phase, elapsed, used, ok);
-        let dropped = self.store.data().log_budget.take_dropped();
-        if dropped > 0 {
-            tracing::warn!(
-                "sink \"{}\" logged too much in {phase}; dropped {dropped} lines over its limit of {} lines and {} per second",
-                self.name,
-                budget::LOG_LINES_PER_SEC,
-                crate::error::Bytes(u64::from(budget::LOG_BYTES_PER_SEC))
-            );
+        if let Some(dropped) = self.store.data().log_budget.end_call() {
+            tracing::warn!("sink \"{}\" logged too much in {phase}; {dropped}", self.name);
         }
         let fault = match ended {
             Ended::Returned(Ok(Ok(value))) => return Ok(value),

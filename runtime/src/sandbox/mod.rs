@@ -39,9 +39,10 @@ pub const MAX_SNAPSHOT: usize = 64 << 10;
 
 /// Per-instance limits. Defaults: 64 MiB of linear memory, a 10 s
 /// wall-clock limit per call, 1,024 host handles (open files, directories,
-/// streams and pollables together), and, when the engine meters fuel, 10
-/// million fuel per record in `add` plus 1 billion per call (the budget of
-/// `open`, `flush` and `close`).
+/// streams and pollables together), 1,000 log lines and 1 MiB of logs per
+/// call (on top of the rate per second), and, when the engine meters fuel,
+/// 10 million fuel per record in `add` plus 1 billion per call (the budget
+/// of `open`, `flush` and `close`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SandboxLimits {
     pub(crate) memory: u64,
@@ -49,6 +50,7 @@ pub struct SandboxLimits {
     pub(crate) fuel_per_call: u64,
     pub(crate) timeout: Duration,
     pub(crate) handles: usize,
+    pub(crate) log_per_call: budget::PerCall,
 }
 
 impl Default for SandboxLimits {
@@ -59,6 +61,7 @@ impl Default for SandboxLimits {
             fuel_per_call: 1_000_000_000,
             timeout: Duration::from_secs(10),
             handles: 1024,
+            log_per_call: budget::PerCall { lines: 1000, bytes: 1 << 20 },
         }
     }
 }
@@ -92,6 +95,19 @@ impl SandboxLimits {
     /// may hold at once: one sink cannot take the process's descriptors.
     pub fn handles(mut self, n: usize) -> Self {
         self.handles = n.max(16);
+        self
+    }
+
+    /// Log lines (the log import, stdout and stderr together) one call may
+    /// emit; the excess is dropped and counted.
+    pub fn log_lines_per_call(mut self, lines: u32) -> Self {
+        self.log_per_call.lines = lines;
+        self
+    }
+
+    /// Log bytes one call may emit; the excess is dropped and counted.
+    pub fn log_bytes_per_call(mut self, bytes: u64) -> Self {
+        self.log_per_call.bytes = bytes;
         self
     }
 }
