@@ -7,6 +7,8 @@
 //! batch_bytes = "1MiB"              # and at most this much data per add
 //! checkpoint_bytes = "16MiB"        # held for replays; reaching it closes the checkpoint
 //! max_dead_letters = 100000         # per run; one more stops the pipeline
+//! max_dead_letter_share = 0.5       # dead letters per record read; more stops the pipeline
+//! dead_letter_share_after = 1000    # records read before the share applies
 //! commit_every = 10000              # records per checkpoint
 //! commit_interval = "5s"            # longest a checkpoint stays open
 //! offsets = "state/orders.offsets.json"     # default: .sinkbox/NAME.offsets.json
@@ -126,6 +128,11 @@ pub struct PipelineSection {
     pub checkpoint_bytes: Option<HumanBytes>,
     /// Dead letters one run may write before the pipeline stops.
     pub max_dead_letters: Option<u64>,
+    /// Dead letters per record read (a fraction) past which the pipeline
+    /// stops.
+    pub max_dead_letter_share: Option<f64>,
+    /// Records read before `max_dead_letter_share` applies.
+    pub dead_letter_share_after: Option<u64>,
     /// Records per checkpoint.
     pub commit_every: Option<u64>,
     /// Longest a checkpoint stays open.
@@ -376,6 +383,12 @@ impl PipelineFile {
         if let Some(name) = &file.pipeline.name {
             check_name("pipeline", name).map_err(fail)?;
         }
+        if let Some(share) = file.pipeline.max_dead_letter_share.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+            return Err(fail(format!(
+                "[pipeline] max_dead_letter_share = {share} is not a fraction above 0 and at most 1 (1 turns the \
+                 check off)"
+            )));
+        }
         let r = &file.retry;
         for (key, value, max) in [
             ("max_attempts", r.max_attempts, MAX_ATTEMPTS),
@@ -617,6 +630,11 @@ impl PipelineFile {
         if let Some(max) = p.max_dead_letters {
             dead_letters = dead_letters.max(max);
         }
+        if p.max_dead_letter_share.is_some() || p.dead_letter_share_after.is_some() {
+            let share = p.max_dead_letter_share.unwrap_or(crate::checkpoint::MAX_DEAD_LETTER_SHARE);
+            let after = p.dead_letter_share_after.unwrap_or(crate::checkpoint::DEAD_LETTER_SHARE_AFTER);
+            dead_letters = dead_letters.max_share(share, after);
+        }
         let (source, offsets, start) = self.open_source(base, &state)?;
         let sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
         Ok(Pipeline {
@@ -713,6 +731,20 @@ mod tests {
         {
             let err = parse_err(&format!("[retry]\n{key} = {value}\n{MINIMAL}"));
             assert!(err.contains(&format!("[retry] {key} = {value} is over the maximum of")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_share_is_a_fraction() {
+        for share in ["0", "-0.1", "1.5", "nan"] {
+            let err = parse_err(&format!("[pipeline]\nmax_dead_letter_share = {share}\n{MINIMAL}"));
+            assert!(
+                err.contains("[pipeline] max_dead_letter_share = ") && err.contains("is not a fraction above 0"),
+                "{share}: {err}"
+            );
+        }
+        for share in ["0.01", "0.5", "1"] {
+            PipelineFile::parse(&format!("[pipeline]\nmax_dead_letter_share = {share}\n{MINIMAL}"), "p.toml").unwrap();
         }
     }
 

@@ -166,6 +166,36 @@ fn rejected_records_go_to_the_dead_letter_queue_and_the_rest_is_written() {
 }
 
 #[test]
+fn a_run_stops_when_dead_letters_pass_their_share_of_the_records_read() {
+    // One record in ten is rejected: under a share of 5%, the run stops
+    // once 20 records were read, with the checkpoint uncommitted.
+    let (s, _) = scratch_with_input("dead-share", 1000);
+    let pipeline = "max_dead_letter_share = 0.05\ndead_letter_share_after = 20";
+    let (status, result) =
+        s.run(&Spec { component: programs::REJECTS_EVERY_10TH, pipeline, ..Default::default() }.toml());
+    let err = result.unwrap_err();
+    let sinkbox::Error::DeadLetterLimit { written, limit: sinkbox::DeadLetterLimit::Share { read, share, max }, .. } =
+        &err
+    else {
+        panic!("{}", chain(&err))
+    };
+    assert_eq!(*max, 0.05);
+    assert!(*share > 0.05 && *read >= 20 && *written >= 2, "{}", chain(&err));
+    let text = chain(&err);
+    assert!(text.contains(&format!("wrote {written} dead letters to ")), "{text}");
+    assert!(text.contains("records read, more than its limit (max_dead_letter_share = 0.05)"), "{text}");
+    assert!(status.committed < 1000, "stopped early: {}", status.committed);
+    assert!(committed_offset(&s).unwrap_or(0) < 1000);
+    // Below its minimum the share does not apply: 100 records, 10% of them
+    // dead letters, finish.
+    let (s, _) = scratch_with_input("dead-share-few", 100);
+    let pipeline = "max_dead_letter_share = 0.05\ndead_letter_share_after = 1000";
+    let (_, result) = s.run(&Spec { component: programs::REJECTS_EVERY_10TH, pipeline, ..Default::default() }.toml());
+    result.unwrap();
+    assert_eq!(dead_letters(&s).len(), 10);
+}
+
+#[test]
 fn poison_records_are_isolated_by_bisection_and_dead_lettered() {
     let s = Scratch::new("poison");
     let mut input = lines(100);

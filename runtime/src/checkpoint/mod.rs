@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use deadletter::DeadLetters;
+pub use deadletter::{DEAD_LETTER_SHARE_AFTER, DeadLetters, MAX_DEAD_LETTER_SHARE, MAX_DEAD_LETTERS};
 pub use offsets::{Committed, OffsetStore, Snapshots};
 pub use policy::{Batching, OnError, RetryPolicy};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -399,8 +399,9 @@ impl Run<'_> {
             self.control.read.fetch_add(count + batch.malformed.len() as u64, Ordering::Relaxed);
             self.control.bytes.fetch_add(batch.bytes, Ordering::Relaxed);
             self.malformed += batch.malformed.len() as u64;
-            if !batch.malformed.is_empty() {
+            {
                 let mut dead_letters = self.shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner());
+                dead_letters.read(count + batch.malformed.len() as u64)?;
                 for m in &batch.malformed {
                     dead_letters.push_malformed(&m.reason, &batch.topic, batch.partition, m.offset, &m.raw)?;
                 }
