@@ -251,6 +251,22 @@ pub enum Error {
         #[source]
         last: Box<SinkFailure>,
     },
+    /// A sink spent longer than `max_retry_time` recovering one checkpoint.
+    #[error(
+        "sink \"{sink}\" still failing after {limit:?} recovering one checkpoint (max_retry_time); offsets from \
+         {from} stay uncommitted"
+    )]
+    RetryTimeUp {
+        /// The sink's name.
+        sink: String,
+        /// `max_retry_time`.
+        limit: Duration,
+        /// The first uncommitted position, as the source describes it.
+        from: String,
+        /// The last failure.
+        #[source]
+        last: Box<SinkFailure>,
+    },
     /// The offset store is unusable.
     #[error("offset store {}: {what}", path.display())]
     Offsets {

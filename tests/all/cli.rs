@@ -577,6 +577,114 @@ fn one_call_logs_at_most_its_cap_and_the_rest_is_counted() {
     assert_eq!(err.matches(report).count(), 2, "{}", &err[err.len().saturating_sub(2000)..]);
 }
 
+/// Starts `sinkbox run` with `args`, waits until its stderr has a line
+/// containing `ready` (then a moment more, to be inside the state that
+/// line announces), sends it SIGINT, and returns its exit code, how long
+/// it took to exit after the signal, and its stderr.
+fn interrupt_when(scratch: &Scratch, args: &[&str], input: &str, ready: &str) -> (Option<i32>, Duration, String) {
+    use std::io::BufRead;
+    let mut child = command(&scratch.dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sinkbox starts");
+    // Kept open: a stdin source then runs on, waiting for more records.
+    let mut stdin = child.stdin.take();
+    if let Some(stdin) = stdin.as_mut() {
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        match line {
+            Ok(line) if line.contains(ready) => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no line with {ready:?} within 30 s: {}", reader.join().unwrap());
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("still running 20 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = signalled.elapsed();
+    drop(stdin);
+    (status.code(), took, reader.join().unwrap())
+}
+
+#[test]
+fn ctrl_c_during_a_backoff_wait_exits_130_within_a_second() {
+    let s = Scratch::new("cli-sigint-backoff");
+    s.write("in.jsonl", &lines(5));
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    // The sink asks for a 50 s wait on its first add.
+    let config = r#"{"out":"/out/o.jsonl","times":1,"sleep_ms":50000}"#;
+    let args = [
+        "run",
+        "--no-progress",
+        "--sink",
+        sinkbox_test_artifacts::BACKPRESSURE_THEN_OK,
+        "--config",
+        config,
+        "--input",
+        "in.jsonl",
+        "--dir",
+        "out:/out:rw",
+    ];
+    let (code, took, err) = interrupt_when(&s, &args, "", "asked to back off for 50000 ms in add; recovering");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(took < Duration::from_millis(1500), "{took:?}: {err}");
+}
+
+#[test]
+fn ctrl_c_while_running_exits_130_within_a_second() {
+    let s = Scratch::new("cli-sigint-running");
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    // A stdin source that stays open: the run commits the first 3 records
+    // and waits for more.
+    let args = [
+        "run",
+        "--no-progress",
+        "--sink",
+        "builtin:file",
+        "--config",
+        r#"{"path":"/out/o.jsonl"}"#,
+        "--dir",
+        "out:/out:rw",
+        "--commit-every",
+        "3",
+        "--log",
+        "debug",
+    ];
+    let (code, took, err) = interrupt_when(&s, &args, &lines(3), "committed");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(took < Duration::from_millis(1500), "{took:?}: {err}");
+}
+
 #[test]
 fn a_schema_bomb_is_refused_before_validation() {
     let s = Scratch::new("cli-schema-bomb");

@@ -196,6 +196,45 @@ fn a_run_stops_when_dead_letters_pass_their_share_of_the_records_read() {
 }
 
 #[test]
+fn a_backpressure_wait_the_sink_asks_for_is_cut_to_max_wait() {
+    // backpressure(u32::MAX): 49 days, asked for once.
+    let (s, input) = scratch_with_input("backpressure-max-wait", 30);
+    let config = "out = \"/out/out.jsonl\", times = 1, sleep_ms = 4294967295";
+    let started = std::time::Instant::now();
+    let (status, result) = s.run(
+        &Spec { component: programs::BACKPRESSURE_THEN_OK, config, retry: "max_wait = \"400ms\"", ..Default::default() }
+            .toml(),
+    );
+    result.unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(s.read("out/out.jsonl"), input);
+    assert_eq!((status.sinks[0].retries, status.sinks[0].added), (1, 30));
+}
+
+#[test]
+fn recovering_one_checkpoint_stops_at_max_retry_time_naming_it() {
+    // Every flush is retryable, and the attempts would last for long.
+    let (s, _) = scratch_with_input("max-retry-time", 30);
+    let config = "out = \"/out/out.jsonl\", times = 100000";
+    let retry = "max_attempts = 1000\nmax_retry_time = \"300ms\"";
+    let started = std::time::Instant::now();
+    let (status, result) =
+        s.run(&Spec { component: programs::RETRYABLE_THEN_OK, config, retry, ..Default::default() }.toml());
+    let err = result.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(err, sinkbox::Error::RetryTimeUp { .. }), "{}", chain(&err));
+    let text = chain(&err);
+    assert!(
+        text.starts_with("sink \"t\" still failing after 300ms recovering one checkpoint (max_retry_time); offsets from "),
+        "{text}"
+    );
+    assert!(text.contains("sink \"t\" failed, retryably: destination unavailable (attempt"), "{text}");
+    assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(status.committed, 0);
+}
+
+#[test]
 fn poison_records_are_isolated_by_bisection_and_dead_lettered() {
     let s = Scratch::new("poison");
     let mut input = lines(100);

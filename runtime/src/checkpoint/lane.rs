@@ -460,12 +460,12 @@ impl Lane {
                 return Err(Error::Interrupted { from: self.shared.committed() });
             }
             if since.elapsed() > self.shared.retry.max_retry_time {
-                tracing::error!(
-                    "sink \"{}\" spent over {:?} recovering one checkpoint; giving up",
-                    self.spec.name,
-                    self.shared.retry.max_retry_time
-                );
-                return Err(self.gave_up(failure));
+                return Err(Error::RetryTimeUp {
+                    sink: self.spec.name.clone(),
+                    limit: self.shared.retry.max_retry_time,
+                    from: self.shared.committed(),
+                    last: Box::new(failure),
+                });
             }
             tracing::warn!("{failure}; recovering");
             let largest = upto.map_or(0, |u| self.held[..=u].iter().map(|b| b.count as usize).max().unwrap_or(0));
