@@ -318,6 +318,23 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// Another pipeline holds a writable directory this one is granted.
+    #[error(
+        "pipeline \"{pipeline}\" cannot write into directory {}: {holder} holds its lock file {}; two pipelines \
+         must not write into one directory",
+        dir.display(),
+        lock.display()
+    )]
+    OutputLocked {
+        /// The pipeline that was refused.
+        pipeline: String,
+        /// The directory, canonical.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+        /// Who holds it.
+        holder: crate::lock::Holder,
+    },
     /// The pipeline was interrupted before it could finish its checkpoint.
     #[error("interrupted; offsets from {from} stay uncommitted")]
     Interrupted {

@@ -55,6 +55,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod lock;
 pub mod sandbox;
 pub mod schema;
 pub mod source;

@@ -577,11 +577,19 @@ fn one_call_logs_at_most_its_cap_and_the_rest_is_counted() {
     assert_eq!(err.matches(report).count(), 2, "{}", &err[err.len().saturating_sub(2000)..]);
 }
 
-/// Starts `sinkbox run` with `args`, waits until its stderr has a line
-/// containing `ready` (then a moment more, to be inside the state that
-/// line announces), sends it SIGINT, and returns its exit code, how long
-/// it took to exit after the signal, and its stderr.
-fn interrupt_when(scratch: &Scratch, args: &[&str], input: &str, ready: &str) -> (Option<i32>, Duration, String) {
+/// A running `sinkbox` whose stdin stays open and whose stderr is
+/// collected by a thread.
+struct Running {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    reader: std::thread::JoinHandle<String>,
+}
+
+/// Starts sinkbox with `args`, writes `input` to its stdin (kept open: a
+/// stdin source runs on, waiting for more records), and returns once its
+/// stderr has a line containing `ready`, and a moment more, to be inside
+/// the state that line announces.
+fn start_until(scratch: &Scratch, args: &[&str], input: &str, ready: &str) -> Running {
     use std::io::BufRead;
     let mut child = command(&scratch.dir, args)
         .stdin(Stdio::piped())
@@ -589,7 +597,6 @@ fn interrupt_when(scratch: &Scratch, args: &[&str], input: &str, ready: &str) ->
         .stderr(Stdio::piped())
         .spawn()
         .expect("sinkbox starts");
-    // Kept open: a stdin source then runs on, waiting for more records.
     let mut stdin = child.stdin.take();
     if let Some(stdin) = stdin.as_mut() {
         stdin.write_all(input.as_bytes()).unwrap();
@@ -607,8 +614,7 @@ fn interrupt_when(scratch: &Scratch, args: &[&str], input: &str, ready: &str) ->
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        match line {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) if line.contains(ready) => break,
             Ok(_) => {}
             Err(_) => {
@@ -618,22 +624,72 @@ fn interrupt_when(scratch: &Scratch, args: &[&str], input: &str, ready: &str) ->
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    let signalled = Instant::now();
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
-    assert!(kill.success());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if signalled.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("still running 20 s after SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let took = signalled.elapsed();
-    drop(stdin);
-    (status.code(), took, reader.join().unwrap())
+    Running { child, stdin, reader }
+}
+
+impl Running {
+    /// Sends SIGINT and waits for the exit: its code, how long it took
+    /// after the signal, and the stderr.
+    fn interrupt(mut self) -> (Option<i32>, Duration, String) {
+        let signalled = Instant::now();
+        let kill = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(kill.success());
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if signalled.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("still running 20 s after SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = signalled.elapsed();
+        drop(self.stdin);
+        (status.code(), took, self.reader.join().unwrap())
+    }
+}
+
+/// Starts `sinkbox` as [`start_until`] does, then interrupts it.
+fn interrupt_when(scratch: &Scratch, args: &[&str], input: &str, ready: &str) -> (Option<i32>, Duration, String) {
+    start_until(scratch, args, input, ready).interrupt()
+}
+
+#[test]
+fn two_pipelines_cannot_write_into_one_directory() {
+    let s = Scratch::new("cli-output-lock");
+    for name in ["first", "second"] {
+        s.write(
+            &format!("{name}.toml"),
+            &format!(
+                "[pipeline]\ncommit_every = 3\n[source]\nkind = \"stdin\"\n[[sink]]\nname = \"f\"\n\
+                 component = \"builtin:file\"\nconfig = {{ path = \"/out/{name}.jsonl\" }}\n\
+                 grants = {{ dirs = [{{ host = \"out\", guest = \"/out\", mode = \"rw\" }}] }}\n"
+            ),
+        );
+    }
+    let first = start_until(&s, &["run", "--no-progress", "--log", "debug", "first.toml"], &lines(3), "committed");
+    let started = Instant::now();
+    let out = sinkbox_with_stdin(&s, &["run", "--no-progress", "second.toml"], &lines(3));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "fails at once");
+    let dir = s.path("out").canonicalize().unwrap();
+    let expected = format!(
+        "pipeline \"second\" cannot write into directory {}: pipeline \"first\" (pid {}) holds its lock file {}; \
+         two pipelines must not write into one directory",
+        dir.display(),
+        first.child.id(),
+        dir.join(".sinkbox.lock").display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(!s.path("out/second.jsonl").exists());
+    let (code, _, err) = first.interrupt();
+    assert_eq!(code, Some(130), "{err}");
+    // Once the first has ended, the second runs.
+    let out = sinkbox_with_stdin(&s, &["run", "--no-progress", "second.toml"], &lines(3));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.read("out/second.jsonl"), lines(3));
 }
 
 #[test]

@@ -223,6 +223,14 @@ impl Pipeline {
         let started = Instant::now();
         let Pipeline { name, engine, source, sinks, batching, retry, offsets, dead_letters, start } = self;
         let mut status = Status { pipeline: name.clone(), position: start.position.to_string(), ..Default::default() };
+        // Held for the whole run: no other pipeline writes into these.
+        let _outputs = match lock_outputs(&name, &sinks) {
+            Ok(locks) => locks,
+            Err(e) => {
+                status.outcome = Outcome::Failed(crate::error::chain(&e));
+                return (status, Err(e));
+            }
+        };
         let shared = Arc::new(Shared {
             engine,
             retry,
@@ -275,6 +283,12 @@ impl Pipeline {
         };
         (status, result)
     }
+}
+
+/// Locks every writable directory granted to `sinks` for `pipeline`.
+fn lock_outputs(pipeline: &str, sinks: &[SinkSpec]) -> Result<Vec<Arc<crate::lock::OutputLock>>> {
+    let writable = sinks.iter().flat_map(|s| &s.grants.dirs).filter(|d| d.writable);
+    writable.map(|d| crate::lock::lock_output(&d.host, pipeline)).collect()
 }
 
 /// Runs `step`, unless a stop request has waited [`STOP_GRACE`] for it:
