@@ -238,8 +238,11 @@ pub async fn check(engine: &Engine, subject: &Subject<'_>) -> Result<Vec<Outcome
     let out_dir = subject.scratch;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| crate::Error::io(format!("cannot create {}", out_dir.display()), e))?;
-    let grants =
-        Grants { dirs: vec![DirGrant { host: out_dir.into(), guest: "/out".into(), writable: true }], env: vec![] };
+    let grants = Grants {
+        dirs: vec![DirGrant { host: out_dir.into(), guest: "/out".into(), writable: true }],
+        env: vec![],
+        quota: None,
+    };
     let checker = Checker {
         engine,
         subject,

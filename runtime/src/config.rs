@@ -36,7 +36,10 @@
 //! lanes = 1                         # instances per partition, spread by key
 //! config = { path = "/out/orders.csv", format = "csv", columns = ["id", "total"] }
 //! limits = { memory = "64MiB", fuel_per_record = 10000000, fuel_per_call = 1000000000, timeout = "10s", handles = 1024 }
-//! # more limits: log_lines_per_call = 1000, log_bytes_per_call = "1MiB" (logs past them are dropped and counted)
+//! # more limits: log_lines_per_call = 1000, log_bytes_per_call = "1MiB" (logs past them are dropped and counted),
+//! # disk = "10GiB": what the writable granted directories may hold (default: no limit); a write past it
+//! # fails in the guest with "no space left on device" and the call fails, is retried as `retryable` is
+//! # (a fresh instance; space freed meanwhile counts), and the run stops once the attempts run out
 //! grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }], env = { TZ = "UTC" } }
 //! ```
 //!
@@ -60,7 +63,7 @@ use serde::Deserialize;
 
 use crate::checkpoint::{Batching, Committed, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
 use crate::error::{Error, Result};
-use crate::sandbox::{DirGrant, Grants, SandboxLimits};
+use crate::sandbox::{DirGrant, DiskQuota, Grants, SandboxLimits};
 use crate::sandbox::{Engine, SinkComponent};
 use crate::source::{LineFormat, LineSource, Source};
 use crate::state::PipelineState;
@@ -229,6 +232,9 @@ pub struct LimitsSection {
     pub timeout: Option<HumanDuration>,
     /// Host handles (open files, streams) the instance may hold.
     pub handles: Option<usize>,
+    /// What the sink's writable granted directories may hold, e.g.
+    /// `"10GiB"`; no limit if absent.
+    pub disk: Option<HumanBytes>,
     /// Log lines one call may emit.
     pub log_lines_per_call: Option<u32>,
     /// Log bytes one call may emit.
@@ -505,7 +511,7 @@ impl SinkSection {
             config: self.config_json()?,
             component,
             limits,
-            grants: Grants { dirs, env },
+            grants: Grants { quota: self.limits.disk.map(|limit| DiskQuota::new(limit.0, &dirs)), dirs, env },
             on_error: self.on_error,
             lanes: self.lanes.unwrap_or(1),
         })

@@ -78,6 +78,17 @@ pub enum Fault {
         /// The limit.
         limit: usize,
     },
+    /// The guest wrote more into its writable directories than its disk
+    /// quota allows (the write failed in the guest with no space left).
+    #[error("exceeded its disk quota of {} in {dirs} (a write was refused: no space left on device)", Bytes(*limit))]
+    Disk {
+        /// The quota in bytes.
+        limit: u64,
+        /// The guest paths it covers.
+        dirs: String,
+        /// The error the sink returned, if it returned one.
+        said: Option<String>,
+    },
     /// Any other trap: a panic, a stack overflow, an unreachable.
     #[error("trapped")]
     Trap {
@@ -154,6 +165,9 @@ impl fmt::Display for SinkFailure {
         write!(f, "sink \"{}\" {} in {}", self.sink, self.fault, self.phase)?;
         if let Fault::Trap { stderr: Some(stderr), .. } = &self.fault {
             write!(f, " (guest stderr: {stderr})")?;
+        }
+        if let Fault::Disk { said: Some(said), .. } = &self.fault {
+            write!(f, " (the sink said: {said})")?;
         }
         Ok(())
     }

@@ -71,7 +71,7 @@ pub use config::PipelineFile;
 pub use engine::{EngineOptions, Pooling};
 pub use error::{DeadLetterLimit, Error, Fault, Phase, Result, SinkFailure};
 pub use sandbox::{
-    CallStats, DirGrant, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance,
+    CallStats, DirGrant, DiskQuota, Engine, Failure, Grants, Interrupt, SandboxLimits, SinkComponent, SinkInstance,
 };
 pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle, Stream};
 pub use state::{PipelineState, StateLock};

@@ -118,9 +118,9 @@ static OUTPUTS: Mutex<Option<HashMap<PathBuf, Weak<OutputLock>>>> = Mutex::new(N
 /// Locks `dir` for `pipeline`: shares the lock it already holds in this
 /// process, or takes it, or fails at once with [`Error::OutputLocked`].
 pub fn lock_output(dir: &Path, pipeline: &str) -> Result<Arc<OutputLock>> {
-    let canonical = dir
-        .canonicalize()
-        .map_err(|e| Error::io(format!("pipeline \"{pipeline}\": cannot find granted directory {}", dir.display()), e))?;
+    let canonical = dir.canonicalize().map_err(|e| {
+        Error::io(format!("pipeline \"{pipeline}\": cannot find granted directory {}", dir.display()), e)
+    })?;
     let path = canonical.join(OUTPUT_LOCK);
     let mut outputs = OUTPUTS.lock().unwrap_or_else(|p| p.into_inner());
     let outputs = outputs.get_or_insert_with(HashMap::new);

@@ -265,6 +265,7 @@ fn partitions_get_their_own_instances_and_dead_letters_name_the_partition() {
         grants: sinkbox::Grants {
             dirs: vec![sinkbox::DirGrant { host: s.path("out"), guest: "/out".into(), writable: true }],
             env: vec![],
+            quota: None,
         },
         on_error: OnError::Fail,
         lanes: 1,
@@ -366,6 +367,7 @@ fn an_output_truncated_or_deleted_during_a_run_is_detected_at_the_next_flush() {
         let grants = Grants {
             dirs: vec![sinkbox::DirGrant { host: s.path("out"), guest: "/out".into(), writable: true }],
             env: vec![],
+            quota: None,
         };
         let context = sinkbox::check::context(None, false);
         let fault = sinkbox::runtime().unwrap().block_on(async {

@@ -174,8 +174,9 @@ fn a_run_stops_when_dead_letters_pass_their_share_of_the_records_read() {
     let (status, result) =
         s.run(&Spec { component: programs::REJECTS_EVERY_10TH, pipeline, ..Default::default() }.toml());
     let err = result.unwrap_err();
-    let sinkbox::Error::DeadLetterLimit { written, limit: sinkbox::DeadLetterLimit::Share { read, share, max }, .. } =
-        &err
+    let sinkbox::Error::DeadLetterLimit {
+        written, limit: sinkbox::DeadLetterLimit::Share { read, share, max }, ..
+    } = &err
     else {
         panic!("{}", chain(&err))
     };
@@ -202,8 +203,13 @@ fn a_backpressure_wait_the_sink_asks_for_is_cut_to_max_wait() {
     let config = "out = \"/out/out.jsonl\", times = 1, sleep_ms = 4294967295";
     let started = std::time::Instant::now();
     let (status, result) = s.run(
-        &Spec { component: programs::BACKPRESSURE_THEN_OK, config, retry: "max_wait = \"400ms\"", ..Default::default() }
-            .toml(),
+        &Spec {
+            component: programs::BACKPRESSURE_THEN_OK,
+            config,
+            retry: "max_wait = \"400ms\"",
+            ..Default::default()
+        }
+        .toml(),
     );
     result.unwrap();
     let elapsed = started.elapsed();
@@ -226,12 +232,76 @@ fn recovering_one_checkpoint_stops_at_max_retry_time_naming_it() {
     assert!(matches!(err, sinkbox::Error::RetryTimeUp { .. }), "{}", chain(&err));
     let text = chain(&err);
     assert!(
-        text.starts_with("sink \"t\" still failing after 300ms recovering one checkpoint (max_retry_time); offsets from "),
+        text.starts_with(
+            "sink \"t\" still failing after 300ms recovering one checkpoint (max_retry_time); offsets from "
+        ),
         "{text}"
     );
     assert!(text.contains("sink \"t\" failed, retryably: destination unavailable (attempt"), "{text}");
     assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert_eq!(status.committed, 0);
+}
+
+#[test]
+fn a_sink_over_its_disk_quota_has_its_write_refused_and_the_run_stops_naming_the_quota() {
+    // 100 lines of about 25 bytes: a checkpoint of 50 is over 1 KiB.
+    let (s, _) = scratch_with_input("disk-quota", 100);
+    let spec = Spec {
+        component: "builtin:file",
+        config: "path = \"/out/out.jsonl\"",
+        limits: "disk = \"1KiB\"",
+        ..Default::default()
+    };
+    let (status, result) = s.run(&spec.toml());
+    let err = result.unwrap_err();
+    let text = chain(&err);
+    assert!(matches!(err, sinkbox::Error::GaveUp { .. }), "{text}");
+    // The host says what happened in its own words; the guest's view of
+    // the refused write (through the preview1 adapter, an I/O error)
+    // follows.
+    assert!(
+        text.contains(
+            "sink \"t\" exceeded its disk quota of 1 KiB in /out (a write was refused: no space left on device) in \
+             flush (the sink said: cannot write /out/out.jsonl: "
+        ),
+        "{text}"
+    );
+    // Nothing is committed past what was flushed, and no record is blamed.
+    assert_eq!(committed_offset(&s).unwrap_or(0), 0);
+    assert_eq!(status.committed, 0);
+    assert!(dead_letters(&s).is_empty());
+    let written = std::fs::metadata(s.path("out/out.jsonl")).map_or(0, |m| m.len());
+    assert!(written <= 1024, "{written}");
+}
+
+#[test]
+fn after_a_full_disk_is_freed_the_retry_on_a_fresh_instance_succeeds() {
+    // The quota plays the full disk: 3 KiB of it are taken by a file that
+    // is deleted while the sink backs off.
+    let (s, input) = scratch_with_input("disk-freed", 50);
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    s.write("out/filler", &"x".repeat(3 << 10));
+    let spec = Spec {
+        component: "builtin:file",
+        config: "path = \"/out/out.jsonl\"",
+        limits: "disk = \"4KiB\"",
+        retry: "base = \"1500ms\"\ncap = \"1500ms\"",
+        ..Default::default()
+    }
+    .toml()
+    .replace("base = \"1ms\"\ncap = \"5ms\"\n", "");
+    let (status, result) = std::thread::scope(|scope| {
+        let run = scope.spawn(|| s.run(&spec));
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::remove_file(s.path("out/filler")).unwrap();
+        run.join().unwrap()
+    });
+    result.unwrap();
+    assert_eq!(s.read("out/out.jsonl"), input);
+    assert_eq!(committed_offset(&s), Some(50));
+    let sink = &status.sinks[0];
+    assert_eq!((sink.retries, sink.added), (1, 50), "one refused flush, then a fresh instance");
+    assert!(sink.instances >= 2, "{}", sink.instances);
 }
 
 #[test]

@@ -605,6 +605,9 @@ impl Run<'_> {
         }
         self.control.committed.fetch_add(records, Ordering::Relaxed);
         self.checkpoints += 1;
+        for quota in self.sinks.iter().filter_map(|s| s.grants.quota.as_ref()) {
+            quota.measure();
+        }
         tracing::debug!(pipeline = %self.pipeline, "committed {end}");
         *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
         self.committed = end;

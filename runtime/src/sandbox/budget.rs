@@ -139,10 +139,7 @@ mod tests {
         let budget = LogBudget::new(PerCall { lines: 5, bytes: 1 << 20 });
         assert_eq!((0..8).filter(|_| budget.allow(100)).count(), 5);
         let dropped = budget.end_call().unwrap();
-        assert_eq!(
-            dropped.to_string(),
-            "dropped 3 lines (300 bytes) over its limit of 5 lines and 1 MiB per call"
-        );
+        assert_eq!(dropped.to_string(), "dropped 3 lines (300 bytes) over its limit of 5 lines and 1 MiB per call");
         assert_eq!((0..5).filter(|_| budget.allow(100)).count(), 5);
         assert_eq!(budget.end_call(), None);
         // Bytes: two lines of 40 fit in 100, the third does not.

@@ -8,7 +8,9 @@ use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
-use super::{Engine, MAX_SNAPSHOT, MemoryLimiter, SandboxLimits, SinkComponent, StoreState, budget, output, text};
+use super::{
+    Engine, MAX_SNAPSHOT, MemoryLimiter, SandboxLimits, SinkComponent, StoreState, budget, output, quota, text,
+};
 use super::{Grants, SinkWorld};
 use crate::bindings::{Batch, Context, GuestError, GuestStatus, Rejection};
 use crate::error::{Fault, Phase, SinkFailure};
@@ -173,6 +175,7 @@ impl SinkInstance {
             sink: name.clone(),
             stderr_tail,
             log_budget,
+            quota: quota::StoreQuota::new(grants.quota.clone()),
         };
         let mut store = Store::new(engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
@@ -238,6 +241,17 @@ impl SinkInstance {
         self.record(phase, elapsed, used, ok);
         if let Some(dropped) = self.store.data().log_budget.end_call() {
             tracing::warn!("sink \"{}\" logged too much in {phase}; {dropped}", self.name);
+        }
+        if let Some(quota) = self.store.data().quota.take_exceeded() {
+            // A refused write fails the call whatever the guest made of
+            // it: what it meant to write is not all there.
+            let said = match &ended {
+                Ended::Returned(Ok(Err(GuestError::Fatal(m) | GuestError::Retryable(m)))) => Some(text::guest(m)),
+                _ => None,
+            };
+            let fault = Fault::Disk { limit: quota.limit(), dirs: quota.guest_dirs(), said };
+            self.broken = true;
+            return Err(self.failure(phase, fault));
         }
         let fault = match ended {
             Ended::Returned(Ok(Ok(value))) => return Ok(value),

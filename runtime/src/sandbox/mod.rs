@@ -12,6 +12,7 @@
 mod budget;
 mod instance;
 mod output;
+mod quota;
 pub mod text;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use budget::{LOG_BYTES_PER_SEC, LOG_LINES_PER_SEC};
 pub use instance::{CallStats, Failure, Interrupt, SinkInstance};
+pub use quota::DiskQuota;
 
 use crate::bindings::sinkbox as wit;
 use crate::bindings::{CONTRACT, Level, SinkWorld, SinkWorldPre};
@@ -119,6 +121,9 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// Environment variables the guest sees.
     pub env: Vec<(String, String)>,
+    /// What the writable directories may hold, shared by all instances of
+    /// the sink; `None` is no limit.
+    pub quota: Option<DiskQuota>,
 }
 
 /// A host directory made visible to a guest.
@@ -142,6 +147,7 @@ pub struct StoreState {
     stderr_tail: output::Tail,
     /// Shared by the log import and the guest's stdout and stderr.
     log_budget: budget::LogBudget,
+    quota: quota::StoreQuota,
 }
 
 impl WasiView for StoreState {
@@ -218,6 +224,7 @@ pub struct ComponentInfo {
 /// Links WASI (async) and the host interface.
 fn link(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    quota::link(linker)?;
     SinkWorld::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
 }
 
