@@ -309,7 +309,11 @@ fn main() {
     }
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let report = format!(
         "# Network sinks against their own servers\n\n`cargo bench -p sinkbox --bench net` on {} cores ({machine}); {N} records of about 90 bytes, \

@@ -784,6 +784,7 @@ fn main() {
         dirs: vec![sinkbox::DirGrant { host: scratch.join("out"), guest: "/out".into(), writable: true }],
         env: Vec::new(),
         hosts: Vec::new(),
+        quota: None,
     };
     let ctx = Ctx { engine, blackhole, file, scratch: scratch.clone(), grants };
     let mut report = Report { markdown: String::new() };

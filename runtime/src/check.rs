@@ -242,6 +242,7 @@ pub async fn check(engine: &Engine, subject: &Subject<'_>) -> Result<Vec<Outcome
         dirs: vec![DirGrant { host: out_dir.into(), guest: "/out".into(), writable: true }],
         env: vec![],
         hosts: vec![],
+        quota: None,
     };
     let checker = Checker {
         engine,

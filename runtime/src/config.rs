@@ -7,6 +7,8 @@
 //! batch_bytes = "1MiB"              # and at most this much data per add
 //! checkpoint_bytes = "16MiB"        # held for replays; reaching it closes the checkpoint
 //! max_dead_letters = 100000         # per run; one more stops the pipeline
+//! max_dead_letter_share = 0.5       # dead letters per record read; more stops the pipeline
+//! dead_letter_share_after = 1000    # records read before the share applies
 //! commit_every = 10000              # records per checkpoint
 //! commit_interval = "5s"            # longest a checkpoint stays open
 //! offsets = "state/orders.offsets.json"     # default: .sinkbox/NAME.offsets.json
@@ -34,6 +36,10 @@
 //! lanes = 1                         # instances per partition, spread by key
 //! config = { path = "/out/orders.csv", format = "csv", columns = ["id", "total"] }
 //! limits = { memory = "64MiB", fuel_per_record = 10000000, fuel_per_call = 1000000000, timeout = "10s", handles = 1024 }
+//! # more limits: log_lines_per_call = 1000, log_bytes_per_call = "1MiB" (logs past them are dropped and counted),
+//! # disk = "10GiB": what the writable granted directories may hold (default: no limit); a write past it
+//! # fails in the guest with "no space left on device" and the call fails, is retried as `retryable` is
+//! # (a fresh instance; space freed meanwhile counts), and the run stops once the attempts run out
 //! grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }], env = { TZ = "UTC" } }
 //!
 //! [[sink]]
@@ -65,7 +71,7 @@ use serde::Deserialize;
 
 use crate::checkpoint::{Batching, Committed, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
 use crate::error::{Error, Result};
-use crate::sandbox::{DirGrant, Grants, HostGrant, SandboxLimits};
+use crate::sandbox::{DirGrant, DiskQuota, Grants, HostGrant, SandboxLimits};
 use crate::sandbox::{Engine, SinkComponent};
 use crate::source::{LineFormat, LineSource, Source};
 use crate::state::PipelineState;
@@ -133,6 +139,11 @@ pub struct PipelineSection {
     pub checkpoint_bytes: Option<HumanBytes>,
     /// Dead letters one run may write before the pipeline stops.
     pub max_dead_letters: Option<u64>,
+    /// Dead letters per record read (a fraction) past which the pipeline
+    /// stops.
+    pub max_dead_letter_share: Option<f64>,
+    /// Records read before `max_dead_letter_share` applies.
+    pub dead_letter_share_after: Option<u64>,
     /// Records per checkpoint.
     pub commit_every: Option<u64>,
     /// Longest a checkpoint stays open.
@@ -238,6 +249,13 @@ pub struct LimitsSection {
     pub response_bytes: Option<HumanBytes>,
     /// Bytes an instance may send between two flushes.
     pub sent_per_checkpoint: Option<HumanBytes>,
+    /// What the sink's writable granted directories may hold, e.g.
+    /// `"10GiB"`; no limit if absent.
+    pub disk: Option<HumanBytes>,
+    /// Log lines one call may emit.
+    pub log_lines_per_call: Option<u32>,
+    /// Log bytes one call may emit.
+    pub log_bytes_per_call: Option<HumanBytes>,
 }
 
 /// A sink's `grants`.
@@ -393,6 +411,12 @@ impl PipelineFile {
         if let Some(name) = &file.pipeline.name {
             check_name("pipeline", name).map_err(fail)?;
         }
+        if let Some(share) = file.pipeline.max_dead_letter_share.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+            return Err(fail(format!(
+                "[pipeline] max_dead_letter_share = {share} is not a fraction above 0 and at most 1 (1 turns the \
+                 check off)"
+            )));
+        }
         let r = &file.retry;
         for (key, value, max) in [
             ("max_attempts", r.max_attempts, MAX_ATTEMPTS),
@@ -503,6 +527,12 @@ impl SinkSection {
         if let Some(b) = self.limits.sent_per_checkpoint {
             limits = limits.sent_per_checkpoint(b.0);
         }
+        if let Some(n) = self.limits.log_lines_per_call {
+            limits = limits.log_lines_per_call(n);
+        }
+        if let Some(b) = self.limits.log_bytes_per_call {
+            limits = limits.log_bytes_per_call(b.0);
+        }
         let mut dirs = Vec::new();
         for dir in &self.grants.dirs {
             let host = base.join(&dir.host);
@@ -526,7 +556,12 @@ impl SinkSection {
             config: self.config_json()?,
             component,
             limits,
-            grants: Grants { dirs, env, hosts: self.hosts().map_err(Error::Config)? },
+            grants: Grants {
+                quota: self.limits.disk.map(|limit| DiskQuota::new(limit.0, &dirs)),
+                hosts: self.hosts().map_err(Error::Config)?,
+                dirs,
+                env,
+            },
             on_error: self.on_error,
             lanes: self.lanes.unwrap_or(1),
         })
@@ -651,6 +686,11 @@ impl PipelineFile {
         if let Some(max) = p.max_dead_letters {
             dead_letters = dead_letters.max(max);
         }
+        if p.max_dead_letter_share.is_some() || p.dead_letter_share_after.is_some() {
+            let share = p.max_dead_letter_share.unwrap_or(crate::checkpoint::MAX_DEAD_LETTER_SHARE);
+            let after = p.dead_letter_share_after.unwrap_or(crate::checkpoint::DEAD_LETTER_SHARE_AFTER);
+            dead_letters = dead_letters.max_share(share, after);
+        }
         let (source, offsets, start) = self.open_source(base, &state)?;
         let sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
         Ok(Pipeline {
@@ -747,6 +787,20 @@ mod tests {
         {
             let err = parse_err(&format!("[retry]\n{key} = {value}\n{MINIMAL}"));
             assert!(err.contains(&format!("[retry] {key} = {value} is over the maximum of")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_share_is_a_fraction() {
+        for share in ["0", "-0.1", "1.5", "nan"] {
+            let err = parse_err(&format!("[pipeline]\nmax_dead_letter_share = {share}\n{MINIMAL}"));
+            assert!(
+                err.contains("[pipeline] max_dead_letter_share = ") && err.contains("is not a fraction above 0"),
+                "{share}: {err}"
+            );
+        }
+        for share in ["0.01", "0.5", "1"] {
+            PipelineFile::parse(&format!("[pipeline]\nmax_dead_letter_share = {share}\n{MINIMAL}"), "p.toml").unwrap();
         }
     }
 

@@ -78,6 +78,17 @@ pub enum Fault {
         /// The limit.
         limit: usize,
     },
+    /// The guest wrote more into its writable directories than its disk
+    /// quota allows (the write failed in the guest with no space left).
+    #[error("exceeded its disk quota of {} in {dirs} (a write was refused: no space left on device)", Bytes(*limit))]
+    Disk {
+        /// The quota in bytes.
+        limit: u64,
+        /// The guest paths it covers.
+        dirs: String,
+        /// The error the sink returned, if it returned one.
+        said: Option<String>,
+    },
     /// Any other trap: a panic, a stack overflow, an unreachable.
     #[error("trapped")]
     Trap {
@@ -154,6 +165,9 @@ impl fmt::Display for SinkFailure {
         write!(f, "sink \"{}\" {} in {}", self.sink, self.fault, self.phase)?;
         if let Fault::Trap { stderr: Some(stderr), .. } = &self.fault {
             write!(f, " (guest stderr: {stderr})")?;
+        }
+        if let Fault::Disk { said: Some(said), .. } = &self.fault {
+            write!(f, " (the sink said: {said})")?;
         }
         Ok(())
     }
@@ -251,6 +265,22 @@ pub enum Error {
         #[source]
         last: Box<SinkFailure>,
     },
+    /// A sink spent longer than `max_retry_time` recovering one checkpoint.
+    #[error(
+        "sink \"{sink}\" still failing after {limit:?} recovering one checkpoint (max_retry_time); offsets from \
+         {from} stay uncommitted"
+    )]
+    RetryTimeUp {
+        /// The sink's name.
+        sink: String,
+        /// `max_retry_time`.
+        limit: Duration,
+        /// The first uncommitted position, as the source describes it.
+        from: String,
+        /// The last failure.
+        #[source]
+        last: Box<SinkFailure>,
+    },
     /// The offset store is unusable.
     #[error("offset store {}: {what}", path.display())]
     Offsets {
@@ -277,12 +307,97 @@ pub enum Error {
         /// The process id the holder wrote into the lock file, if readable.
         holder: Option<u32>,
     },
+    /// The run wrote more dead letters than its limits allow: past them, the
+    /// input or a sink is broken, not a few records.
+    #[error(
+        "the pipeline wrote {written} dead letters to {}, {limit}; the input or a sink is broken, not a few \
+         records; stopping with the checkpoint uncommitted",
+        path.display()
+    )]
+    DeadLetterLimit {
+        /// The dead-letter file.
+        path: PathBuf,
+        /// Entries this run wrote.
+        written: u64,
+        /// Which limit it reached.
+        limit: DeadLetterLimit,
+    },
+    /// One of the runtime's own tasks ended unexpectedly: a bug in the host
+    /// (a panic, say), not the sink's or the configuration's fault.
+    #[error("{what}")]
+    Task {
+        /// Which task, and when.
+        what: String,
+        /// Why it ended, when known.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Another pipeline holds a writable directory this one is granted.
+    #[error(
+        "pipeline \"{pipeline}\" cannot write into directory {}: {holder} holds its lock file {}; two pipelines \
+         must not write into one directory",
+        dir.display(),
+        lock.display()
+    )]
+    OutputLocked {
+        /// The pipeline that was refused.
+        pipeline: String,
+        /// The directory, canonical.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+        /// Who holds it.
+        holder: crate::lock::Holder,
+    },
     /// The pipeline was interrupted before it could finish its checkpoint.
     #[error("interrupted; offsets from {from} stay uncommitted")]
     Interrupted {
         /// The first uncommitted position.
         from: String,
     },
+}
+
+/// The dead-letter limit a run reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeadLetterLimit {
+    /// `max_dead_letters`: entries per run.
+    Count {
+        /// The limit.
+        max: u64,
+    },
+    /// `max_dead_letter_share`: entries per record read, once enough
+    /// records were read.
+    Share {
+        /// Records read so far.
+        read: u64,
+        /// Entries per record read.
+        share: f64,
+        /// The limit, a fraction.
+        max: f64,
+    },
+}
+
+impl fmt::Display for DeadLetterLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadLetterLimit::Count { max } => write!(f, "its limit (max_dead_letters = {max})"),
+            DeadLetterLimit::Share { read, share, max } => write!(
+                f,
+                "{} of the {read} records read, more than its limit (max_dead_letter_share = {max})",
+                Share(*share)
+            ),
+        }
+    }
+}
+
+/// A fraction as a percentage: `50%`, `0.1%`.
+struct Share(f64);
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let percent = self.0 * 100.0;
+        if percent.fract() == 0.0 { write!(f, "{percent}%") } else { write!(f, "{percent:.1}%") }
+    }
 }
 
 /// Why a committed position is not resumed: the input is not the stream
@@ -391,6 +506,26 @@ mod tests {
         {
             assert_eq!(Bytes(n).to_string(), text);
         }
+    }
+
+    #[test]
+    fn dead_letter_limits_give_the_numbers_and_the_key() {
+        let path = PathBuf::from(".sinkbox/p.dead-letter.jsonl");
+        let e = Error::DeadLetterLimit { path: path.clone(), written: 100, limit: DeadLetterLimit::Count { max: 100 } };
+        assert_eq!(
+            e.to_string(),
+            "the pipeline wrote 100 dead letters to .sinkbox/p.dead-letter.jsonl, its limit (max_dead_letters = 100); \
+             the input or a sink is broken, not a few records; stopping with the checkpoint uncommitted"
+        );
+        let limit = DeadLetterLimit::Share { read: 1000, share: 0.601, max: 0.5 };
+        let e = Error::DeadLetterLimit { path, written: 601, limit };
+        assert!(
+            e.to_string().starts_with(
+                "the pipeline wrote 601 dead letters to .sinkbox/p.dead-letter.jsonl, 60.1% of the 1000 records \
+                 read, more than its limit (max_dead_letter_share = 0.5); "
+            ),
+            "{e}"
+        );
     }
 
     #[test]

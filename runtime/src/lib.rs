@@ -55,6 +55,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod lock;
 pub mod sandbox;
 pub mod schema;
 pub mod source;
@@ -68,10 +69,10 @@ pub use checkpoint::{
 };
 pub use config::PipelineFile;
 pub use engine::{EngineOptions, Pooling};
-pub use error::{Error, Fault, Phase, Result, SinkFailure};
+pub use error::{DeadLetterLimit, Error, Fault, Phase, Result, SinkFailure};
 pub use sandbox::{
-    CallStats, DirGrant, Engine, Failure, Grants, HostGrant, Interrupt, NetStats, SandboxLimits, SinkComponent,
-    SinkInstance,
+    CallStats, DirGrant, DiskQuota, Engine, Failure, Grants, HostGrant, Interrupt, NetStats, SandboxLimits,
+    SinkComponent, SinkInstance,
 };
 pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle, Stream};
 pub use state::{PipelineState, StateLock};

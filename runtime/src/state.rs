@@ -2,18 +2,16 @@
 //! the lock that keeps two runs of one pipeline apart.
 //!
 //! The lock is an exclusive `flock` on `OFFSETS.lock` (next to the offset
-//! store), taken with the standard library's [`File::try_lock`], so it
-//! needs no dependency and the kernel releases it when the holder exits,
-//! however it exits. The holder writes its pid into the file for the
-//! message the next run prints. The file itself is never deleted: deleting
-//! a lock file lets two runs lock two different files.
+//! store), taken as [`crate::lock`] takes every lock: the kernel releases
+//! it when the holder exits, however it exits, and the holder's pid is in
+//! the file for the message the next run prints.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::OffsetStore;
 use crate::error::{Error, Result};
+use crate::lock::{LockFailure, lock_file};
 use crate::source::Position;
 
 /// Where a pipeline keeps its state.
@@ -54,31 +52,15 @@ impl PipelineState {
     /// the returned [`StateLock`] is dropped (or the process exits).
     pub fn lock(&self) -> Result<StateLock> {
         let path = self.lock_path();
-        let io = |what: &str, e| Error::io(format!("pipeline \"{}\": cannot {what} {}", self.name, path.display()), e);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
-        }
-        // Not truncated on open: the holder's pid must stay readable.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io("open", e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&path).ok().and_then(|text| text.trim().parse().ok());
-                return Err(Error::Locked { pipeline: self.name.clone(), lock: path, holder });
+        match lock_file(&path, &self.name) {
+            Ok(file) => Ok(StateLock { _file: file, path }),
+            Err(LockFailure::Held(holder)) => {
+                Err(Error::Locked { pipeline: self.name.clone(), lock: path, holder: holder.pid })
             }
-            Err(TryLockError::Error(e)) => return Err(io("lock", e)),
+            Err(LockFailure::Io(what, e)) => {
+                Err(Error::io(format!("pipeline \"{}\": cannot {what} {}", self.name, path.display()), e))
+            }
         }
-        file.set_len(0)
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .and_then(|()| file.flush())
-            .map_err(|e| io("write", e))?;
-        Ok(StateLock { _file: file, path })
     }
 
     /// Deletes the offset store so the next run starts from the beginning
@@ -133,6 +115,6 @@ mod tests {
         drop(held);
         let again = state.lock().unwrap();
         drop(again);
-        fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -559,6 +559,195 @@ fn a_log_flood_is_dropped_with_a_count() {
 }
 
 #[test]
+fn one_call_logs_at_most_its_cap_and_the_rest_is_counted() {
+    let s = Scratch::new("cli-log-per-call");
+    s.write("in.jsonl", &lines(5));
+    s.write(
+        "p.toml",
+        &format!(
+            "[source]\nkind = \"file\"\npath = \"in.jsonl\"\n[[sink]]\nname = \"loud\"\ncomponent = {:?}\n\
+             config = {{ mode = \"flood\", times = 1 }}\nlimits = {{ log_lines_per_call = 50 }}\n",
+            sinkbox_test_artifacts::HOSTILE_TEXT
+        ),
+    );
+    let out = sinkbox(&s, &["run", "--no-progress", "p.toml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // The sink floods in each of its two flushes (the first one at open,
+    // then the checkpoint's): 50 lines each, and one line per call saying
+    // what it dropped. The 99,950 lines dropped per call are "flood line
+    // 50" to "flood line 99999", about 1.5 MiB.
+    assert_eq!(err.lines().filter(|l| l.contains("flood line")).count(), 100, "{err}");
+    let report = "sink \"loud\" logged too much in flush; dropped 99950 lines (1.5 MiB) over its limit of 50 lines and \
+                  1 MiB per call\n";
+    assert_eq!(err.matches(report).count(), 2, "{}", &err[err.len().saturating_sub(2000)..]);
+}
+
+/// A running `sinkbox` whose stdin stays open and whose stderr is
+/// collected by a thread.
+struct Running {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    reader: std::thread::JoinHandle<String>,
+}
+
+/// Starts sinkbox with `args`, writes `input` to its stdin (kept open: a
+/// stdin source runs on, waiting for more records), and returns once its
+/// stderr has a line containing `ready`, and a moment more, to be inside
+/// the state that line announces.
+fn start_until(scratch: &Scratch, args: &[&str], input: &str, ready: &str) -> Running {
+    use std::io::BufRead;
+    let mut child = command(&scratch.dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sinkbox starts");
+    let mut stdin = child.stdin.take();
+    if let Some(stdin) = stdin.as_mut() {
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(ready) => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no line with {ready:?} within 30 s: {}", reader.join().unwrap());
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Running { child, stdin, reader }
+}
+
+impl Running {
+    /// Sends SIGINT and waits for the exit: its code, how long it took
+    /// after the signal, and the stderr.
+    fn interrupt(mut self) -> (Option<i32>, Duration, String) {
+        let signalled = Instant::now();
+        let kill = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(kill.success());
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if signalled.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("still running 20 s after SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = signalled.elapsed();
+        drop(self.stdin);
+        (status.code(), took, self.reader.join().unwrap())
+    }
+}
+
+/// Starts `sinkbox` as [`start_until`] does, then interrupts it.
+fn interrupt_when(scratch: &Scratch, args: &[&str], input: &str, ready: &str) -> (Option<i32>, Duration, String) {
+    start_until(scratch, args, input, ready).interrupt()
+}
+
+#[test]
+fn two_pipelines_cannot_write_into_one_directory() {
+    let s = Scratch::new("cli-output-lock");
+    for name in ["first", "second"] {
+        s.write(
+            &format!("{name}.toml"),
+            &format!(
+                "[pipeline]\ncommit_every = 3\n[source]\nkind = \"stdin\"\n[[sink]]\nname = \"f\"\n\
+                 component = \"builtin:file\"\nconfig = {{ path = \"/out/{name}.jsonl\" }}\n\
+                 grants = {{ dirs = [{{ host = \"out\", guest = \"/out\", mode = \"rw\" }}] }}\n"
+            ),
+        );
+    }
+    let first = start_until(&s, &["run", "--no-progress", "--log", "debug", "first.toml"], &lines(3), "committed");
+    let started = Instant::now();
+    let out = sinkbox_with_stdin(&s, &["run", "--no-progress", "second.toml"], &lines(3));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "fails at once");
+    let dir = s.path("out").canonicalize().unwrap();
+    let expected = format!(
+        "pipeline \"second\" cannot write into directory {}: pipeline \"first\" (pid {}) holds its lock file {}; \
+         two pipelines must not write into one directory",
+        dir.display(),
+        first.child.id(),
+        dir.join(".sinkbox.lock").display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(!s.path("out/second.jsonl").exists());
+    let (code, _, err) = first.interrupt();
+    assert_eq!(code, Some(130), "{err}");
+    // Once the first has ended, the second runs.
+    let out = sinkbox_with_stdin(&s, &["run", "--no-progress", "second.toml"], &lines(3));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.read("out/second.jsonl"), lines(3));
+}
+
+#[test]
+fn ctrl_c_during_a_backoff_wait_exits_130_within_a_second() {
+    let s = Scratch::new("cli-sigint-backoff");
+    s.write("in.jsonl", &lines(5));
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    // The sink asks for a 50 s wait on its first add.
+    let config = r#"{"out":"/out/o.jsonl","times":1,"sleep_ms":50000}"#;
+    let args = [
+        "run",
+        "--no-progress",
+        "--sink",
+        sinkbox_test_artifacts::BACKPRESSURE_THEN_OK,
+        "--config",
+        config,
+        "--input",
+        "in.jsonl",
+        "--dir",
+        "out:/out:rw",
+    ];
+    let (code, took, err) = interrupt_when(&s, &args, "", "asked to back off for 50000 ms in add; recovering");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(took < Duration::from_millis(1500), "{took:?}: {err}");
+}
+
+#[test]
+fn ctrl_c_while_running_exits_130_within_a_second() {
+    let s = Scratch::new("cli-sigint-running");
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    // A stdin source that stays open: the run commits the first 3 records
+    // and waits for more.
+    let args = [
+        "run",
+        "--no-progress",
+        "--sink",
+        "builtin:file",
+        "--config",
+        r#"{"path":"/out/o.jsonl"}"#,
+        "--dir",
+        "out:/out:rw",
+        "--commit-every",
+        "3",
+        "--log",
+        "debug",
+    ];
+    let (code, took, err) = interrupt_when(&s, &args, &lines(3), "committed");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(took < Duration::from_millis(1500), "{took:?}: {err}");
+}
+
+#[test]
 fn a_schema_bomb_is_refused_before_validation() {
     let s = Scratch::new("cli-schema-bomb");
     s.write(

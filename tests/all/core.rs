@@ -266,6 +266,7 @@ fn partitions_get_their_own_instances_and_dead_letters_name_the_partition() {
             dirs: vec![sinkbox::DirGrant { host: s.path("out"), guest: "/out".into(), writable: true }],
             env: vec![],
             hosts: vec![],
+            quota: None,
         },
         on_error: OnError::Fail,
         lanes: 1,
@@ -368,6 +369,7 @@ fn an_output_truncated_or_deleted_during_a_run_is_detected_at_the_next_flush() {
             dirs: vec![sinkbox::DirGrant { host: s.path("out"), guest: "/out".into(), writable: true }],
             env: vec![],
             hosts: vec![],
+            quota: None,
         };
         let context = sinkbox::check::context(None, false);
         let fault = sinkbox::runtime().unwrap().block_on(async {

@@ -166,6 +166,145 @@ fn rejected_records_go_to_the_dead_letter_queue_and_the_rest_is_written() {
 }
 
 #[test]
+fn a_run_stops_when_dead_letters_pass_their_share_of_the_records_read() {
+    // One record in ten is rejected: under a share of 5%, the run stops
+    // once 20 records were read, with the checkpoint uncommitted.
+    let (s, _) = scratch_with_input("dead-share", 1000);
+    let pipeline = "max_dead_letter_share = 0.05\ndead_letter_share_after = 20";
+    let (status, result) =
+        s.run(&Spec { component: programs::REJECTS_EVERY_10TH, pipeline, ..Default::default() }.toml());
+    let err = result.unwrap_err();
+    let sinkbox::Error::DeadLetterLimit {
+        written, limit: sinkbox::DeadLetterLimit::Share { read, share, max }, ..
+    } = &err
+    else {
+        panic!("{}", chain(&err))
+    };
+    assert_eq!(*max, 0.05);
+    assert!(*share > 0.05 && *read >= 20 && *written >= 2, "{}", chain(&err));
+    let text = chain(&err);
+    assert!(text.contains(&format!("wrote {written} dead letters to ")), "{text}");
+    assert!(text.contains("records read, more than its limit (max_dead_letter_share = 0.05)"), "{text}");
+    assert!(status.committed < 1000, "stopped early: {}", status.committed);
+    assert!(committed_offset(&s).unwrap_or(0) < 1000);
+    // Below its minimum the share does not apply: 100 records, 10% of them
+    // dead letters, finish.
+    let (s, _) = scratch_with_input("dead-share-few", 100);
+    let pipeline = "max_dead_letter_share = 0.05\ndead_letter_share_after = 1000";
+    let (_, result) = s.run(&Spec { component: programs::REJECTS_EVERY_10TH, pipeline, ..Default::default() }.toml());
+    result.unwrap();
+    assert_eq!(dead_letters(&s).len(), 10);
+}
+
+#[test]
+fn a_backpressure_wait_the_sink_asks_for_is_cut_to_max_wait() {
+    // backpressure(u32::MAX): 49 days, asked for once.
+    let (s, input) = scratch_with_input("backpressure-max-wait", 30);
+    let config = "out = \"/out/out.jsonl\", times = 1, sleep_ms = 4294967295";
+    let started = std::time::Instant::now();
+    let (status, result) = s.run(
+        &Spec {
+            component: programs::BACKPRESSURE_THEN_OK,
+            config,
+            retry: "max_wait = \"400ms\"",
+            ..Default::default()
+        }
+        .toml(),
+    );
+    result.unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(s.read("out/out.jsonl"), input);
+    assert_eq!((status.sinks[0].retries, status.sinks[0].added), (1, 30));
+}
+
+#[test]
+fn recovering_one_checkpoint_stops_at_max_retry_time_naming_it() {
+    // Every flush is retryable, and the attempts would last for long.
+    let (s, _) = scratch_with_input("max-retry-time", 30);
+    let config = "out = \"/out/out.jsonl\", times = 100000";
+    let retry = "max_attempts = 1000\nmax_retry_time = \"300ms\"";
+    let started = std::time::Instant::now();
+    let (status, result) =
+        s.run(&Spec { component: programs::RETRYABLE_THEN_OK, config, retry, ..Default::default() }.toml());
+    let err = result.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(err, sinkbox::Error::RetryTimeUp { .. }), "{}", chain(&err));
+    let text = chain(&err);
+    assert!(
+        text.starts_with(
+            "sink \"t\" still failing after 300ms recovering one checkpoint (max_retry_time); offsets from "
+        ),
+        "{text}"
+    );
+    assert!(text.contains("sink \"t\" failed, retryably: destination unavailable (attempt"), "{text}");
+    assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(status.committed, 0);
+}
+
+#[test]
+fn a_sink_over_its_disk_quota_has_its_write_refused_and_the_run_stops_naming_the_quota() {
+    // 100 lines of about 25 bytes: a checkpoint of 50 is over 1 KiB.
+    let (s, _) = scratch_with_input("disk-quota", 100);
+    let spec = Spec {
+        component: "builtin:file",
+        config: "path = \"/out/out.jsonl\"",
+        limits: "disk = \"1KiB\"",
+        ..Default::default()
+    };
+    let (status, result) = s.run(&spec.toml());
+    let err = result.unwrap_err();
+    let text = chain(&err);
+    assert!(matches!(err, sinkbox::Error::GaveUp { .. }), "{text}");
+    // The host says what happened in its own words; the guest's view of
+    // the refused write (through the preview1 adapter, an I/O error)
+    // follows.
+    assert!(
+        text.contains(
+            "sink \"t\" exceeded its disk quota of 1 KiB in /out (a write was refused: no space left on device) in \
+             flush (the sink said: cannot write /out/out.jsonl: "
+        ),
+        "{text}"
+    );
+    // Nothing is committed past what was flushed, and no record is blamed.
+    assert_eq!(committed_offset(&s).unwrap_or(0), 0);
+    assert_eq!(status.committed, 0);
+    assert!(dead_letters(&s).is_empty());
+    let written = std::fs::metadata(s.path("out/out.jsonl")).map_or(0, |m| m.len());
+    assert!(written <= 1024, "{written}");
+}
+
+#[test]
+fn after_a_full_disk_is_freed_the_retry_on_a_fresh_instance_succeeds() {
+    // The quota plays the full disk: 3 KiB of it are taken by a file that
+    // is deleted while the sink backs off.
+    let (s, input) = scratch_with_input("disk-freed", 50);
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    s.write("out/filler", &"x".repeat(3 << 10));
+    let spec = Spec {
+        component: "builtin:file",
+        config: "path = \"/out/out.jsonl\"",
+        limits: "disk = \"4KiB\"",
+        retry: "base = \"1500ms\"\ncap = \"1500ms\"",
+        ..Default::default()
+    }
+    .toml()
+    .replace("base = \"1ms\"\ncap = \"5ms\"\n", "");
+    let (status, result) = std::thread::scope(|scope| {
+        let run = scope.spawn(|| s.run(&spec));
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::remove_file(s.path("out/filler")).unwrap();
+        run.join().unwrap()
+    });
+    result.unwrap();
+    assert_eq!(s.read("out/out.jsonl"), input);
+    assert_eq!(committed_offset(&s), Some(50));
+    let sink = &status.sinks[0];
+    assert_eq!((sink.retries, sink.added), (1, 50), "one refused flush, then a fresh instance");
+    assert!(sink.instances >= 2, "{}", sink.instances);
+}
+
+#[test]
 fn poison_records_are_isolated_by_bisection_and_dead_lettered() {
     let s = Scratch::new("poison");
     let mut input = lines(100);

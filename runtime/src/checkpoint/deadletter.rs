@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sinkbox_format::Record;
 
-use crate::error::{Error, Result};
+use crate::error::{DeadLetterLimit, Error, Result};
 
 /// The most bytes of a record (value, key and headers together) a dead
 /// letter keeps: 1 MiB.
@@ -73,6 +73,10 @@ pub struct DeadLetters {
     file: Option<BufWriter<File>>,
     written: u64,
     max: u64,
+    /// Records read by this run.
+    read: u64,
+    max_share: f64,
+    share_after: u64,
 }
 
 /// Dead letters a run may write before the pipeline stops (Kafka Connect's
@@ -80,17 +84,64 @@ pub struct DeadLetters {
 /// not a few records.
 pub const MAX_DEAD_LETTERS: u64 = 100_000;
 
+/// The share of the records read that may become dead letters: half.
+pub const MAX_DEAD_LETTER_SHARE: f64 = 0.5;
+
+/// Records a run reads before [`MAX_DEAD_LETTER_SHARE`] applies, so that
+/// one early bad record does not stop it.
+pub const DEAD_LETTER_SHARE_AFTER: u64 = 1_000;
+
 impl DeadLetters {
     /// A queue at `path`; the file is created on the first entry. At most
-    /// [`MAX_DEAD_LETTERS`] entries per run.
+    /// [`MAX_DEAD_LETTERS`] entries per run, and, once
+    /// [`DEAD_LETTER_SHARE_AFTER`] records were read, at most
+    /// [`MAX_DEAD_LETTER_SHARE`] of them.
     pub fn new(path: impl Into<PathBuf>) -> DeadLetters {
-        DeadLetters { path: path.into(), file: None, written: 0, max: MAX_DEAD_LETTERS }
+        DeadLetters {
+            path: path.into(),
+            file: None,
+            written: 0,
+            max: MAX_DEAD_LETTERS,
+            read: 0,
+            max_share: MAX_DEAD_LETTER_SHARE,
+            share_after: DEAD_LETTER_SHARE_AFTER,
+        }
     }
 
     /// The most entries one run may write; one more stops the pipeline.
     pub fn max(mut self, max: u64) -> DeadLetters {
         self.max = max;
         self
+    }
+
+    /// The most entries per record read (a fraction; 1 or more turns the
+    /// check off), checked once `after` records were read.
+    pub fn max_share(mut self, share: f64, after: u64) -> DeadLetters {
+        self.max_share = share;
+        self.share_after = after;
+        self
+    }
+
+    /// Counts `n` more records read (malformed ones included); fails if the
+    /// entries written so far are now over the share.
+    pub fn read(&mut self, n: u64) -> Result<()> {
+        self.read += n;
+        self.check_share()
+    }
+
+    fn check_share(&self) -> Result<()> {
+        if self.read == 0 || self.read < self.share_after {
+            return Ok(());
+        }
+        let share = self.written as f64 / self.read as f64;
+        if share > self.max_share {
+            return Err(Error::DeadLetterLimit {
+                path: self.path.clone(),
+                written: self.written,
+                limit: DeadLetterLimit::Share { read: self.read, share, max: self.max_share },
+            });
+        }
+        Ok(())
     }
 
     /// Its path.
@@ -164,12 +215,11 @@ impl DeadLetters {
 
     fn write(&mut self, entry: Value) -> Result<()> {
         if self.written >= self.max {
-            return Err(Error::Config(format!(
-                "the pipeline wrote {} dead letters to {}, its limit (max_dead_letters); the input or a sink is \
-                 broken, not a few records; stopping with the checkpoint uncommitted",
-                self.written,
-                self.path.display()
-            )));
+            return Err(Error::DeadLetterLimit {
+                path: self.path.clone(),
+                written: self.written,
+                limit: DeadLetterLimit::Count { max: self.max },
+            });
         }
         if self.file.is_none() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -184,7 +234,7 @@ impl DeadLetters {
             .and_then(|()| file.write_all(b"\n"));
         written.map_err(|e| self.fail(e))?;
         self.written += 1;
-        Ok(())
+        self.check_share()
     }
 
     /// Makes every entry durable; called before offsets are committed.
@@ -315,10 +365,43 @@ mod cap_tests {
         let mut dead = DeadLetters::new(dir.join("d.jsonl")).max(2);
         dead.push_malformed("bad", "t", 0, 0, b"x").unwrap();
         dead.push_malformed("bad", "t", 0, 1, b"y").unwrap();
-        let err = dead.push_malformed("bad", "t", 0, 2, b"z").unwrap_err().to_string();
+        let err = dead.push_malformed("bad", "t", 0, 2, b"z").unwrap_err();
+        assert!(
+            matches!(&err, Error::DeadLetterLimit { written: 2, limit: DeadLetterLimit::Count { max: 2 }, .. }),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("wrote 2 dead letters to") && err.contains("d.jsonl"), "{err}");
+        assert!(err.contains("its limit (max_dead_letters = 2)"), "{err}");
         dead.sync().unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("d.jsonl")).unwrap().lines().count(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_run_stops_over_its_share_once_enough_records_were_read() {
+        let dir = std::env::temp_dir().join(format!("sinkbox-dead-share-{}", std::process::id()));
+        let mut dead = DeadLetters::new(dir.join("d.jsonl")).max_share(0.1, 20);
+        // Below 20 records read, any share passes: one early bad record
+        // does not stop the run.
+        dead.read(5).unwrap();
+        for offset in 0..3 {
+            dead.push_malformed("bad", "t", 0, offset, b"x").unwrap();
+        }
+        // 3 of 20 is over a tenth.
+        let err = dead.read(15).unwrap_err();
+        let Error::DeadLetterLimit { written: 3, limit: DeadLetterLimit::Share { read: 20, share, max }, .. } = err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!((share, max), (0.15, 0.1));
+        // 3 of 40 is not, and the next entries are checked as they are
+        // written: 4 of 40 passes, 5 of 40 does not.
+        dead.read(20).unwrap();
+        dead.push_malformed("bad", "t", 0, 3, b"x").unwrap();
+        let err = dead.push_malformed("bad", "t", 0, 4, b"x").unwrap_err().to_string();
+        assert!(err.contains("wrote 5 dead letters to") && err.contains("12.5% of the 40 records read"), "{err}");
+        assert!(err.contains("more than its limit (max_dead_letter_share = 0.1)"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

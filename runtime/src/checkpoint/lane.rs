@@ -460,12 +460,12 @@ impl Lane {
                 return Err(Error::Interrupted { from: self.shared.committed() });
             }
             if since.elapsed() > self.shared.retry.max_retry_time {
-                tracing::error!(
-                    "sink \"{}\" spent over {:?} recovering one checkpoint; giving up",
-                    self.spec.name,
-                    self.shared.retry.max_retry_time
-                );
-                return Err(self.gave_up(failure));
+                return Err(Error::RetryTimeUp {
+                    sink: self.spec.name.clone(),
+                    limit: self.shared.retry.max_retry_time,
+                    from: self.shared.committed(),
+                    last: Box::new(failure),
+                });
             }
             tracing::warn!("{failure}; recovering");
             let largest = upto.map_or(0, |u| self.held[..=u].iter().map(|b| b.count as usize).max().unwrap_or(0));
@@ -487,16 +487,21 @@ impl Lane {
                     self.abort_instance().await;
                     self.shared.clone().sleep(wait).await?;
                 }
-                Fault::Retryable(_) => {
+                Fault::Retryable(_) | Fault::Disk { .. } => {
                     self.attempts += 1;
                     self.metrics.retries += 1;
                     if self.attempts >= self.shared.retry.max_attempts {
                         return Err(self.gave_up(failure));
                     }
+
                     // A fresh instance reopens whatever broke (a file
                     // handle on a full disk, a connection).
                     self.drop_instance();
                     self.shared.clone().sleep(self.shared.retry.backoff(self.attempts)).await?;
+                    if let Some(quota) = &self.spec.grants.quota {
+                        // Space freed during the wait counts for the retry.
+                        quota.measure();
+                    }
                     self.start_instance().await?;
                 }
                 fault

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use deadletter::DeadLetters;
+pub use deadletter::{DEAD_LETTER_SHARE_AFTER, DeadLetters, MAX_DEAD_LETTER_SHARE, MAX_DEAD_LETTERS};
 pub use offsets::{Committed, OffsetStore, Snapshots};
 pub use policy::{Batching, OnError, RetryPolicy};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -223,6 +223,14 @@ impl Pipeline {
         let started = Instant::now();
         let Pipeline { name, engine, source, sinks, batching, retry, offsets, dead_letters, start } = self;
         let mut status = Status { pipeline: name.clone(), position: start.position.to_string(), ..Default::default() };
+        // Held for the whole run: no other pipeline writes into these.
+        let _outputs = match lock_outputs(&name, &sinks) {
+            Ok(locks) => locks,
+            Err(e) => {
+                status.outcome = Outcome::Failed(crate::error::chain(&e));
+                return (status, Err(e));
+            }
+        };
         let shared = Arc::new(Shared {
             engine,
             retry,
@@ -275,6 +283,12 @@ impl Pipeline {
         };
         (status, result)
     }
+}
+
+/// Locks every writable directory granted to `sinks` for `pipeline`.
+fn lock_outputs(pipeline: &str, sinks: &[SinkSpec]) -> Result<Vec<Arc<crate::lock::OutputLock>>> {
+    let writable = sinks.iter().flat_map(|s| &s.grants.dirs).filter(|d| d.writable);
+    writable.map(|d| crate::lock::lock_output(&d.host, pipeline)).collect()
 }
 
 /// Runs `step`, unless a stop request has waited [`STOP_GRACE`] for it:
@@ -399,8 +413,9 @@ impl Run<'_> {
             self.control.read.fetch_add(count + batch.malformed.len() as u64, Ordering::Relaxed);
             self.control.bytes.fetch_add(batch.bytes, Ordering::Relaxed);
             self.malformed += batch.malformed.len() as u64;
-            if !batch.malformed.is_empty() {
+            {
                 let mut dead_letters = self.shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner());
+                dead_letters.read(count + batch.malformed.len() as u64)?;
                 for m in &batch.malformed {
                     dead_letters.push_malformed(&m.reason, &batch.topic, batch.partition, m.offset, &m.raw)?;
                 }
@@ -476,7 +491,11 @@ impl Run<'_> {
                         failure.get_or_insert(e);
                     }
                     Err(_) => {
-                        failure.get_or_insert_with(|| Error::Config("a sink instance ended while opening".into()));
+                        let sink = &self.sinks[handle.sink].name;
+                        failure.get_or_insert_with(|| Error::Task {
+                            what: format!("sink \"{sink}\": its task ended while opening"),
+                            source: None,
+                        });
                     }
                 }
                 kept.push(handle);
@@ -548,7 +567,10 @@ impl Run<'_> {
                 self.ended.push((sink, end.status));
                 end.error.unwrap_or_else(|| self.interrupted())
             }
-            Err(e) => Error::Config(format!("a sink task failed: {e}")),
+            Err(e) => Error::Task {
+                what: format!("sink \"{}\": its task failed", self.sinks[sink].name),
+                source: Some(Box::new(e)),
+            },
         }
     }
 
@@ -583,6 +605,9 @@ impl Run<'_> {
         }
         self.control.committed.fetch_add(records, Ordering::Relaxed);
         self.checkpoints += 1;
+        for quota in self.sinks.iter().filter_map(|s| s.grants.quota.as_ref()) {
+            quota.measure();
+        }
         tracing::debug!(pipeline = %self.pipeline, "committed {end}");
         *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
         self.committed = end;

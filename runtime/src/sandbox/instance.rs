@@ -8,7 +8,9 @@ use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
-use super::{Engine, MAX_SNAPSHOT, MemoryLimiter, SandboxLimits, SinkComponent, StoreState, budget, output, text};
+use super::{
+    Engine, MAX_SNAPSHOT, MemoryLimiter, SandboxLimits, SinkComponent, StoreState, budget, output, quota, text,
+};
 use super::{Grants, NetStats, SinkWorld, egress};
 use crate::bindings::{Batch, Context, GuestError, GuestStatus, Rejection};
 use crate::error::{Fault, Phase, SinkFailure};
@@ -148,7 +150,7 @@ impl SinkInstance {
         let fail = |fault| SinkFailure { sink: name.to_string(), phase: Phase::Instantiate, fault };
         let mut wasi = WasiCtx::builder();
         let stderr_tail = output::Tail::default();
-        let log_budget = budget::LogBudget::default();
+        let log_budget = budget::LogBudget::new(limits.log_per_call);
         let egress = egress::Egress::new(name.clone(), &grants.hosts, limits.net);
         wasi.stdout(output::GuestOutput::new(name.clone(), "stdout", None, log_budget.clone()))
             .stderr(output::GuestOutput::new(name.clone(), "stderr", Some(stderr_tail.clone()), log_budget.clone()))
@@ -180,6 +182,7 @@ impl SinkInstance {
             log_budget,
             http: WasiHttpCtx::new(),
             egress,
+            quota: quota::StoreQuota::new(grants.quota.clone()),
         };
         let mut store = Store::new(engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
@@ -243,14 +246,19 @@ impl SinkInstance {
         let used = if guard.fuel { budget.saturating_sub(self.store.get_fuel().unwrap_or(0)) } else { 0 };
         let ok = matches!(ended, Ended::Returned(Ok(Ok(_))));
         self.record(phase, elapsed, used, ok);
-        let dropped = self.store.data().log_budget.take_dropped();
-        if dropped > 0 {
-            tracing::warn!(
-                "sink \"{}\" logged too much in {phase}; dropped {dropped} lines over its limit of {} lines and {} per second",
-                self.name,
-                budget::LOG_LINES_PER_SEC,
-                crate::error::Bytes(u64::from(budget::LOG_BYTES_PER_SEC))
-            );
+        if let Some(dropped) = self.store.data().log_budget.end_call() {
+            tracing::warn!("sink \"{}\" logged too much in {phase}; {dropped}", self.name);
+        }
+        if let Some(quota) = self.store.data().quota.take_exceeded() {
+            // A refused write fails the call whatever the guest made of
+            // it: what it meant to write is not all there.
+            let said = match &ended {
+                Ended::Returned(Ok(Err(GuestError::Fatal(m) | GuestError::Retryable(m)))) => Some(text::guest(m)),
+                _ => None,
+            };
+            let fault = Fault::Disk { limit: quota.limit(), dirs: quota.guest_dirs(), said };
+            self.broken = true;
+            return Err(self.failure(phase, fault));
         }
         let fault = match ended {
             Ended::Returned(Ok(Ok(value))) => return Ok(value),

@@ -13,6 +13,7 @@ mod budget;
 mod egress;
 mod instance;
 mod output;
+mod quota;
 pub mod text;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 pub use budget::{LOG_BYTES_PER_SEC, LOG_LINES_PER_SEC};
 pub use egress::{HostGrant, HostPattern, NetLimits, NetStats, Protocol};
 pub use instance::{CallStats, Failure, Interrupt, SinkInstance};
+pub use quota::DiskQuota;
 
 use crate::bindings::sinkbox as wit;
 use crate::bindings::{CONTRACT, Level, SinkWorld, SinkWorldPre};
@@ -43,9 +45,10 @@ pub const MAX_SNAPSHOT: usize = 64 << 10;
 
 /// Per-instance limits. Defaults: 64 MiB of linear memory, a 10 s
 /// wall-clock limit per call, 1,024 host handles (open files, directories,
-/// streams and pollables together), and, when the engine meters fuel, 10
-/// million fuel per record in `add` plus 1 billion per call (the budget of
-/// `open`, `flush` and `close`).
+/// streams and pollables together), 1,000 log lines and 1 MiB of logs per
+/// call (on top of the rate per second), and, when the engine meters fuel,
+/// 10 million fuel per record in `add` plus 1 billion per call (the budget
+/// of `open`, `flush` and `close`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SandboxLimits {
     pub(crate) memory: u64,
@@ -54,6 +57,7 @@ pub struct SandboxLimits {
     pub(crate) timeout: Duration,
     pub(crate) handles: usize,
     pub(crate) net: NetLimits,
+    pub(crate) log_per_call: budget::PerCall,
 }
 
 impl Default for SandboxLimits {
@@ -65,6 +69,7 @@ impl Default for SandboxLimits {
             timeout: Duration::from_secs(10),
             handles: 1024,
             net: NetLimits::default(),
+            log_per_call: budget::PerCall { lines: 1000, bytes: 1 << 20 },
         }
     }
 }
@@ -125,6 +130,19 @@ impl SandboxLimits {
         self.net.sent_per_checkpoint = bytes;
         self
     }
+
+    /// Log lines (the log import, stdout and stderr together) one call may
+    /// emit; the excess is dropped and counted.
+    pub fn log_lines_per_call(mut self, lines: u32) -> Self {
+        self.log_per_call.lines = lines;
+        self
+    }
+
+    /// Log bytes one call may emit; the excess is dropped and counted.
+    pub fn log_bytes_per_call(mut self, bytes: u64) -> Self {
+        self.log_per_call.bytes = bytes;
+        self
+    }
 }
 
 /// What a sink may touch. Nothing unless granted.
@@ -136,6 +154,9 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// Hosts the guest may connect to (see [`HostGrant`]).
     pub hosts: Vec<HostGrant>,
+    /// What the writable directories may hold, shared by all instances of
+    /// the sink; `None` is no limit.
+    pub quota: Option<DiskQuota>,
 }
 
 /// A host directory made visible to a guest.
@@ -162,6 +183,7 @@ pub struct StoreState {
     http: WasiHttpCtx,
     /// The network policy: the wasi:http hook and the sockets checks.
     egress: egress::Egress,
+    quota: quota::StoreQuota,
 }
 
 impl WasiView for StoreState {
@@ -245,6 +267,7 @@ pub struct ComponentInfo {
 /// interface. Name lookup is WASI's, behind the sink's grants.
 fn link(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    quota::link(linker)?;
     linker.allow_shadowing(true);
     wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<_, egress::GuardedLookup>(linker, |s| {
         egress::LookupView { egress: s.egress.clone(), sockets: s.sockets() }
