@@ -535,7 +535,15 @@ impl Drop for TempDir {
 }
 
 /// The uid and gid of a system user, from `/etc/passwd`.
+/// The user and group a server runs as: `user` when the tests run as root
+/// (PostgreSQL refuses to run as root), else the tests' own.
 fn user_ids(user: &str) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(me) = std::fs::metadata("/proc/self")
+        && me.uid() != 0
+    {
+        return (me.uid(), me.gid());
+    }
     let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
     passwd
         .lines()
