@@ -429,7 +429,11 @@ fn broken_components_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot load component junk.wasm"), "{}", stderr(&out));
     let out = sinkbox(&s, &["run", "--sink", "builtin:nope", "--input", "in.jsonl"]);
-    assert!(stderr(&out).contains("no built-in sink \"nope\"; built-ins are: blackhole, file, mqtt, postgres, redis"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no built-in sink \"nope\"; built-ins are: blackhole, file, mqtt, postgres, redis"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
