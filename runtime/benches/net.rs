@@ -41,6 +41,9 @@ struct Row {
     native_time: Duration,
 }
 
+/// One row of the table: its name (for the filter) and how to measure it.
+type RowFn = (&'static str, fn(&Bench) -> Row);
+
 struct Bench {
     dir: PathBuf,
     engine: Engine,
@@ -277,7 +280,7 @@ fn main() {
     let engine = Engine::new(EngineOptions::default().cache_dir(Some(dir.join("cache")))).expect("engine");
     let input: String = (0..N).map(|i| record(i) + "\n").collect();
     let bench = Bench { dir: dir.clone(), engine, input };
-    let all: [(&str, fn(&Bench) -> Row); 7] = [
+    let all: [RowFn; 7] = [
         ("postgres", postgres),
         ("redis", redis),
         ("mqtt", mqtt),

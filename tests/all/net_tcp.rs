@@ -144,7 +144,7 @@ mod postgres {
         pg.psql("CREATE TABLE t (id int PRIMARY KEY, name text)");
         let mut sink = PostgresSink::open(config(&pg, ""), &context("in", 0)).expect("open");
         sink.add_batch(batch("in", 0, &[(0, None, br#"{"id":0,"name":"a"}"#)])).expect("add");
-        pg.server.stop();
+        pg.stop();
         match sink.flush() {
             Err(Error::Retryable(m)) => assert!(m.starts_with(&format!("postgres {addr}: lost the connection")), "{m}"),
             other => panic!("expected retryable, got {other:?}"),
@@ -477,7 +477,7 @@ max_attempts = 300
         let n = 30_000;
         s.write("in.jsonl", &rows(n, &[]));
         let port = pg.server.port;
-        pg.server.stop();
+        pg.stop();
         let toml = pipeline(200, 2000, &[sink("pg", "postgres", &pg_config(port), &tcp(port))]);
         let restarter = std::thread::spawn(move || {
             // Down at the start: the sink cannot connect and is retried.

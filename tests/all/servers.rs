@@ -104,6 +104,19 @@ impl Server {
         }
     }
 
+    /// Stops the server with `signal` (a `kill -s` name), waiting up to 10 s
+    /// for it to exit before killing it.
+    pub fn stop_with(&mut self, signal: &str) {
+        if let Some(child) = &mut self.child {
+            let _ = Command::new("kill").args(["-s", signal, &child.id().to_string()]).status();
+            let start = Instant::now();
+            while child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.stop();
+    }
+
     /// Starts the same server again with `command` on the same port, after
     /// [`Server::stop`].
     pub fn restart(&mut self, mut command: Command) {
@@ -592,6 +605,7 @@ impl Postgres {
         let port = free_port();
         let mut postgres = Postgres { server: Server::unstarted("postgres", port, &temp.0), bin, _temp: temp };
         postgres.server.restart(postgres.command());
+        postgres.wait_ready();
         postgres.psql_in("postgres", "CREATE DATABASE sinkbox");
         postgres.psql(
             "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5-pw'; \
@@ -625,6 +639,10 @@ impl Postgres {
     }
 
     fn psql_in(&self, database: &str, sql: &str) -> String {
+        self.try_psql(database, sql).unwrap_or_else(|e| panic!("psql {sql:?} failed: {e}"))
+    }
+
+    fn try_psql(&self, database: &str, sql: &str) -> Result<String, String> {
         let output = Command::new(program("psql", "postgresql-client", &[]))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "sinkbox", "-d", database, "-h"])
             .arg(&self.server.dir)
@@ -634,14 +652,38 @@ impl Postgres {
             .arg(sql)
             .output()
             .expect("run psql");
-        assert!(output.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
-    /// Stops the server and starts it again on the same port and data.
+    /// Waits up to 30 s for the server to accept queries (after a crash it
+    /// listens before recovery has finished).
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        while let Err(e) = self.try_psql("postgres", "SELECT 1") {
+            assert!(start.elapsed() < Duration::from_secs(30), "postgres is not ready after 30 s: {e}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server at once, as a crash would, dropping every
+    /// connection and its open transaction. An immediate shutdown
+    /// (SIGQUIT), not SIGKILL: the postmaster waits for its backends, so a
+    /// restart does not find them still holding the data directory.
+    pub fn stop(&mut self) {
+        self.server.stop_with("QUIT");
+    }
+
+    /// Stops the server (as [`Postgres::stop`]) and starts it again on the
+    /// same port and data.
     pub fn restart(&mut self) {
+        self.stop();
         let command = self.command();
         self.server.restart(command);
+        self.wait_ready();
     }
 }
 
