@@ -248,7 +248,17 @@ fn s3(bench: &Bench) -> Row {
     // headers it sends, so this request keeps curl's defaults.
     let put = |path: &str, file: &Path| {
         Command::new(servers::program("curl", "curl", &[]))
-            .args(["-sS", "--fail-with-body", "-o", "/dev/null", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &format!("{KEY}:{SECRET}"), "-T"])
+            .args([
+                "-sS",
+                "--fail-with-body",
+                "-o",
+                "/dev/null",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+                &format!("{KEY}:{SECRET}"),
+                "-T",
+            ])
             .arg(file)
             .arg(format!("{origin}{path}"))
             .output()
