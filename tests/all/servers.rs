@@ -299,10 +299,16 @@ fn serve_connection(stream: TcpStream, state: &std::sync::Mutex<ReceiverState>, 
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let answer = {
+        // Tests run in parallel, and a port another test's server freed can
+        // be handed to this receiver while that test's sink still retries
+        // against it: only `/ingest` requests are the `http` sink's, and
+        // only they are recorded or take a scripted answer.
+        let answer = if path.starts_with("/ingest") {
             let mut state = state.lock().expect("state");
             state.requests.push(Received { method, path, headers, body });
             state.script.pop_front().unwrap_or_else(|| Answer::new(200, "{}"))
+        } else {
+            Answer::new(404, "not an /ingest request")
         };
         let mut text = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", answer.status, answer.body.len());
         for (name, value) in &answer.headers {
