@@ -176,6 +176,94 @@ pub enum SourceSection {
         #[serde(default)]
         format: LineFormat,
     },
+    /// A Kafka consumer group.
+    Kafka(KafkaSection),
+}
+
+/// `[source] kind = "kafka"`: a consumer in a group; processes with the
+/// same `group` share the topics' partitions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap servers, `host:port` separated by commas.
+    pub brokers: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// The consumer group.
+    pub group: String,
+    /// Where a partition starts when the group has no offset for it.
+    #[serde(default)]
+    pub start: KafkaStart,
+    /// What values must be.
+    #[serde(default)]
+    pub value: KafkaValue,
+    /// End the run once every assigned partition was read to its end
+    /// (a batch job over a topic) instead of waiting for more.
+    #[serde(default)]
+    pub stop_at_end: bool,
+    /// Longest a revocation waits for the checkpoint of the revoked
+    /// partitions to be committed (default 30 s).
+    #[serde(default)]
+    pub revoke_timeout: Option<HumanDuration>,
+    /// librdkafka settings, passed through (e.g. `"session.timeout.ms" =
+    /// "10000"`); the ones the source sets itself are refused.
+    #[serde(default, deserialize_with = "kafka_settings")]
+    pub settings: BTreeMap<String, String>,
+}
+
+/// `start`: where a partition without a committed offset starts.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaStart {
+    /// The oldest record kept.
+    #[default]
+    Earliest,
+    /// Records produced from now on.
+    Latest,
+}
+
+impl KafkaStart {
+    /// librdkafka's `auto.offset.reset` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaStart::Earliest => "earliest",
+            KafkaStart::Latest => "latest",
+        }
+    }
+}
+
+/// `value`: what a record's value must be.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaValue {
+    /// Any bytes, passed as they are.
+    #[default]
+    Raw,
+    /// JSON; other values are dead-lettered with the reason.
+    Json,
+}
+
+/// librdkafka settings: strings, numbers or booleans, passed as strings.
+fn kafka_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let table = BTreeMap::<String, toml::Value>::deserialize(d)?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "settings.{key}: expected a string, number or boolean, found {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
 }
 
 /// `[retry]`.
@@ -624,6 +712,7 @@ impl PipelineFile {
             SourceSection::Stdin { format } => {
                 LineSource::stdin(*format, Some(&start.position)).map(|s| Box::new(s) as Box<dyn Source>)
             }
+            SourceSection::Kafka(kafka) => kafka_source(kafka),
         };
         let source = source.map_err(|e| match e {
             Error::StreamChanged(mut changed) => {
@@ -707,6 +796,18 @@ impl PipelineFile {
     }
 }
 
+/// Opens a Kafka source; the group's committed offsets say where it
+/// resumes.
+#[cfg(feature = "kafka")]
+fn kafka_source(section: &KafkaSection) -> Result<Box<dyn Source>> {
+    Ok(Box::new(crate::source::KafkaSource::new(section)?))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn kafka_source(_section: &KafkaSection) -> Result<Box<dyn Source>> {
+    Err(Error::Config("[source] kind = \"kafka\": this sinkbox was built without the `kafka` feature".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,7 +845,8 @@ mod tests {
         assert!(parse_err("sink = []\n[source]\nkind = \"stdin\"\n").contains("at least one [[sink]]"));
         let twice = format!("{MINIMAL}[[sink]]\nname = \"a\"\ncomponent = \"builtin:file\"\n");
         assert!(parse_err(&twice).contains("two sinks are named \"a\""));
-        assert!(parse_err("[source]\nkind = \"kafka\"\n").contains("unknown variant `kafka`"));
+        assert!(parse_err("[source]\nkind = \"nats\"\n").contains("unknown variant `nats`"));
+        assert!(parse_err("[source]\nkind = \"kafka\"\n").contains("missing field `brokers`"));
     }
 
     #[test]

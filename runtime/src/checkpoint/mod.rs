@@ -51,7 +51,7 @@ use self::lane::{Command, Flushed, Lane, LaneEnd, Shared};
 use crate::bindings::{Batch, Context};
 use crate::error::{Error, Result};
 use crate::sandbox::{Engine, Grants, Interrupt, SandboxLimits, SinkComponent};
-use crate::source::{PartitionId, Position, Source, SourceEvent, SourceHandle};
+use crate::source::{Notifier, PartitionId, Position, Source, SourceEvent, SourceHandle};
 use crate::status::{LaneStatus, Outcome, SinkMetrics, Status};
 
 /// How long a checkpoint may still run after a stop request before it is
@@ -252,6 +252,7 @@ impl Pipeline {
             lanes: BTreeMap::new(),
             ended: Vec::new(),
             workers: BTreeMap::new(),
+            notifier: None,
             round_robin: 0,
             checkpoints: 0,
             malformed: 0,
@@ -259,8 +260,12 @@ impl Pipeline {
         let result = match SourceHandle::spawn(source, batching.batch_size, batching.batch_bytes) {
             Ok(mut source) => {
                 run.source_name = source.describe().to_string();
+                run.notifier = source.notifier();
                 let result = run.run(&mut source).await;
                 run.close_all().await;
+                // The source takes its last notes until every notifier is
+                // gone.
+                run.notifier = None;
                 source.finish().await;
                 result
             }
@@ -335,6 +340,9 @@ struct Run<'a> {
     ended: Vec<(usize, LaneStatus)>,
     /// Per sink: lanes opened so far (the next worker index).
     workers: BTreeMap<usize, u32>,
+    /// Where committed positions go back to the source (a Kafka consumer
+    /// commits them to its group).
+    notifier: Option<Notifier>,
     round_robin: u64,
     checkpoints: u64,
     malformed: u64,
@@ -404,6 +412,9 @@ impl Run<'_> {
                         open = Open::default();
                     }
                     bounded(self.control, self.committed.to_string(), self.revoke(parts)).await?;
+                    if let Some(notifier) = &self.notifier {
+                        notifier.revoked(&self.committed);
+                    }
                     continue;
                 }
                 Some(Ok(SourceEvent::Batch(batch))) => batch,
@@ -609,6 +620,9 @@ impl Run<'_> {
             quota.measure();
         }
         tracing::debug!(pipeline = %self.pipeline, "committed {end}");
+        if let Some(notifier) = &self.notifier {
+            notifier.committed(&end);
+        }
         *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
         self.committed = end;
         Ok(())

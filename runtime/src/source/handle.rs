@@ -1,11 +1,24 @@
 //! A source on its own thread, read asynchronously.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::{PartitionId, Position, Source, SourceEvent};
 use crate::error::{Error, Result};
+
+/// What the loop tells a source, in order.
+#[derive(Debug)]
+enum Note {
+    /// A checkpoint was committed at this position.
+    Committed(Position),
+    /// The loop finished a revocation: it committed what it held of the
+    /// revoked partitions (this position) and closed their instances.
+    Revoked(Position),
+}
 
 /// The async side of a source running on its own thread. Reading a source
 /// may block (stdin, a file on a slow disk, a broker poll), so it never runs
@@ -13,11 +26,110 @@ use crate::error::{Error, Result};
 /// to the reader.
 pub struct SourceHandle {
     events: mpsc::Receiver<Result<SourceEvent>>,
-    commits: Option<std_mpsc::Sender<Position>>,
+    notes: Option<Notifier>,
     thread: Option<std::thread::JoinHandle<()>>,
     name: String,
     partitions: Vec<PartitionId>,
     size: Option<u64>,
+    close_grace: Duration,
+}
+
+/// The loop's side of the notes to a source: committed checkpoints and
+/// finished revocations.
+#[derive(Debug, Clone)]
+pub struct Notifier(std_mpsc::Sender<Note>);
+
+impl Notifier {
+    /// Tells the source a checkpoint was committed at `position`.
+    pub fn committed(&self, position: &Position) {
+        let _ = self.0.send(Note::Committed(position.clone()));
+    }
+
+    /// Tells the source the last revocation is done; `position` is what the
+    /// loop has committed.
+    pub fn revoked(&self, position: &Position) {
+        let _ = self.0.send(Note::Revoked(position.clone()));
+    }
+}
+
+/// The source thread's way to the loop, handed to [`Source::attach`]: a
+/// source that must wait for the loop in the middle of a read (a Kafka
+/// consumer giving up partitions inside its poll) sends events and takes
+/// notes through it.
+#[derive(Clone)]
+pub struct SourceLink(Arc<LinkState>);
+
+struct LinkState {
+    /// Taken at the end of the input, which closes the loop's channel.
+    events: Mutex<Option<mpsc::Sender<Result<SourceEvent>>>>,
+    notes: Mutex<std_mpsc::Receiver<Note>>,
+    /// Revocations sent to the loop, and those it has finished.
+    revocations: AtomicU64,
+    revoked: AtomicU64,
+}
+
+impl SourceLink {
+    /// Sends `event` to the loop, waiting while its queue is full; false
+    /// once the loop has gone.
+    pub fn send(&self, event: Result<SourceEvent>) -> bool {
+        let sender = self.0.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        sender.is_some_and(|sender| sender.blocking_send(event).is_ok())
+    }
+
+    /// Hands every checkpoint committed so far to `on_commit`, without
+    /// waiting.
+    pub fn take_commits(&self, mut on_commit: impl FnMut(&Position)) {
+        let notes = self.0.notes.lock().unwrap_or_else(|p| p.into_inner());
+        while let Ok(note) = notes.try_recv() {
+            self.note(note, &mut on_commit);
+        }
+    }
+
+    fn note(&self, note: Note, on_commit: &mut impl FnMut(&Position)) -> Option<Position> {
+        match note {
+            Note::Committed(position) => {
+                on_commit(&position);
+                None
+            }
+            Note::Revoked(position) => {
+                self.0.revoked.fetch_add(1, Ordering::SeqCst);
+                Some(position)
+            }
+        }
+    }
+
+    /// Tells the loop `parts` are revoked and waits, at most `within`, until
+    /// it has committed what it holds of them and closed their instances.
+    /// Checkpoints committed meanwhile go to `on_commit`. Returns the
+    /// position committed at the end of the revocation, or `None` when the
+    /// loop did not finish in time (or has gone).
+    pub fn revoke(
+        &self,
+        parts: Vec<PartitionId>,
+        within: Duration,
+        mut on_commit: impl FnMut(&Position),
+    ) -> Option<Position> {
+        let wanted = self.0.revocations.fetch_add(1, Ordering::SeqCst) + 1;
+        if !self.send(Ok(SourceEvent::Revoked(parts))) {
+            return None;
+        }
+        let deadline = Instant::now() + within;
+        let notes = self.0.notes.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let note = match notes.recv_timeout(left) {
+                Ok(note) => note,
+                Err(_) => return None,
+            };
+            // An earlier revocation that timed out may finish now: only
+            // this one's end counts.
+            if let Some(position) = self.note(note, &mut on_commit)
+                && self.0.revoked.load(Ordering::SeqCst) >= wanted
+            {
+                return Some(position);
+            }
+        }
+    }
 }
 
 impl SourceHandle {
@@ -27,13 +139,28 @@ impl SourceHandle {
         let name = source.describe();
         let partitions = source.partitions();
         let size = source.size_hint();
+        let close_grace = source.close_grace();
         let (tx, events) = mpsc::channel::<Result<SourceEvent>>(4);
-        let (commits, commit_rx) = std_mpsc::channel::<Position>();
+        let (notes, notes_rx) = std_mpsc::channel::<Note>();
+        let link = SourceLink(Arc::new(LinkState {
+            events: Mutex::new(Some(tx)),
+            notes: Mutex::new(notes_rx),
+            revocations: AtomicU64::new(0),
+            revoked: AtomicU64::new(0),
+        }));
         let thread = std::thread::Builder::new()
             .name("sinkbox-source".into())
-            .spawn(move || read(source.as_mut(), tx, &commit_rx, batch_size, batch_bytes))
+            .spawn(move || read(source.as_mut(), link, batch_size, batch_bytes))
             .map_err(|e| Error::io("cannot start the source thread", e))?;
-        Ok(SourceHandle { events, commits: Some(commits), thread: Some(thread), name, partitions, size })
+        Ok(SourceHandle {
+            events,
+            notes: Some(Notifier(notes)),
+            thread: Some(thread),
+            name,
+            partitions,
+            size,
+            close_grace,
+        })
     }
 
     /// The source's description, e.g. `file data.jsonl`.
@@ -56,62 +183,54 @@ impl SourceHandle {
         self.events.recv().await
     }
 
-    /// Hands a committed position to the source (on its thread).
-    pub fn committed(&self, position: &Position) {
-        if let Some(commits) = &self.commits {
-            let _ = commits.send(position.clone());
-        }
+    /// Where the loop sends committed positions and finished revocations.
+    pub fn notifier(&self) -> Option<Notifier> {
+        self.notes.clone()
     }
 
-    /// Stops reading and waits for the source to take the last commits.
+    /// Stops reading and waits (up to the source's close grace) for it to
+    /// take the last commits and close.
     pub async fn finish(mut self) {
         self.events.close();
-        drop(self.commits.take());
+        drop(self.notes.take());
         if let Some(thread) = self.thread.take() {
             // The thread may be blocked in a read (stdin); it ends at its
             // next read or commit, so do not wait for it forever.
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_millis(200),
-                tokio::task::spawn_blocking(move || thread.join()),
-            )
-            .await;
+            let _ = tokio::time::timeout(self.close_grace, tokio::task::spawn_blocking(move || thread.join())).await;
         }
     }
 }
 
-fn read(
-    source: &mut dyn Source,
-    tx: mpsc::Sender<Result<SourceEvent>>,
-    commits: &std_mpsc::Receiver<Position>,
-    batch_size: usize,
-    batch_bytes: usize,
-) {
-    let commit = |source: &mut dyn Source, position: Position| {
-        if let Err(e) = source.committed(&position) {
+fn read(source: &mut dyn Source, link: SourceLink, batch_size: usize, batch_bytes: usize) {
+    let commit = |source: &mut dyn Source, position: &Position| {
+        if let Err(e) = source.committed(position) {
             tracing::warn!("{e}");
         }
     };
+    source.attach(link.clone());
     loop {
-        while let Ok(position) = commits.try_recv() {
-            commit(source, position);
-        }
+        link.take_commits(|position| commit(source, position));
         match source.next_event(batch_size, batch_bytes) {
             Ok(Some(event)) => {
-                if tx.blocking_send(Ok(event)).is_err() {
+                if !link.send(Ok(event)) {
                     break;
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                let _ = tx.blocking_send(Err(e));
+                let _ = link.send(Err(e));
                 break;
             }
         }
     }
-    // The end of the input: the loop sees the channel close. It still
-    // commits the last checkpoints after that.
-    drop(tx);
-    while let Ok(position) = commits.recv() {
-        commit(source, position);
+    // The end of the input: the loop sees the channel close (even if the
+    // source keeps a clone of the link). It still commits the last
+    // checkpoints after that.
+    link.0.events.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let notes = link.0.notes.lock().unwrap_or_else(|p| p.into_inner());
+    while let Ok(note) = notes.recv() {
+        if let Note::Committed(position) = note {
+            commit(source, &position);
+        }
     }
 }

@@ -21,6 +21,8 @@
 //! applies a position to a stream it was not committed for.
 
 mod handle;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod lines;
 
 use std::fmt;
@@ -28,7 +30,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sinkbox_format::BatchWriter;
 
-pub use handle::SourceHandle;
+pub use handle::{Notifier, SourceHandle, SourceLink};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaSource, TOMBSTONE_HEADER};
 pub use lines::{HEAD_BYTES, LineFormat, LineSource, MAX_LINE_BYTES};
 
 use crate::error::Result;
@@ -210,5 +214,18 @@ pub trait Source: Send {
     /// reads.
     fn committed(&mut self, _position: &Position) -> Result<()> {
         Ok(())
+    }
+
+    /// Called once on the source's thread before the first read, with its
+    /// way to the loop: a source that must wait for the loop in the middle
+    /// of a read (a Kafka consumer giving up partitions) keeps it.
+    fn attach(&mut self, _link: SourceLink) {}
+
+    /// How long the loop waits at the end of a run for the source to take
+    /// the last commits and close (a Kafka consumer commits and leaves its
+    /// group then). A source blocked in a read (stdin) is not waited for
+    /// longer than this.
+    fn close_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(200)
     }
 }

@@ -1,4 +1,5 @@
 //! Answers backpressure (retry after `sleep_ms`) to the first `times` adds of each instance, then works.
+//! With `phase = "partition-N"`, only the instances of partition N do.
 
 use std::time::Duration;
 
@@ -9,8 +10,9 @@ use sinkbox_test_programs::{Behaviour, Config, Program};
 struct BackpressureThenOk(u32);
 
 impl Behaviour for BackpressureThenOk {
-    fn add(&mut self, config: &Config, _record: &Record<'_>) -> Result<(), Error> {
-        if self.0 < config.times {
+    fn add(&mut self, config: &Config, record: &Record<'_>) -> Result<(), Error> {
+        let here = config.phase.as_ref().is_none_or(|p| *p == format!("partition-{}", record.partition()));
+        if here && self.0 < config.times {
             self.0 += 1;
             return Err(Error::backpressure(Duration::from_millis(config.sleep_ms)));
         }

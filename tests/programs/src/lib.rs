@@ -24,7 +24,10 @@ pub struct Config {
     /// `open`, `add`, `flush` or `close`.
     #[serde(default)]
     pub phase: Option<String>,
-    /// How the program misbehaves, for programs with several ways.
+    /// How the program misbehaves, for programs with several ways;
+    /// `metadata` (any program) writes each record's topic, partition,
+    /// offset, timestamp, key, headers and value as a JSON line instead of
+    /// its value.
     #[serde(default)]
     pub mode: Option<String>,
 }
@@ -84,7 +87,22 @@ impl<B: Behaviour> Sink for Program<B> {
 
     fn add(&mut self, record: Record<'_>) -> Result<(), Error> {
         self.behaviour.add(&self.config, &record)?;
-        self.buffer.extend_from_slice(record.value());
+        if self.config.mode.as_deref() == Some("metadata") {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let headers: Vec<(String, String)> = record.headers().map(|(n, v)| (text(n), text(v))).collect();
+            let line = serde_json::json!({
+                "topic": record.topic(),
+                "partition": record.partition(),
+                "offset": record.offset(),
+                "timestamp": record.timestamp(),
+                "key": record.key().map(text),
+                "headers": headers,
+                "value": text(record.value()),
+            });
+            self.buffer.extend_from_slice(line.to_string().as_bytes());
+        } else {
+            self.buffer.extend_from_slice(record.value());
+        }
         self.buffer.push(b'\n');
         self.pending += 1;
         Ok(())

