@@ -12,7 +12,7 @@ use sinkbox::Control;
 use sinkbox_test_artifacts::{BACKPRESSURE_THEN_OK, WELL_BEHAVED};
 
 use crate::Scratch;
-use crate::servers::{Postgres, Tansu};
+use crate::servers::{Tansu, TempDir};
 
 /// A producer to `brokers`.
 fn producer(brokers: &str) -> BaseProducer {
@@ -282,6 +282,7 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
     wait_until(Duration::from_secs(60), "process A reads", || !ids_in(&a.path("out")).is_empty());
     // B joins: A gives up partitions, committing what it read of them.
     let mut second = spawn_run(&b.dir);
+    wait_until(Duration::from_secs(60), "B is assigned partitions", || b.read("log.txt").contains("kafka: assigned"));
     produce(&broker.brokers(), "shared", 3, 30_000..60_000);
     wait_until(Duration::from_secs(60), "both processes read", || {
         ids_in(&a.path("out")).len() + ids_in(&b.path("out")).len() >= 60_000
@@ -294,6 +295,9 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
     }
     assert_eq!(both.len(), 60_000, "every record so far");
     assert!(both.values().all(|&n| n == 1), "a rebalance commits before it moves partitions: nothing twice");
+    let log_a = a.read("log.txt");
+    assert!(log_a.contains("kafka: giving up 3 partition(s)"), "{log_a}");
+    assert!(!log_a.contains("uncommitted"), "{log_a}");
 
     // A dies; B takes its partitions over from A's last commit.
     first.kill().expect("kill -9");
@@ -325,9 +329,19 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
 
 #[test]
 fn the_pipeline_waits_for_a_broker_that_restarts_and_loses_nothing() {
-    let postgres = Postgres::start();
-    let storage = format!("postgres://sinkbox:sinkbox-pw@{}/sinkbox", postgres.server.addr());
-    let mut broker = Tansu::start_with(&storage);
+    // Topics and committed offsets on S3 (SeaweedFS), so they survive the
+    // restart.
+    let s3 = TempDir::new("kafka-s3");
+    let (seaweedfs, _) = crate::net_http::seaweedfs(&s3.0);
+    let endpoint = format!("http://{}", seaweedfs.addr());
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", crate::net_http::S3_ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", crate::net_http::S3_SECRET_KEY),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let mut broker = Tansu::start_with("s3://events/", &env);
     broker.create_topic("restart", 3);
     produce(&broker.brokers(), "restart", 3, 0..5_000);
     let s = Scratch::new("kafka-restart");

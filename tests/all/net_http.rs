@@ -469,8 +469,8 @@ fn elasticsearch_sink_to_a_host_not_granted_is_denied_and_writes_nothing() {
     assert_eq!(other.connections(), 0);
 }
 
-const S3_ACCESS_KEY: &str = "AKIDSINKBOXTEST";
-const S3_SECRET_KEY: &str = "sinkbox-test-secret";
+pub(crate) const S3_ACCESS_KEY: &str = "AKIDSINKBOXTEST";
+pub(crate) const S3_SECRET_KEY: &str = "sinkbox-test-secret";
 
 /// A SigV4-signed request to the S3 API on 127.0.0.1:`port`, with the
 /// s3 sink's own signer (checked against AWS's test vectors).
@@ -510,7 +510,7 @@ fn s3_request(port: u16, method: &str, path: &str, query: &[(&str, &str)], body:
 
 /// SeaweedFS with SigV4 credentials in `dir`; returns once a PUT into
 /// bucket `events` succeeds (its volumes take a few seconds).
-fn seaweedfs(dir: &std::path::Path) -> (crate::servers::Server, [u16; 7]) {
+pub(crate) fn seaweedfs(dir: &std::path::Path) -> (crate::servers::Server, [u16; 7]) {
     std::fs::create_dir_all(dir).expect("dir");
     let (port, ports) = (crate::servers::free_port(), crate::servers::seaweedfs_ports());
     let command = crate::servers::seaweedfs_command(dir, port, ports, S3_ACCESS_KEY, S3_SECRET_KEY);

@@ -953,19 +953,26 @@ pub struct Tansu {
     // Dropped first: the broker stops before its directory goes.
     pub server: Server,
     storage: String,
+    env: Vec<(String, String)>,
     _temp: TempDir,
 }
 
 impl Tansu {
     pub fn start() -> Tansu {
-        Tansu::start_with("memory://tansu/")
+        Tansu::start_with("memory://tansu/", &[])
     }
 
-    pub fn start_with(storage: &str) -> Tansu {
+    /// A broker on `storage` (e.g. `s3://BUCKET/`), with `env` (the S3
+    /// endpoint and credentials) set for it.
+    pub fn start_with(storage: &str, env: &[(&str, &str)]) -> Tansu {
         let temp = TempDir::new("tansu");
         let port = free_port();
-        let mut tansu =
-            Tansu { server: Server::unstarted("tansu", port, &temp.0), storage: storage.to_string(), _temp: temp };
+        let mut tansu = Tansu {
+            server: Server::unstarted("tansu", port, &temp.0),
+            storage: storage.to_string(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            _temp: temp,
+        };
         tansu.server.restart(tansu.command());
         tansu
     }
@@ -981,6 +988,7 @@ impl Tansu {
         command
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &self.storage])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.server.dir);
         command
     }
