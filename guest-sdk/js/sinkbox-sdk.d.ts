@@ -63,6 +63,9 @@ export function utf8Encode(text: string): Uint8Array;
 // --- Records and batches. ---
 
 /** One record of a batch. */
+/** The header a source sets on a record whose value was null (a Kafka tombstone). */
+export const TOMBSTONE_HEADER: "sinkbox.tombstone";
+
 export class Record {
   /** The topic the record comes from (for a file source, its path). */
   readonly topic: string;
@@ -81,6 +84,9 @@ export class Record {
   readonly batch: Batch;
   /** The value of the first header called `name`, or undefined. */
   header(name: string): Uint8Array | undefined;
+  /** Whether the source record had no value (a Kafka tombstone): the value
+   * is empty and the header `sinkbox.tombstone` is set. */
+  readonly tombstone: boolean;
   /** The value as text; malformed UTF-8 throws `Rejected` for this record. */
   text(): string;
   /** The key as text, or null; malformed UTF-8 throws `Rejected`. */

@@ -227,6 +227,9 @@ export function utf8Encode(text) {
 // Records and batches.
 
 /** One record of a batch. */
+/** The header a source sets on a record whose value was null (a Kafka tombstone). */
+export const TOMBSTONE_HEADER = "sinkbox.tombstone";
+
 export class Record {
   constructor(batch, offsetLow, offsetHigh, timestamp, key, value, data, headersAt, headerCount) {
     this.batch = batch;
@@ -296,6 +299,12 @@ export class Record {
   header(name) {
     for (const [n, v] of this.headers) if (n === name) return v;
     return undefined;
+  }
+
+  /** Whether the source record had no value (a Kafka delete marker): the
+   * value is empty and the header `sinkbox.tombstone` is set. */
+  get tombstone() {
+    return this.header(TOMBSTONE_HEADER) !== undefined;
   }
 
   /** The value as text; malformed UTF-8 rejects the record. */

@@ -452,7 +452,18 @@ impl<'a> Record<'a> {
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.0.header(name)
     }
+
+    /// Whether the record is a tombstone: its source record had no value
+    /// (a Kafka delete marker). Its value is empty, and it carries the
+    /// header [`TOMBSTONE_HEADER`].
+    pub fn is_tombstone(&self) -> bool {
+        self.header(TOMBSTONE_HEADER).is_some()
+    }
 }
+
+/// The header a source sets on a record whose value was null (a Kafka
+/// tombstone).
+pub const TOMBSTONE_HEADER: &str = "sinkbox.tombstone";
 
 /// Log severity.
 pub use types::Level;

@@ -76,4 +76,4 @@ pub use sandbox::{
 };
 pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle, Stream};
 pub use state::{PipelineState, StateLock};
-pub use status::{LaneStatus, Outcome, SinkMetrics, Status};
+pub use status::{LaneStatus, Outcome, PartitionStatus, SinkMetrics, Status};

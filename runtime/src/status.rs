@@ -93,6 +93,11 @@ pub struct Status {
     /// Wall-clock time of the run.
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
+    /// Wall-clock time from the first record read to the last checkpoint
+    /// committed (without the start-up, a Kafka group's join, or closing);
+    /// zero if nothing was committed.
+    #[serde(serialize_with = "secs")]
+    pub active: Duration,
     /// How the run ended.
     pub outcome: Outcome,
     /// Peak resident memory of the whole process, in bytes (Linux only).
@@ -101,6 +106,26 @@ pub struct Status {
     pub sinks: Vec<SinkMetrics>,
     /// Per sink instance: each (sink, partition, lane).
     pub instances: Vec<LaneStatus>,
+    /// Per partition read: records, commits, pauses and lag.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// What happened to one partition of the source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionStatus {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// Records read from it.
+    pub records: u64,
+    /// Checkpoints committed while it was assigned.
+    pub commits: u64,
+    /// Backpressure waits of its instances.
+    pub pauses: u64,
+    /// Records behind the end of the partition, when the source knows
+    /// (Kafka: the consumer lag librdkafka last reported).
+    pub lag: Option<u64>,
 }
 
 /// The counters of one sink's instance for one partition and lane.
@@ -127,6 +152,8 @@ pub struct SinkMetrics {
     pub rejected: u64,
     /// Checkpoint replays after backpressure or a retryable error.
     pub retries: u64,
+    /// Backpressure waits (each paused the instance's partition and lane).
+    pub pauses: u64,
     /// Traps, limits included, and fatal errors: each cost an instance.
     pub traps: u64,
     /// Instances created (probes not counted).
@@ -190,6 +217,7 @@ impl SinkMetrics {
         self.added += other.added;
         self.rejected += other.rejected;
         self.retries += other.retries;
+        self.pauses += other.pauses;
         self.traps += other.traps;
         self.instances += other.instances;
         self.lanes += other.lanes;
@@ -219,12 +247,12 @@ impl fmt::Display for Status {
         writeln!(f, "pipeline \"{}\" {} in {:.2}s", self.pipeline, self.outcome, secs)?;
         writeln!(
             f,
-            "  read {}  committed {}  malformed {}  checkpoints {}  ({:.0} records/s)",
+            "  read {}  committed {}  malformed {}  checkpoints {}  ({:.0} records/s from the first record)",
             self.read,
             self.committed,
             self.malformed,
             self.checkpoints,
-            self.read as f64 / secs
+            self.read as f64 / self.active.as_secs_f64().max(1e-9)
         )?;
         writeln!(f, "  position: {}", self.position)?;
         if let Some(rss) = self.peak_rss {
@@ -277,6 +305,14 @@ impl fmt::Display for Status {
                     n.http_4xx,
                     n.http_5xx
                 )?;
+            }
+        }
+        if self.partitions.len() > 1 || self.partitions.iter().any(|p| p.lag.is_some()) {
+            writeln!(f, "  {:<24} {:>10} {:>8} {:>7} {:>10}", "partition", "records", "commits", "pauses", "lag")?;
+            for p in &self.partitions {
+                let lag = p.lag.map_or_else(|| "-".to_string(), |l| l.to_string());
+                let name = format!("{}[{}]", p.topic, p.partition);
+                writeln!(f, "  {name:<24} {:>10} {:>8} {:>7} {lag:>10}", p.records, p.commits, p.pauses)?;
             }
         }
         Ok(())

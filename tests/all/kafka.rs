@@ -105,6 +105,10 @@ fn three_partitions_arrive_exactly_once_and_a_rerun_resumes_from_the_group() {
     result.expect("the run succeeds");
     assert_eq!(status.read, 100_000);
     assert_eq!(status.committed, 100_000);
+    let per_partition: Vec<(u32, u64, Option<u64>)> =
+        status.partitions.iter().map(|p| (p.partition, p.records, p.lag)).collect();
+    assert_eq!(per_partition, [(0, 33_334, Some(0)), (1, 33_333, Some(0)), (2, 33_333, Some(0))]);
+    assert!(status.partitions.iter().all(|p| p.commits >= 1 && p.pauses == 0), "{:?}", status.partitions);
     let seen = ids_in(&s.path("out"));
     assert_eq!(seen.len(), 100_000, "every record arrived");
     assert!(seen.values().all(|&n| n == 1), "no record twice");
@@ -241,8 +245,8 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
     let seen = ids_in(&s.path("out"));
     assert_eq!(seen.len(), 3_000, "every record arrived");
     assert!(seen.values().all(|&n| n == 1), "none twice");
-    let retries: Vec<(u32, u64)> = status.instances.iter().map(|i| (i.partition, i.metrics.retries)).collect();
-    assert_eq!(retries, [(0, 0), (1, 3), (2, 0)], "only partition 1's instance pushed back, three times");
+    let pauses: Vec<(u32, u64, u64)> = status.partitions.iter().map(|p| (p.partition, p.records, p.pauses)).collect();
+    assert_eq!(pauses, [(0, 1_000, 0), (1, 1_000, 3), (2, 1_000, 0)], "only partition 1 paused, three times");
 }
 
 /// `sinkbox run` of `dir/p.toml`, logging to `dir/log.txt`.

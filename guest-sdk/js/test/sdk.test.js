@@ -5,7 +5,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { FakeHost, encode, makeBatch, makeContext, Message as RecordMessage, sdk } from '../sinkbox-sdk/testing.js';
 
-const { Backpressure, Fatal, Rejected, RejectedRecords, Retryable, Sink, decodeBatch, exportSink, lowerError, utf8Decode, utf8Encode } = sdk;
+const { Backpressure, Fatal, Rejected, RejectedRecords, Retryable, Sink, TOMBSTONE_HEADER, decodeBatch, exportSink, lowerError, utf8Decode, utf8Encode } = sdk;
 
 // Decodes with the reference decoder that refuses malformed input.
 const reference = (bytes) => {
@@ -328,4 +328,15 @@ test('log sends level, message and string fields to the host', () => {
   const host = new FakeHost(Logs, {}, { partition: 3 });
   host.open();
   assert.deepEqual(host.logs, [{ level: 'info', message: 'opened', fields: { partition: '3', big: '18446744073709551616' } }]);
+});
+
+test('a tombstone is flagged by its header', () => {
+  const batch = makeBatch([
+    new RecordMessage('', { key: 'gone', headers: [[TOMBSTONE_HEADER, '']] }),
+    new RecordMessage('{"a":1}'),
+  ]);
+  const [gone, kept] = batch.records;
+  assert.equal(gone.tombstone, true);
+  assert.equal(gone.value.length, 0);
+  assert.equal(kept.tombstone, false);
 });

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 __all__ = [
+    "TOMBSTONE_HEADER",
     "Backpressure",
     "Batch",
     "BatchingSink",
@@ -196,6 +197,10 @@ class Status:
     custom: dict[str, int] = field(default_factory=dict)
 
 
+#: The header a source sets on a record whose value was null (a Kafka tombstone).
+TOMBSTONE_HEADER = "sinkbox.tombstone"
+
+
 class Record:
     """One record of a batch."""
 
@@ -225,6 +230,12 @@ class Record:
         self.topic = topic
         #: The partition within the topic.
         self.partition = partition
+
+    @property
+    def tombstone(self) -> bool:
+        """Whether the source record had no value (a Kafka delete marker):
+        the value is empty and the header ``sinkbox.tombstone`` is set."""
+        return any(name == TOMBSTONE_HEADER for name, _ in self.headers)
 
     def json(self) -> Any:
         """The value parsed as JSON; raises ``ValueError`` if it is not."""

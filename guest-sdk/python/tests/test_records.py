@@ -39,3 +39,12 @@ def test_bytes_left_over_are_fatal():
     data, count = encode(enumerate(MESSAGES))
     with pytest.raises(Fatal, match="1 bytes left after 3 records"):
         decode(data + b"x", count)
+
+
+def test_a_tombstone_is_flagged_by_its_header():
+    from sinkbox_sdk import TOMBSTONE_HEADER
+
+    data, count = encode([(0, Message(b"", key=b"gone", headers=((TOMBSTONE_HEADER, b""),))), (1, MESSAGES[0])])
+    gone, kept = decode(data, count)
+    assert (gone.tombstone, gone.value, gone.key) == (True, b"", b"gone")
+    assert kept.tombstone is False

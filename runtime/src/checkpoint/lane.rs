@@ -473,6 +473,7 @@ impl Lane {
                 Fault::Backpressure(ms) => {
                     self.backpressure += 1;
                     self.metrics.retries += 1;
+                    self.metrics.pauses += 1;
                     if self.backpressure > self.shared.retry.max_backpressure {
                         return Err(self.gave_up(failure));
                     }

@@ -52,7 +52,7 @@ use crate::bindings::{Batch, Context};
 use crate::error::{Error, Result};
 use crate::sandbox::{Engine, Grants, Interrupt, SandboxLimits, SinkComponent};
 use crate::source::{Notifier, PartitionId, Position, Source, SourceEvent, SourceHandle};
-use crate::status::{LaneStatus, Outcome, SinkMetrics, Status};
+use crate::status::{LaneStatus, Outcome, PartitionStatus, SinkMetrics, Status};
 
 /// How long a checkpoint may still run after a stop request before it is
 /// aborted (its offsets then stay uncommitted and are replayed next run).
@@ -253,6 +253,10 @@ impl Pipeline {
             ended: Vec::new(),
             workers: BTreeMap::new(),
             notifier: None,
+            lag: None,
+            partitions: BTreeMap::new(),
+            first_record: None,
+            last_commit: None,
             round_robin: 0,
             checkpoints: 0,
             malformed: 0,
@@ -261,6 +265,7 @@ impl Pipeline {
             Ok(mut source) => {
                 run.source_name = source.describe().to_string();
                 run.notifier = source.notifier();
+                run.lag = source.lag();
                 let result = run.run(&mut source).await;
                 run.close_all().await;
                 // The source takes its last notes until every notifier is
@@ -272,6 +277,10 @@ impl Pipeline {
             Err(e) => Err(e),
         };
         status.elapsed = started.elapsed();
+        status.active = match (run.first_record, run.last_commit) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        };
         status.peak_rss = crate::status::peak_rss();
         status.position = run.committed.to_string();
         status.read = control.read.load(Ordering::Relaxed);
@@ -280,6 +289,7 @@ impl Pipeline {
         status.malformed = run.malformed;
         status.sinks = run.metrics();
         status.instances = run.ended.iter().map(|(_, lane)| lane.clone()).collect();
+        status.partitions = run.partition_status(&status.instances);
         status.outcome = match &result {
             Ok(()) if control.stopping() => Outcome::Interrupted,
             Ok(()) => Outcome::Finished,
@@ -343,6 +353,13 @@ struct Run<'a> {
     /// Where committed positions go back to the source (a Kafka consumer
     /// commits them to its group).
     notifier: Option<Notifier>,
+    /// The source's lag per partition, if it knows.
+    lag: Option<crate::source::Lag>,
+    /// Per partition read: its records and commits.
+    partitions: BTreeMap<PartitionId, PartitionStatus>,
+    /// When the first record was read, and the last checkpoint committed.
+    first_record: Option<Instant>,
+    last_commit: Option<Instant>,
     round_robin: u64,
     checkpoints: u64,
     malformed: u64,
@@ -420,6 +437,7 @@ impl Run<'_> {
                 Some(Ok(SourceEvent::Batch(batch))) => batch,
             };
             open.started.get_or_insert_with(Instant::now);
+            self.first_record.get_or_insert_with(Instant::now);
             let count = u64::from(batch.records.len());
             self.control.read.fetch_add(count + batch.malformed.len() as u64, Ordering::Relaxed);
             self.control.bytes.fetch_add(batch.bytes, Ordering::Relaxed);
@@ -432,10 +450,18 @@ impl Run<'_> {
                 }
             }
             open.end = Some(batch.end);
+            let partition = PartitionId { topic: batch.topic, partition: batch.partition };
+            self.partitions
+                .entry(partition.clone())
+                .or_insert_with(|| PartitionStatus {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    ..Default::default()
+                })
+                .records += count + batch.malformed.len() as u64;
             if count == 0 {
                 continue;
             }
-            let partition = PartitionId { topic: batch.topic, partition: batch.partition };
             if !self.lanes.contains_key(&partition) {
                 bounded(self.control, self.committed.to_string(), self.assign(vec![partition.clone()])).await?;
             }
@@ -616,6 +642,12 @@ impl Run<'_> {
         }
         self.control.committed.fetch_add(records, Ordering::Relaxed);
         self.checkpoints += 1;
+        self.last_commit = Some(Instant::now());
+        for partition in self.lanes.keys() {
+            if let Some(p) = self.partitions.get_mut(partition) {
+                p.commits += 1;
+            }
+        }
         for quota in self.sinks.iter().filter_map(|s| s.grants.quota.as_ref()) {
             quota.measure();
         }
@@ -663,6 +695,25 @@ impl Run<'_> {
                 Err(e) => tracing::error!("a sink task failed: {e}"),
             }
         }
+    }
+
+    /// Per partition: records, commits, its instances' pauses, and the
+    /// source's last known lag.
+    fn partition_status(&self, instances: &[LaneStatus]) -> Vec<PartitionStatus> {
+        let lag = self.lag.as_ref().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default();
+        self.partitions
+            .iter()
+            .map(|(id, p)| {
+                let mut p = p.clone();
+                p.pauses = instances
+                    .iter()
+                    .filter(|i| i.topic == id.topic && i.partition == id.partition)
+                    .map(|i| i.metrics.pauses)
+                    .sum();
+                p.lag = lag.get(id).copied();
+                p
+            })
+            .collect()
     }
 
     /// Metrics per sink, summed over its lanes.

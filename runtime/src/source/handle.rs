@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{PartitionId, Position, Source, SourceEvent};
+use super::{Lag, PartitionId, Position, Source, SourceEvent};
 use crate::error::{Error, Result};
 
 /// What the loop tells a source, in order.
@@ -32,6 +32,7 @@ pub struct SourceHandle {
     partitions: Vec<PartitionId>,
     size: Option<u64>,
     close_grace: Duration,
+    lag: Option<Lag>,
 }
 
 /// The loop's side of the notes to a source: committed checkpoints and
@@ -140,6 +141,7 @@ impl SourceHandle {
         let partitions = source.partitions();
         let size = source.size_hint();
         let close_grace = source.close_grace();
+        let lag = source.lag();
         let (tx, events) = mpsc::channel::<Result<SourceEvent>>(4);
         let (notes, notes_rx) = std_mpsc::channel::<Note>();
         let link = SourceLink(Arc::new(LinkState {
@@ -160,6 +162,7 @@ impl SourceHandle {
             partitions,
             size,
             close_grace,
+            lag,
         })
     }
 
@@ -181,6 +184,11 @@ impl SourceHandle {
     /// The next event, or `None` at the end of the input.
     pub async fn next(&mut self) -> Option<Result<SourceEvent>> {
         self.events.recv().await
+    }
+
+    /// Records behind the end per partition, if the source knows.
+    pub fn lag(&self) -> Option<Lag> {
+        self.lag.clone()
     }
 
     /// Where the loop sends committed positions and finished revocations.

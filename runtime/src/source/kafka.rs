@@ -27,10 +27,11 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sinkbox_format::BatchWriter;
 
-use super::{Malformed, PartitionId, PartitionPosition, Position, Source, SourceBatch, SourceEvent, SourceLink};
+use super::{Lag, Malformed, PartitionId, PartitionPosition, Position, Source, SourceBatch, SourceEvent, SourceLink};
 use crate::config::{KafkaSection, KafkaValue};
 use crate::error::{Error, Result};
 
@@ -53,6 +54,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// inside a poll) and librdkafka's logs.
 struct Context {
     link: Mutex<Option<SourceLink>>,
+    /// Consumer lag per partition, from librdkafka's statistics.
+    lag: Lag,
     revoke_within: Duration,
     state: Mutex<Shared>,
 }
@@ -119,7 +122,22 @@ impl ClientContext for Context {
         }
     }
 
+    fn stats(&self, statistics: Statistics) {
+        let mut lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // Partition -1 is librdkafka's own; a negative lag is unknown.
+                if let (Ok(partition), Ok(behind)) = (u32::try_from(*partition), u64::try_from(p.consumer_lag)) {
+                    lag.insert(PartitionId { topic: topic.clone(), partition }, behind);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) || reason.contains("reached end of partition") {
+            return;
+        }
         let text = format!("{error}: {reason}");
         let mut shared = self.shared();
         if shared.last_error != text {
@@ -197,7 +215,8 @@ struct Pending {
 /// Records read and not yet handed to the loop, per partition.
 struct Held {
     value: KafkaValue,
-    partitions: BTreeMap<PartitionId, Pending>,
+    /// A few partitions: a list, searched without building a key.
+    partitions: Vec<(PartitionId, Pending)>,
     /// Partition numbers librdkafka reported at their end (`stop_at_end`).
     at_end: BTreeSet<i32>,
 }
@@ -206,18 +225,19 @@ impl Held {
     /// Appends one message to its partition's pending batch; returns that
     /// batch's size in records and bytes.
     fn take(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> (u32, usize) {
-        let id = PartitionId {
-            topic: message.topic().to_string(),
-            partition: u32::try_from(message.partition()).unwrap_or(0),
-        };
+        let (topic, partition) = (message.topic(), u32::try_from(message.partition()).unwrap_or(0));
         let offset = u64::try_from(message.offset()).unwrap_or(0);
         self.at_end.remove(&message.partition());
-        let pending = self.partitions.entry(id).or_insert_with(|| Pending {
-            records: BatchWriter::with_capacity(64 << 10),
-            malformed: Vec::new(),
-            next: offset,
-            bytes: 0,
-        });
+        let index = match self.partitions.iter().position(|(id, _)| id.partition == partition && id.topic == topic) {
+            Some(index) => index,
+            None => {
+                let id = PartitionId { topic: topic.to_string(), partition };
+                let records = BatchWriter::with_capacity(64 << 10);
+                self.partitions.push((id, Pending { records, malformed: Vec::new(), next: offset, bytes: 0 }));
+                self.partitions.len() - 1
+            }
+        };
+        let pending = &mut self.partitions[index].1;
         pending.next = offset + 1;
         let payload = message.payload();
         let key = message.key();
@@ -278,7 +298,23 @@ impl KafkaSource {
             .set("auto.offset.reset", section.start.as_str())
             .set("enable.partition.eof", if section.stop_at_end { "true" } else { "false" })
             .set("client.id", "sinkbox")
-            .set_log_level(RDKafkaLogLevel::Warning);
+            // A member that dies is noticed in 10 s rather than librdkafka's
+            // 45 s (Kafka Connect's default); brokers also hold a first join
+            // for a fraction of it.
+            .set("session.timeout.ms", "10000")
+            // Prefetch at most 16 MiB rather than 64 MiB: the records wait in
+            // the checkpoint loop's batches, not here.
+            .set("queued.max.messages.kbytes", "16384")
+            // Consumer lag per partition, for the status.
+            .set("statistics.interval.ms", "1000")
+            // Refill the fetch queue sooner than librdkafka's default of 1 s
+            // once it drains (a pipeline file may set it back).
+            .set("fetch.queue.backoff.ms", "100")
+            .set_log_level(if tracing::enabled!(tracing::Level::DEBUG) {
+                RDKafkaLogLevel::Debug
+            } else {
+                RDKafkaLogLevel::Warning
+            });
         for (key, value) in &section.settings {
             if let Some((_, why)) = OWN_SETTINGS.iter().find(|(own, _)| own == key) {
                 return Err(Error::Config(format!("[source] settings: {key:?} cannot be set here ({why})")));
@@ -286,7 +322,12 @@ impl KafkaSource {
             config.set(key, value);
         }
         let revoke_within = section.revoke_timeout.map_or(Duration::from_secs(30), |d| d.0);
-        let context = Context { link: Mutex::new(None), revoke_within, state: Mutex::new(Shared::default()) };
+        let context = Context {
+            link: Mutex::new(None),
+            lag: Lag::default(),
+            revoke_within,
+            state: Mutex::new(Shared::default()),
+        };
         let consumer: BaseConsumer<Context> = config
             .create_with_context(context)
             .map_err(|e| Error::Config(format!("[source] kafka: cannot create the consumer: {e}")))?;
@@ -298,7 +339,7 @@ impl KafkaSource {
             consumer,
             describe: format!("kafka {} (group {}) at {}", section.topics.join(","), section.group, section.brokers),
             stop_at_end: section.stop_at_end,
-            pending: Held { value: section.value, partitions: BTreeMap::new(), at_end: BTreeSet::new() },
+            pending: Held { value: section.value, partitions: Vec::new(), at_end: BTreeSet::new() },
             handed: BTreeMap::new(),
             ready: VecDeque::new(),
             last_committed: None,
@@ -309,7 +350,7 @@ impl KafkaSource {
     fn forget_revoked(&mut self) {
         let revoked = std::mem::take(&mut self.consumer.context().shared().revoked);
         for p in revoked {
-            self.pending.partitions.remove(&p);
+            self.pending.partitions.retain(|(id, _)| *id != p);
             self.handed.remove(&p);
             self.ready
                 .retain(|e| !matches!(e, SourceEvent::Batch(b) if b.topic == p.topic && b.partition == p.partition));
@@ -318,7 +359,8 @@ impl KafkaSource {
 
     /// Hands `id`'s pending records to the loop as a batch.
     fn hand(&mut self, id: &PartitionId) {
-        let Some(pending) = self.pending.partitions.remove(id) else { return };
+        let Some(index) = self.pending.partitions.iter().position(|(p, _)| p == id) else { return };
+        let (_, pending) = self.pending.partitions.swap_remove(index);
         self.handed.insert(id.clone(), pending.next);
         let end = Position {
             partitions: self
@@ -358,6 +400,10 @@ impl Source for KafkaSource {
         self.describe.clone()
     }
 
+    fn lag(&self) -> Option<Lag> {
+        Some(self.consumer.context().lag.clone())
+    }
+
     fn attach(&mut self, link: SourceLink) {
         *self.consumer.context().link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
     }
@@ -381,6 +427,13 @@ impl Source for KafkaSource {
                 return Ok(Some(event));
             }
             if self.stop_at_end && self.at_end() {
+                // Read to the end: nothing is behind, whatever the last
+                // statistics said.
+                let assigned = self.consumer.context().shared().assigned.clone();
+                let mut lag = self.consumer.context().lag.lock().unwrap_or_else(|p| p.into_inner());
+                for p in assigned {
+                    lag.insert(p, 0);
+                }
                 return Ok(None);
             }
             // Poll until one partition has a full batch or nothing more is
@@ -416,7 +469,7 @@ impl Source for KafkaSource {
             match full {
                 Some(id) => self.hand(&id),
                 None => {
-                    let ids: Vec<PartitionId> = self.pending.partitions.keys().cloned().collect();
+                    let ids: Vec<PartitionId> = self.pending.partitions.iter().map(|(id, _)| id.clone()).collect();
                     for id in ids {
                         self.hand(&id);
                     }

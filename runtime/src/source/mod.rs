@@ -135,6 +135,9 @@ impl fmt::Display for PartitionId {
     }
 }
 
+/// Records behind the end, per partition, as the source last learned.
+pub type Lag = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<PartitionId, u64>>>;
+
 /// What a source reports next.
 #[derive(Debug)]
 pub enum SourceEvent {
@@ -220,6 +223,12 @@ pub trait Source: Send {
     /// way to the loop: a source that must wait for the loop in the middle
     /// of a read (a Kafka consumer giving up partitions) keeps it.
     fn attach(&mut self, _link: SourceLink) {}
+
+    /// Where the source keeps how far behind each partition's end it is,
+    /// if it knows (a Kafka consumer does).
+    fn lag(&self) -> Option<Lag> {
+        None
+    }
 
     /// How long the loop waits at the end of a run for the source to take
     /// the last commits and close (a Kafka consumer commits and leaves its
