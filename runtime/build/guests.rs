@@ -16,6 +16,12 @@ pub fn workspace_root() -> PathBuf {
 /// waits on the outer build's lock, and returns the directory holding the
 /// built `.wasm` files.
 pub fn build(args: &[&str]) -> PathBuf {
+    build_with(args, &[])
+}
+
+/// [`build`] with more environment variables for cargo, e.g. a profile
+/// setting for these guests only.
+pub fn build_with(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
     let root = workspace_root();
     let target_dir = root.join("target").join("wasm-guests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -39,14 +45,17 @@ pub fn build(args: &[&str]) -> PathBuf {
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true")
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .envs(env.iter().copied());
     let status = cmd.status().expect("cannot run cargo to build the wasm guests");
     assert!(
         status.success(),
         "building the wasm guests failed ({status}); is the target installed? run: rustup target add wasm32-wasip2"
     );
-    for dir in ["wit", "guest-sdk", "sinks", "tests/programs"] {
-        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    // The workspace manifest holds the guests' dependency versions and
+    // profiles.
+    for path in ["Cargo.toml", "wit", "guest-sdk", "sinks", "tests/programs", "runtime/validator"] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     target_dir.join("wasm32-wasip2").join("release")
 }

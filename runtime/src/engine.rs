@@ -10,9 +10,10 @@
 //! the store type and links its imports (`sandbox::Engine` is the engine of
 //! sink sandboxes).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -117,6 +118,8 @@ struct Inner<T: 'static> {
     options: EngineOptions,
     /// Hash of the engine settings that compiled code depends on.
     settings_hash: u64,
+    /// Components embedded in the runtime, once linked, by origin.
+    embedded: Mutex<HashMap<&'static str, InstancePre<T>>>,
 }
 
 /// A compiled, pre-linked component, ready to instantiate.
@@ -173,7 +176,8 @@ impl<T: 'static> Engine<T> {
         if options.epochs {
             spawn_ticker(&engine);
         }
-        Ok(Engine { inner: Arc::new(Inner { engine, linker, options, settings_hash }) })
+        let embedded = Mutex::default();
+        Ok(Engine { inner: Arc::new(Inner { engine, linker, options, settings_hash, embedded }) })
     }
 
     /// The wasmtime engine, for stores.
@@ -298,6 +302,22 @@ impl<T: 'static> Engine<T> {
         let imports = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
         let exports = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
         (imports, exports)
+    }
+
+    /// Loads a component embedded in the runtime, through the cache, once
+    /// per engine: later calls neither hash nor load it again. `origin`
+    /// names it in messages and keys the memo.
+    pub fn link_embedded(&self, bytes: &'static [u8], origin: &'static str) -> Result<InstancePre<T>> {
+        // A poisoned lock only means another thread panicked while linking;
+        // the map holds only finished entries.
+        let mut embedded = self.inner.embedded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pre) = embedded.get(origin) {
+            return Ok(pre.clone());
+        }
+        let linked = self.link(bytes, origin)?;
+        tracing::debug!(origin, cached = linked.load.cached, elapsed = ?linked.load.elapsed, "loaded an embedded component");
+        embedded.insert(origin, linked.pre.clone());
+        Ok(linked.pre)
     }
 
     /// Compiles without the cache, for benchmarks of cold starts.

@@ -763,4 +763,61 @@ fn a_schema_bomb_is_refused_before_validation() {
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(text.contains("its config schema nests 81 levels deep with 80 $ref/anyOf/oneOf/allOf/not"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // `inspect` applies the same limits to the schema it shows.
+    let out = sinkbox(&s, &["inspect", sinkbox_test_artifacts::SCHEMA_BOMB, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problem = info["problem"].as_str().unwrap_or_default();
+    assert!(problem.starts_with("sink \"inspect\": its config schema nests 81 levels deep"), "{problem}");
+}
+
+/// Runs sinkbox and also returns the most resident memory it reached
+/// (`VmHWM`, a high-water mark, sampled until it exits).
+fn sinkbox_peak(scratch: &Scratch, args: &[&str]) -> (Output, u64) {
+    let mut child = command(&scratch.dir, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        let kib = text.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().strip_suffix(" kB"));
+        peak = peak.max(kib.and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0) << 10);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (child.wait_with_output().unwrap(), peak)
+}
+
+/// A schema within the size and shape limits whose check doubles at each
+/// of 24 levels (the host's validator once took gigabytes on it) is checked
+/// in a sandbox under the sink's own limits, and refused at whichever it
+/// hits first, by `validate` and `run` alike; the process stays small.
+#[test]
+fn a_schema_that_is_costly_to_check_is_refused_at_the_sinks_limits() {
+    let s = Scratch::new("cli-schema-doubling");
+    let cases = [
+        ("validate", "", "exceeded its memory limit of 64 MiB"),
+        ("run", "limits = { memory = \"16MiB\" }", "exceeded its memory limit of 16 MiB"),
+        ("validate", "limits = { memory = \"1GiB\", timeout = \"200ms\" }", "exceeded its time limit of 200ms"),
+        ("run", "limits = { memory = \"1GiB\", fuel_per_call = 20000000 }", "ran out of fuel (budget 20000000)"),
+    ];
+    for (command, limits, expected) in cases {
+        s.write(
+            "p.toml",
+            &format!(
+                "[source]\nkind = \"stdin\"\n[[sink]]\nname = \"costly\"\ncomponent = {:?}\n{limits}\n",
+                sinkbox_test_artifacts::SCHEMA_DOUBLING
+            ),
+        );
+        let started = Instant::now();
+        let (out, peak) = sinkbox_peak(&s, &[command, "p.toml"]);
+        let took = started.elapsed();
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{command} {limits}: {text}");
+        let expected = format!("sink \"costly\": checking the config against its schema {expected}; refused");
+        assert!(text.contains(&expected), "{command} {limits}: {text}");
+        assert!(took < Duration::from_secs(30), "{command} {limits}: {took:?}");
+        assert!(peak < 512 << 20, "{command} {limits}: peak resident memory {} MiB", peak >> 20);
+    }
+    // Checking the schema alone (without a config) does not expand it.
+    let out = sinkbox(&s, &["inspect", sinkbox_test_artifacts::SCHEMA_DOUBLING, "--json"]);
+    assert!(out.status.success(), "{}", stdout(&out));
 }

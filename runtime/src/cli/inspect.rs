@@ -28,8 +28,10 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let version = info.exports.iter().find_map(|e| e.strip_prefix("sinkbox:sink/sink@")).map(str::to_string);
     let (is_sink, problem, schema) = match &info.sink {
         Ok(component) => {
+            // The sink's own calls and the checks of its schema run under
+            // the default limits, as `validate` would run them.
+            let limits = SandboxLimits::default();
             let schema = sinkbox::runtime()?.block_on(async {
-                let limits = SandboxLimits::default();
                 let mut instance =
                     SinkInstance::new(engine, component, "inspect", limits, &Grants::default(), Interrupt::never())
                         .await
@@ -40,16 +42,18 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<ExitCode> {
                     .map_err(|e| e.into_failure("inspect", sinkbox::Phase::ConfigSchema).to_string())
             });
             match schema {
-                Ok(Some(schema)) if schema.len() > sinkbox::schema::MAX_SCHEMA_BYTES => (
-                    true,
-                    Some(format!(
-                        "its config schema is {} bytes, over the limit of {}",
-                        schema.len(),
-                        sinkbox::schema::MAX_SCHEMA_BYTES
-                    )),
-                    None,
-                ),
-                Ok(schema) => (true, None, schema),
+                Ok(Some(schema)) => {
+                    match sinkbox::schema::check_schema(engine, "inspect", limits, &schema, None, Interrupt::never()) {
+                        Ok(()) => (true, None, Some(schema)),
+                        // A refused schema within the size limit is still
+                        // shown, so its author can see what was refused.
+                        Err(e) => {
+                            let shown = (schema.len() <= sinkbox::schema::MAX_SCHEMA_BYTES).then_some(schema);
+                            (true, Some(sinkbox_error_chain(&e)), shown)
+                        }
+                    }
+                }
+                Ok(None) => (true, None, None),
                 Err(e) => (true, Some(e), None),
             }
         }

@@ -12,7 +12,7 @@ use sinkbox::config::{
     DirMode, DirSection, GrantsSection, HumanBytes, HumanDuration, LimitsSection, PipelineSection, RetrySection,
     SinkSection, SourceSection,
 };
-use sinkbox::{Control, LineFormat, Outcome, PipelineFile, Status};
+use sinkbox::{Control, Interrupt, LineFormat, Outcome, PipelineFile, Status};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -95,8 +95,10 @@ pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     let wants_fuel = file.sinks.iter().any(|s| s.limits.fuel_per_record.is_some() || s.limits.fuel_per_call.is_some());
     let engine = &super::engine(global, wants_fuel)?;
     let pipeline = file.build(engine, &base, &name)?;
+    // Before the signal watch starts, Ctrl-C ends the process, which stops
+    // the check's sandboxed calls with it.
     for spec in &pipeline.sinks {
-        sinkbox::schema::check_config(engine, spec)?;
+        sinkbox::schema::check_config(engine, spec, Interrupt::never())?;
     }
     let control = Arc::new(Control::default());
     watch_signals(control.clone());

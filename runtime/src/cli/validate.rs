@@ -36,7 +36,7 @@ pub fn validate(engine: &Engine, args: ValidateArgs) -> anyhow::Result<ExitCode>
     let mut failed = 0;
     for section in &file.sinks {
         let checked = section.resolve(engine, &base).and_then(|spec| {
-            let schema = sinkbox::schema::check_config(engine, &spec)?;
+            let schema = sinkbox::schema::check_config(engine, &spec, Interrupt::never())?;
             dry_open(engine, &spec)?;
             Ok(schema)
         });

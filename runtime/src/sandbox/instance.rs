@@ -108,7 +108,7 @@ enum Call<'a> {
 }
 
 /// What a call returned.
-enum Returned {
+pub(super) enum Returned {
     Unit,
     Schema(Option<String>),
     Snapshot(Option<Vec<u8>>),
@@ -116,7 +116,7 @@ enum Returned {
 }
 
 /// How a guarded call ended.
-enum Ended {
+pub(super) enum Ended {
     Returned(wasmtime::Result<Result<Returned, GuestError>>),
     TimedOut,
     Stopped,
@@ -185,14 +185,7 @@ impl SinkInstance {
             quota: quota::StoreQuota::new(grants.quota.clone()),
         };
         let mut store = Store::new(engine.wasmtime(), state);
-        store.limiter(|s| &mut s.limiter);
-        let options = engine.options();
-        if options.epochs {
-            // Yield to the executor at every tick instead of trapping: the
-            // call's own deadline (a timer) decides when to stop it.
-            store.epoch_deadline_async_yield_and_update(1);
-        }
-        let guard = Guard { fuel: options.fuel, epochs: options.epochs, limits };
+        let guard = Guard::new(engine, &mut store, limits);
         guard.arm(&mut store, limits.fuel_per_call);
         let mut interrupt = interrupt;
         let ended = tokio::select! {
@@ -407,14 +400,28 @@ impl SinkInstance {
 
 /// The limits armed before each call.
 #[derive(Clone, Copy)]
-struct Guard {
+pub(super) struct Guard {
     fuel: bool,
     epochs: bool,
     limits: SandboxLimits,
 }
 
 impl Guard {
-    fn arm(&self, store: &mut Store<StoreState>, budget: u64) {
+    /// The guard of `store`, whose memory limiter it installs; with epochs
+    /// on, the guest yields to the executor at every tick instead of
+    /// trapping: the call's own deadline (a timer) decides when to stop it.
+    pub(super) fn new(engine: &Engine, store: &mut Store<StoreState>, limits: SandboxLimits) -> Guard {
+        let options = engine.options();
+        store.limiter(|s| &mut s.limiter);
+        if options.epochs {
+            store.epoch_deadline_async_yield_and_update(1);
+        }
+        Guard { fuel: options.fuel, epochs: options.epochs, limits }
+    }
+
+    /// Arms a fresh budget of `budget` fuel (when the engine meters fuel)
+    /// and the epoch deadline, and clears what the last call recorded.
+    pub(super) fn arm(&self, store: &mut Store<StoreState>, budget: u64) {
         if self.fuel {
             // Cannot fail: fuel is enabled in this engine's config.
             let _ = store.set_fuel(budget);
@@ -428,7 +435,7 @@ impl Guard {
     }
 
     /// Classifies how a call failed by type, never by message.
-    fn classify(&self, store: &Store<StoreState>, ended: Ended, budget: u64) -> Fault {
+    pub(super) fn classify(&self, store: &Store<StoreState>, ended: Ended, budget: u64) -> Fault {
         let error = match ended {
             Ended::TimedOut => return Fault::Timeout { limit: self.limits.timeout },
             Ended::Stopped => return Fault::Stopped,

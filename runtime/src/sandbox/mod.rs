@@ -8,8 +8,13 @@
 //! exceeded limit is reported as such rather than as the guest's abort.
 //! The guest yields to the executor at every epoch tick, so a guest that
 //! computes for long never holds a worker thread.
+//!
+//! The runtime's own helper programs that compute on a guest's output (the
+//! config-schema validator) run the same way, in a store of their own under
+//! the sink's limits (`command.rs`).
 
 mod budget;
+mod command;
 mod egress;
 mod instance;
 mod output;
