@@ -217,6 +217,13 @@ struct Held {
     value: KafkaValue,
     /// A few partitions: a list, searched without building a key.
     partitions: Vec<(PartitionId, Pending)>,
+    /// Per partition assigned: the offset after the last record read. A
+    /// record below it is one the consumer reads again (librdkafka reset its
+    /// position, e.g. after a broker restart): it is dropped, since an
+    /// offset never names different records.
+    next: Vec<(PartitionId, u64)>,
+    /// Records dropped that way.
+    reread: u64,
     /// Partition numbers librdkafka reported at their end (`stop_at_end`).
     at_end: BTreeSet<i32>,
 }
@@ -228,6 +235,21 @@ impl Held {
         let (topic, partition) = (message.topic(), u32::try_from(message.partition()).unwrap_or(0));
         let offset = u64::try_from(message.offset()).unwrap_or(0);
         self.at_end.remove(&message.partition());
+        match self.next.iter_mut().find(|(id, _)| id.partition == partition && id.topic == topic) {
+            Some((_, next)) if offset < *next => {
+                self.reread += 1;
+                if self.reread == 1 || self.reread.is_power_of_two() {
+                    tracing::info!(
+                        "kafka: {topic}[{partition}] offset {offset} was read before (the consumer rewound); \
+                         skipping records read again ({} so far)",
+                        self.reread
+                    );
+                }
+                return (0, 0);
+            }
+            Some((_, next)) => *next = offset + 1,
+            None => self.next.push((PartitionId { topic: topic.to_string(), partition }, offset + 1)),
+        }
         let index = match self.partitions.iter().position(|(id, _)| id.partition == partition && id.topic == topic) {
             Some(index) => index,
             None => {
@@ -339,7 +361,13 @@ impl KafkaSource {
             consumer,
             describe: format!("kafka {} (group {}) at {}", section.topics.join(","), section.group, section.brokers),
             stop_at_end: section.stop_at_end,
-            pending: Held { value: section.value, partitions: Vec::new(), at_end: BTreeSet::new() },
+            pending: Held {
+                value: section.value,
+                partitions: Vec::new(),
+                next: Vec::new(),
+                reread: 0,
+                at_end: BTreeSet::new(),
+            },
             handed: BTreeMap::new(),
             ready: VecDeque::new(),
             last_committed: None,
@@ -351,6 +379,7 @@ impl KafkaSource {
         let revoked = std::mem::take(&mut self.consumer.context().shared().revoked);
         for p in revoked {
             self.pending.partitions.retain(|(id, _)| *id != p);
+            self.pending.next.retain(|(id, _)| *id != p);
             self.handed.remove(&p);
             self.ready
                 .retain(|e| !matches!(e, SourceEvent::Batch(b) if b.topic == p.topic && b.partition == p.partition));
