@@ -54,27 +54,27 @@ struct Sample {
     peak_rss_kib: i64,
 }
 
-/// Runs `command` to the end and returns its stdout with its CPU seconds
-/// and peak RSS (this process's children's usage before and after).
+/// Runs `command` to the end and returns its stdout with its own CPU
+/// seconds and peak RSS in KiB (`wait4`'s resource usage of that child).
 fn measured(command: &mut Command) -> (String, f64, i64) {
-    let before = children_usage();
-    let out = command.stderr(Stdio::inherit()).output().expect("the contender starts");
-    assert!(out.status.success(), "{command:?} failed ({})", out.status);
-    let after = children_usage();
-    let cpu = |u: &libc::rusage| {
-        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        t(u.ru_utime) + t(u.ru_stime)
-    };
-    (String::from_utf8_lossy(&out.stdout).into_owned(), cpu(&after) - cpu(&before), after.ru_maxrss)
-}
-
-fn children_usage() -> libc::rusage {
-    // SAFETY: getrusage writes one rusage into the zeroed value it is given.
-    unsafe {
+    use std::io::Read as _;
+    // Reaped by the wait4 below, which also gives its resource usage.
+    #[allow(clippy::zombie_processes)]
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("the contender starts");
+    let mut out = String::new();
+    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read stdout");
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: wait4 reaps our own child and writes one status and one
+    // rusage into the zeroed values it is given.
+    let (status, usage) = unsafe {
+        let mut status = 0;
         let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage
-    }
+        libc::wait4(pid, &mut status, 0, &mut usage);
+        (status, usage)
+    };
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{command:?} failed ({status})");
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (out, t(usage.ru_utime) + t(usage.ru_stime), usage.ru_maxrss)
 }
 
 /// The plain consume loop, run in a child (this binary with `--raw`): reads
