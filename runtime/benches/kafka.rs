@@ -54,9 +54,11 @@ struct Sample {
     peak_rss_kib: i64,
 }
 
-/// Runs `command` to the end and returns its stdout with its own CPU
-/// seconds and peak RSS in KiB (`wait4`'s resource usage of that child).
-fn measured(command: &mut Command) -> (String, f64, i64) {
+/// Runs `command` to the end and returns its stdout and its own CPU
+/// seconds (`wait4`'s resource usage of that child). Peak RSS comes from
+/// each child itself (`VmHWM`): a forked child's `ru_maxrss` can count the
+/// parent's pages from before the exec.
+fn measured(command: &mut Command) -> (String, f64) {
     use std::io::Read as _;
     // Reaped by the wait4 below, which also gives its resource usage.
     #[allow(clippy::zombie_processes)]
@@ -74,7 +76,14 @@ fn measured(command: &mut Command) -> (String, f64, i64) {
     };
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{command:?} failed ({status})");
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    (out, t(usage.ru_utime) + t(usage.ru_stime), usage.ru_maxrss)
+    (out, t(usage.ru_utime) + t(usage.ru_stime))
+}
+
+/// This process's peak resident set (`VmHWM`), in KiB.
+fn own_peak_rss_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: 0 kB");
+    line["VmHWM:".len()..].trim().trim_end_matches("kB").trim().parse().unwrap_or(0)
 }
 
 /// The plain consume loop, run in a child (this binary with `--raw`): reads
@@ -105,7 +114,7 @@ fn raw_consume(brokers: &str, group: &str, expected: u64) {
         }
     }
     let active = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    println!("{n} {active} {bytes}");
+    println!("{n} {active} {bytes} {}", own_peak_rss_kib());
 }
 
 struct Bench {
@@ -146,7 +155,7 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
             self.brokers
         );
         std::fs::write(dir.join("p.toml"), toml).expect("pipeline file");
-        let (out, cpu, rss) = measured(
+        let (out, cpu) = measured(
             Command::new(env!("CARGO_BIN_EXE_sinkbox"))
                 .args(["--log", "warn", "run", "p.toml", "--no-progress", "--json"])
                 .current_dir(&dir),
@@ -161,12 +170,13 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
             .sum();
         assert_eq!(lines as u64, self.records + u64::from(PARTITIONS), "every record and a header per file");
         let _ = std::fs::remove_dir_all(&dir);
+        let rss = status["peak_rss"].as_i64().expect("peak_rss") / 1024;
         Sample { records, active: status["active"].as_f64().expect("active"), cpu, peak_rss_kib: rss }
     }
 
     fn raw(&mut self) -> Sample {
         let group = self.group("raw");
-        let (out, cpu, rss) = measured(Command::new(std::env::current_exe().expect("bench binary")).args([
+        let (out, cpu) = measured(Command::new(std::env::current_exe().expect("bench binary")).args([
             "--raw",
             &self.brokers,
             &group,
@@ -175,6 +185,7 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
         let mut parts = out.split_whitespace();
         let records: u64 = parts.next().and_then(|s| s.parse().ok()).expect("count");
         let active: f64 = parts.next().and_then(|s| s.parse().ok()).expect("seconds");
+        let rss: i64 = parts.nth(1).and_then(|s| s.parse().ok()).expect("peak rss");
         Sample { records, active, cpu, peak_rss_kib: rss }
     }
 
@@ -183,7 +194,7 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
         let dir = self.dir.join(&group);
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("quix_csv.py"), QUIX).expect("script");
-        let (out, cpu, rss) = measured(
+        let (out, cpu) = measured(
             Command::new(python)
                 .arg("quix_csv.py")
                 .args([&self.brokers, TOPIC, &group, &self.records.to_string(), "out.csv"])
@@ -198,7 +209,7 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
             records: v["records"].as_u64().expect("records"),
             active: v["active"].as_f64().expect("active"),
             cpu,
-            peak_rss_kib: rss,
+            peak_rss_kib: v["peak_rss_kib"].as_i64().expect("peak_rss_kib"),
         }
     }
 }
@@ -206,7 +217,7 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
 /// Quix Streams into its CSVSink; prints the records and the seconds from
 /// the first processed record to the end of `run` (its last flush).
 const QUIX: &str = r#"
-import json, sys, time, logging
+import json, sys, time
 from quixstreams import Application
 from quixstreams.sinks.core.csv import CSVSink
 
@@ -223,7 +234,11 @@ app = Application(
 sdf = app.dataframe(app.topic(topic, value_deserializer="json"))
 sdf.sink(CSVSink(out))
 app.run(count=int(count), collect=False)
-print(json.dumps({"records": int(count), "active": time.monotonic() - first[0]}))
+active = time.monotonic() - first[0]
+# VmHWM: this process's own peak (ru_maxrss would count the forked
+# parent's pages from before the exec).
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"records": int(count), "active": active, "peak_rss_kib": peak}))
 "#;
 
 /// A Python with Quix Streams 3.28, installing it with pip if needed; or

@@ -11,6 +11,7 @@ mod compliance;
 mod core;
 mod crash;
 mod egress;
+#[cfg(feature = "kafka")]
 mod kafka;
 mod net_http;
 mod net_tcp;
