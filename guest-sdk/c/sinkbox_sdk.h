@@ -239,6 +239,39 @@ static inline int sinkbox_records_next(sinkbox_records_t *it, sinkbox_record_t *
   return 1;
 }
 
+/* The header a source sets on a record whose value was null (a Kafka
+ * tombstone); the record's value is then empty. */
+#define SINKBOX_TOMBSTONE_HEADER "sinkbox.tombstone"
+
+/* The value of the first header called `name` (NUL-terminated) in *value and
+ * *value_len; returns false if the record has no such header. The headers
+ * were bounds-checked by sinkbox_records_next. */
+static inline bool sinkbox_record_header(const sinkbox_record_t *r, const char *name, const uint8_t **value,
+                                         size_t *value_len) {
+  size_t name_len = strlen(name);
+  const uint8_t *p = r->headers;
+  for (uint32_t h = 0; h < r->header_count; h++) {
+    uint32_t n = sinkbox__u32(p);
+    const uint8_t *header_name = p + 4;
+    uint32_t v = sinkbox__u32(p + 4 + n);
+    const uint8_t *header_value = p + 8 + n;
+    if (n == name_len && memcmp(header_name, name, n) == 0) {
+      *value = header_value;
+      *value_len = v;
+      return true;
+    }
+    p += 8 + (size_t)n + v;
+  }
+  return false;
+}
+
+/* Whether the record is a tombstone: its source record had no value. */
+static inline bool sinkbox_record_is_tombstone(const sinkbox_record_t *r) {
+  const uint8_t *value;
+  size_t len;
+  return sinkbox_record_header(r, SINKBOX_TOMBSTONE_HEADER, &value, &len);
+}
+
 /* --- what flush and status hand back ------------------------------------ */
 
 /* Sets the snapshot flush returns to a copy of bytes (at most

@@ -205,6 +205,32 @@ static void test_records(void) {
   }
 }
 
+/* A tombstone carries the header sinkbox.tombstone; other headers are
+ * found by name, and a record without them has none. */
+static void test_headers(void) {
+  uint8_t data[256];
+  size_t len = put_record(data, 7, "gone", "");
+  data[24] = 2; /* header count */
+  const char *headers[4] = {"trace", "abc", SINKBOX_TOMBSTONE_HEADER, ""};
+  for (int h = 0; h < 4; h++) {
+    uint32_t n = (uint32_t)strlen(headers[h]);
+    for (int k = 0; k < 4; k++) data[len++] = (uint8_t)(n >> (8 * k));
+    memcpy(data + len, headers[h], n);
+    len += n;
+  }
+  len += put_record(data + len, 8, NULL, "{}");
+  sinkbox_batch_t batch = {{(uint8_t *)"t", 1}, 0, 2, {data, len}};
+  sinkbox_records_t it = sinkbox_records(&batch);
+  sinkbox_record_t r;
+  const uint8_t *value;
+  size_t value_len;
+  CHECK(sinkbox_records_next(&it, &r) == 1 && sinkbox_record_is_tombstone(&r) && r.value_len == 0, "tombstone");
+  CHECK(sinkbox_record_header(&r, "trace", &value, &value_len) && value_len == 3 && memcmp(value, "abc", 3) == 0,
+        "trace header");
+  CHECK(!sinkbox_record_header(&r, "trac", &value, &value_len), "no prefix match");
+  CHECK(sinkbox_records_next(&it, &r) == 1 && !sinkbox_record_is_tombstone(&r), "not a tombstone");
+}
+
 /* SINKBOX_EXPORT: the wrappers check the config, hand the context over and
  * keep snapshots within the limit. */
 static char *opened_topic;
@@ -292,6 +318,7 @@ int main(void) {
   test_parse();
   test_getters();
   test_records();
+  test_headers();
   test_export();
   if (failures) fprintf(stderr, "%d failures\n", failures);
   else printf("sdk_test: ok\n");
