@@ -534,3 +534,63 @@ impl Drop for KafkaSource {
         *self.consumer.context().link.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PipelineFile;
+
+    fn section(extra: &str) -> KafkaSection {
+        let text = format!(
+            "[source]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\ngroup = \"g\"\n{extra}\n\
+             [[sink]]\nname = \"a\"\ncomponent = \"builtin:blackhole\"\n"
+        );
+        match PipelineFile::parse(&text, "p.toml").expect("parses").source {
+            crate::config::SourceSection::Kafka(section) => section,
+            other => panic!("not a kafka source: {other:?}"),
+        }
+    }
+
+    fn refused(extra: &str) -> String {
+        KafkaSource::new(&section(extra)).err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn settings_the_source_owns_are_refused_naming_the_key_and_why() {
+        assert_eq!(
+            refused("settings = { \"enable.auto.commit\" = true }"),
+            "[source] settings: \"enable.auto.commit\" cannot be set here (sinkbox commits offsets after each checkpoint)"
+        );
+        assert_eq!(
+            refused("settings = { \"group.id\" = \"other\" }"),
+            "[source] settings: \"group.id\" cannot be set here (set `group`)"
+        );
+    }
+
+    #[test]
+    fn an_unknown_librdkafka_setting_is_refused_when_the_consumer_is_made() {
+        let e = refused("settings = { \"no.such.setting\" = 1 }");
+        assert!(e.starts_with("[source] kafka: cannot create the consumer: "), "{e}");
+        assert!(e.contains("no.such.setting"), "{e}");
+    }
+
+    #[test]
+    fn settings_take_strings_numbers_and_booleans_and_nothing_else() {
+        let s =
+            section("settings = { \"session.timeout.ms\" = 6000, \"check.crcs\" = true, \"client.rack\" = \"r1\" }");
+        let got: Vec<(&str, &str)> = s.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, [("check.crcs", "true"), ("client.rack", "r1"), ("session.timeout.ms", "6000")]);
+        let text = "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ntopics = [\"t\"]\ngroup = \"g\"\n\
+                    settings = { \"x\" = [1] }\n[[sink]]\nname = \"a\"\ncomponent = \"builtin:blackhole\"\n";
+        let e = PipelineFile::parse(text, "p.toml").err().expect("refused").to_string();
+        assert!(e.contains("settings.x: expected a string, number or boolean, found array"), "{e}");
+    }
+
+    #[test]
+    fn a_consumer_is_made_without_a_reachable_broker() {
+        // Connecting happens in the background: a broker that is down is
+        // waited for, not an error at start.
+        let source = KafkaSource::new(&section("start = \"latest\"\nvalue = \"json\"")).expect("made");
+        assert_eq!(source.describe(), "kafka t (group g) at 127.0.0.1:1");
+    }
+}
