@@ -31,8 +31,13 @@ pub fn validate(engine: &Engine, args: ValidateArgs) -> anyhow::Result<ExitCode>
         }
     }
     // Reads no input: it only opens the source and checks the committed
-    // offsets are for it.
-    drop(file.open_source(&base, &state)?);
+    // offsets are for it. A Kafka source's settings are checked without
+    // joining its group (joining would make the group rebalance).
+    match &file.source {
+        #[cfg(feature = "kafka")]
+        SourceSection::Kafka(section) => sinkbox::source::KafkaSource::check(section)?,
+        _ => drop(file.open_source(&base, &state)?),
+    }
     let mut failed = 0;
     for section in &file.sinks {
         let checked = section.resolve(engine, &base).and_then(|spec| {

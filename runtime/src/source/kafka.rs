@@ -311,6 +311,37 @@ impl KafkaSource {
     /// Connects to the group and subscribes to the topics. The group's
     /// committed offsets say where each partition resumes.
     pub fn new(section: &KafkaSection) -> Result<KafkaSource> {
+        let consumer = Self::consumer(section)?;
+        let topics: Vec<&str> = section.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| Error::Config(format!("[source] kafka: cannot subscribe to {topics:?}: {e}")))?;
+        Ok(KafkaSource {
+            consumer,
+            describe: format!("kafka {} (group {}) at {}", section.topics.join(","), section.group, section.brokers),
+            stop_at_end: section.stop_at_end,
+            pending: Held {
+                value: section.value,
+                partitions: Vec::new(),
+                next: Vec::new(),
+                reread: 0,
+                at_end: BTreeSet::new(),
+            },
+            handed: BTreeMap::new(),
+            ready: VecDeque::new(),
+            last_committed: None,
+        })
+    }
+
+    /// Checks the section's settings by making a consumer that joins no
+    /// group (`sinkbox validate`: a check must not make the group
+    /// rebalance).
+    pub fn check(section: &KafkaSection) -> Result<()> {
+        Self::consumer(section).map(drop)
+    }
+
+    /// A consumer with the section's settings, not subscribed yet.
+    fn consumer(section: &KafkaSection) -> Result<BaseConsumer<Context>> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &section.brokers)
@@ -350,28 +381,9 @@ impl KafkaSource {
             revoke_within,
             state: Mutex::new(Shared::default()),
         };
-        let consumer: BaseConsumer<Context> = config
+        config
             .create_with_context(context)
-            .map_err(|e| Error::Config(format!("[source] kafka: cannot create the consumer: {e}")))?;
-        let topics: Vec<&str> = section.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| Error::Config(format!("[source] kafka: cannot subscribe to {topics:?}: {e}")))?;
-        Ok(KafkaSource {
-            consumer,
-            describe: format!("kafka {} (group {}) at {}", section.topics.join(","), section.group, section.brokers),
-            stop_at_end: section.stop_at_end,
-            pending: Held {
-                value: section.value,
-                partitions: Vec::new(),
-                next: Vec::new(),
-                reread: 0,
-                at_end: BTreeSet::new(),
-            },
-            handed: BTreeMap::new(),
-            ready: VecDeque::new(),
-            last_committed: None,
-        })
+            .map_err(|e| Error::Config(format!("[source] kafka: cannot create the consumer: {e}")))
     }
 
     /// Drops what is held of partitions revoked since the last look.
