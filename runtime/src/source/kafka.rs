@@ -70,10 +70,15 @@ struct Shared {
     /// Partitions given up since the source last looked: records it holds
     /// of them are dropped (their next owner reads them).
     revoked: Vec<PartitionId>,
-    /// The last error librdkafka reported, so a broker that stays down is
-    /// logged once rather than on every retry.
-    last_error: String,
+    /// When a librdkafka error was last logged, and how many were not
+    /// logged since: a broker that stays down is reported every
+    /// [`ERROR_EVERY`], not on every reconnect attempt.
+    last_error: Option<std::time::Instant>,
+    unlogged_errors: u64,
 }
+
+/// Least time between two logged librdkafka errors.
+const ERROR_EVERY: Duration = Duration::from_secs(10);
 
 impl Context {
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -138,12 +143,15 @@ impl ClientContext for Context {
         if matches!(error, KafkaError::PartitionEOF(_)) || reason.contains("reached end of partition") {
             return;
         }
-        let text = format!("{error}: {reason}");
         let mut shared = self.shared();
-        if shared.last_error != text {
-            tracing::warn!("kafka: {text} (retrying)");
-            shared.last_error = text;
+        if shared.last_error.is_some_and(|t| t.elapsed() < ERROR_EVERY) {
+            shared.unlogged_errors += 1;
+            return;
         }
+        let more = std::mem::take(&mut shared.unlogged_errors);
+        let more = if more > 0 { format!("; {more} more errors in the last {ERROR_EVERY:?}") } else { String::new() };
+        tracing::warn!("kafka: {error}: {reason} (retrying{more})");
+        shared.last_error = Some(std::time::Instant::now());
     }
 }
 
