@@ -712,7 +712,7 @@ impl PipelineFile {
             SourceSection::Stdin { format } => {
                 LineSource::stdin(*format, Some(&start.position)).map(|s| Box::new(s) as Box<dyn Source>)
             }
-            SourceSection::Kafka(kafka) => kafka_source(kafka),
+            SourceSection::Kafka(kafka) => kafka_source(kafka, &start.position),
         };
         let source = source.map_err(|e| match e {
             Error::StreamChanged(mut changed) => {
@@ -799,12 +799,12 @@ impl PipelineFile {
 /// Opens a Kafka source; the group's committed offsets say where it
 /// resumes.
 #[cfg(feature = "kafka")]
-fn kafka_source(section: &KafkaSection) -> Result<Box<dyn Source>> {
-    Ok(Box::new(crate::source::KafkaSource::new(section)?))
+fn kafka_source(section: &KafkaSection, start: &crate::source::Position) -> Result<Box<dyn Source>> {
+    Ok(Box::new(crate::source::KafkaSource::new(section, Some(start))?))
 }
 
 #[cfg(not(feature = "kafka"))]
-fn kafka_source(_section: &KafkaSection) -> Result<Box<dyn Source>> {
+fn kafka_source(_section: &KafkaSection, _start: &crate::source::Position) -> Result<Box<dyn Source>> {
     Err(Error::Config("[source] kind = \"kafka\": this sinkbox was built without the `kafka` feature".into()))
 }
 

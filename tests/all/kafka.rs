@@ -410,3 +410,31 @@ fn validate_checks_kafka_settings() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot create the consumer") && stderr.contains("sesion.timeout.ms"), "{stderr}");
 }
+
+/// A topic deleted and created again starts its offsets over: resuming the
+/// pipeline would skip its records as already committed, so the run is
+/// refused, naming the partition and the offsets.
+#[test]
+fn a_recreated_topic_is_refused_rather_than_skipped() {
+    let broker = Tansu::start();
+    broker.create_topic("re", 1);
+    produce(&broker.brokers(), "re", 1, 0..100);
+    let s = Scratch::new("kafka-recreated");
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let toml = file_pipeline(&broker.brokers(), "re", "g", "stop_at_end = true");
+    let (status, result) = s.run(&toml);
+    result.expect("the first run succeeds");
+    assert_eq!(status.committed, 100);
+    broker.delete_topic("re");
+    broker.create_topic("re", 1);
+    produce(&broker.brokers(), "re", 1, 1000..1010);
+    let (_, result) = s.run(&toml);
+    let e = crate::chain(&result.expect_err("the run is refused"));
+    // The end is read while the new records arrive: any offset below 100.
+    assert!(e.contains("re[0] ends at offset "), "{e}");
+    assert!(
+        e.contains(", below offset 100 this pipeline committed for it: the topic was recreated or truncated"),
+        "{e}"
+    );
+    assert_eq!(ids_in(&s.path("out")).len(), 100, "nothing more was written");
+}

@@ -1008,6 +1008,15 @@ impl Tansu {
         assert!(out.status.success(), "tansu topic create {topic}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Deletes `topic`.
+    pub fn delete_topic(&self, topic: &str) {
+        let out = Command::new(Self::binary())
+            .args(["topic", "delete", "--broker", &format!("tcp://{}", self.server.addr()), topic])
+            .output()
+            .expect("run tansu topic delete");
+        assert!(out.status.success(), "tansu topic delete {topic}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Stops the broker and starts it again on the same port and storage.
     pub fn restart(&mut self) {
         let command = self.command();

@@ -70,6 +70,11 @@ struct Shared {
     /// Partitions given up since the source last looked: records it holds
     /// of them are dropped (their next owner reads them).
     revoked: Vec<PartitionId>,
+    /// Per partition: the offset this process committed up to (its offset
+    /// store, then every checkpoint). The consumer's start can be below it
+    /// when a group commit was lost (a broker restart): the records below
+    /// were delivered and committed here already, and are skipped.
+    floor: Vec<(PartitionId, u64)>,
     /// When a librdkafka error was last logged, and how many were not
     /// logged since: a broker that stays down is reported every
     /// [`ERROR_EVERY`], not on every reconnect attempt.
@@ -83,6 +88,20 @@ const ERROR_EVERY: Duration = Duration::from_secs(10);
 impl Context {
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Shared {
+    /// Raises the floor of every partition in `position`.
+    fn raise_floor(&mut self, position: &Position) {
+        for p in &position.partitions {
+            match self.floor.iter_mut().find(|(id, _)| id.topic == p.topic && id.partition == p.partition) {
+                Some((_, floor)) => *floor = (*floor).max(p.next_offset),
+                None => {
+                    self.floor.push((PartitionId { topic: p.topic.clone(), partition: p.partition }, p.next_offset));
+                }
+            }
+        }
     }
 }
 
@@ -169,6 +188,7 @@ impl ConsumerContext for Context {
         let Some(link) = link else { return };
         let owned = self.shared().assigned.clone();
         let on_commit = |position: &Position| {
+            self.shared().raise_floor(position);
             if let Err(e) = commit(consumer, position, &owned, CommitMode::Async) {
                 tracing::warn!("{e}");
             }
@@ -177,6 +197,7 @@ impl ConsumerContext for Context {
         let revoked: BTreeSet<PartitionId> = parts.iter().cloned().collect();
         match link.revoke(parts, self.revoke_within, on_commit) {
             Some(position) => {
+                self.shared().raise_floor(&position);
                 if let Err(e) = commit(consumer, &position, &revoked, CommitMode::Sync) {
                     tracing::warn!("{e}; the next owner reads the last checkpoint again");
                 }
@@ -232,6 +253,11 @@ struct Held {
     next: Vec<(PartitionId, u64)>,
     /// Records dropped that way.
     reread: u64,
+    /// A copy of [`Shared::floor`], taken after every poll.
+    floor: Vec<(PartitionId, u64)>,
+    /// A partition that started below its floor: (partition, offset,
+    /// floor), for the source to look into.
+    below_floor: Option<(PartitionId, u64, u64)>,
     /// Partition numbers librdkafka reported at their end (`stop_at_end`).
     at_end: BTreeSet<i32>,
 }
@@ -256,7 +282,19 @@ impl Held {
                 return (0, 0);
             }
             Some((_, next)) => *next = offset + 1,
-            None => self.next.push((PartitionId { topic: topic.to_string(), partition }, offset + 1)),
+            None => {
+                // The first record since the partition was assigned: it
+                // starts where the group says, unless this process already
+                // committed further.
+                let floor = self.floor.iter().find(|(id, _)| id.partition == partition && id.topic == topic);
+                let floor = floor.map_or(0, |(_, f)| *f);
+                self.next.push((PartitionId { topic: topic.to_string(), partition }, floor.max(offset + 1)));
+                if offset < floor {
+                    self.reread += 1;
+                    self.below_floor = Some((PartitionId { topic: topic.to_string(), partition }, offset, floor));
+                    return (0, 0);
+                }
+            }
         }
         let index = match self.partitions.iter().position(|(id, _)| id.partition == partition && id.topic == topic) {
             Some(index) => index,
@@ -318,8 +356,14 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Connects to the group and subscribes to the topics. The group's
     /// committed offsets say where each partition resumes.
-    pub fn new(section: &KafkaSection) -> Result<KafkaSource> {
+    /// `start` is what this process committed last (its offset store): a
+    /// partition whose group offset is below it (a lost group commit)
+    /// skips to it.
+    pub fn new(section: &KafkaSection, start: Option<&Position>) -> Result<KafkaSource> {
         let consumer = Self::consumer(section)?;
+        if let Some(start) = start {
+            consumer.context().shared().raise_floor(start);
+        }
         let topics: Vec<&str> = section.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -333,6 +377,8 @@ impl KafkaSource {
                 partitions: Vec::new(),
                 next: Vec::new(),
                 reread: 0,
+                floor: Vec::new(),
+                below_floor: None,
                 at_end: BTreeSet::new(),
             },
             handed: BTreeMap::new(),
@@ -396,13 +442,52 @@ impl KafkaSource {
 
     /// Drops what is held of partitions revoked since the last look.
     fn forget_revoked(&mut self) {
-        let revoked = std::mem::take(&mut self.consumer.context().shared().revoked);
+        let revoked = {
+            let mut shared = self.consumer.context().shared();
+            self.pending.floor.clone_from(&shared.floor);
+            std::mem::take(&mut shared.revoked)
+        };
         for p in revoked {
             self.pending.partitions.retain(|(id, _)| *id != p);
             self.pending.next.retain(|(id, _)| *id != p);
             self.handed.remove(&p);
             self.ready
                 .retain(|e| !matches!(e, SourceEvent::Batch(b) if b.topic == p.topic && b.partition == p.partition));
+        }
+    }
+
+    /// A partition starts at `offset`, below the `floor` this process
+    /// committed. If the partition still holds records up to the floor, the
+    /// group lost a commit (a broker restart): the records below were
+    /// delivered here already and are skipped. If it ends below the floor,
+    /// it is not the partition those offsets were committed for (the topic
+    /// was recreated or truncated): refused, since skipping would lose its
+    /// records.
+    fn check_floor(&self, id: &PartitionId, offset: u64, floor: u64) -> Result<()> {
+        let partition = i32::try_from(id.partition).unwrap_or(i32::MAX);
+        let high = self.consumer.fetch_watermarks(&id.topic, partition, Duration::from_secs(10)).map(|(_, high)| high);
+        match high {
+            Ok(high) if u64::try_from(high).unwrap_or(0) >= floor => {
+                tracing::warn!(
+                    "kafka: {id} starts at offset {offset}, below offset {floor} this pipeline already committed \
+                     (the group lost a commit); skipping to {floor}"
+                );
+                Ok(())
+            }
+            Ok(high) => Err(Error::Source {
+                source_name: self.describe.clone(),
+                what: format!(
+                    "{id} ends at offset {high}, below offset {floor} this pipeline committed for it: the topic was \
+                     recreated or truncated; `sinkbox reset` starts the pipeline over"
+                ),
+            }),
+            Err(e) => Err(Error::Source {
+                source_name: self.describe.clone(),
+                what: format!(
+                    "{id} starts at offset {offset}, below offset {floor} this pipeline committed, and its end \
+                     cannot be read to tell why: {e}"
+                ),
+            }),
         }
     }
 
@@ -495,6 +580,9 @@ impl Source for KafkaSource {
                 match polled {
                     Ok(message) => {
                         let (records, bytes) = self.pending.take(&message);
+                        if let Some((id, offset, floor)) = self.pending.below_floor.take() {
+                            self.check_floor(&id, offset, floor)?;
+                        }
                         if records as usize >= max || bytes >= max_bytes {
                             full = Some(PartitionId {
                                 topic: message.topic().to_string(),
@@ -528,7 +616,11 @@ impl Source for KafkaSource {
     }
 
     fn committed(&mut self, position: &Position) -> Result<()> {
-        let owned = self.consumer.context().shared().assigned.clone();
+        let owned = {
+            let mut shared = self.consumer.context().shared();
+            shared.raise_floor(position);
+            shared.assigned.clone()
+        };
         self.last_committed = Some(position.clone());
         commit(&self.consumer, position, &owned, CommitMode::Async)
             .map_err(|what| Error::Source { source_name: self.describe.clone(), what })
@@ -572,7 +664,7 @@ mod tests {
     }
 
     fn refused(extra: &str) -> String {
-        KafkaSource::new(&section(extra)).err().expect("refused").to_string()
+        KafkaSource::new(&section(extra), None).err().expect("refused").to_string()
     }
 
     #[test]
@@ -610,7 +702,7 @@ mod tests {
     fn a_consumer_is_made_without_a_reachable_broker() {
         // Connecting happens in the background: a broker that is down is
         // waited for, not an error at start.
-        let source = KafkaSource::new(&section("start = \"latest\"\nvalue = \"json\"")).expect("made");
+        let source = KafkaSource::new(&section("start = \"latest\"\nvalue = \"json\""), None).expect("made");
         assert_eq!(source.describe(), "kafka t (group g) at 127.0.0.1:1");
     }
 }
