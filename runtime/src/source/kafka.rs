@@ -694,7 +694,7 @@ mod tests {
         assert_eq!(got, [("check.crcs", "true"), ("client.rack", "r1"), ("session.timeout.ms", "6000")]);
         let text = "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ntopics = [\"t\"]\ngroup = \"g\"\n\
                     settings = { \"x\" = [1] }\n[[sink]]\nname = \"a\"\ncomponent = \"builtin:blackhole\"\n";
-        let e = PipelineFile::parse(text, "p.toml").err().expect("refused").to_string();
+        let e = PipelineFile::parse(text, "p.toml").expect_err("refused").to_string();
         assert!(e.contains("settings.x: expected a string, number or boolean, found array"), "{e}");
     }
 
