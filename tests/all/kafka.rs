@@ -249,8 +249,19 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
     assert_eq!(pauses, [(0, 1_000, 0), (1, 1_000, 3), (2, 1_000, 0)], "only partition 1 paused, three times");
 }
 
+/// A `sinkbox run` child, killed when dropped, so a failing test leaves no
+/// process behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `sinkbox run` of `dir/p.toml`, logging to `dir/log.txt`.
-fn spawn_run(dir: &std::path::Path) -> Child {
+fn spawn_run(dir: &std::path::Path) -> Running {
     let log = std::fs::File::create(dir.join("log.txt")).expect("log");
     Command::new(env!("CARGO_BIN_EXE_sinkbox"))
         .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache"), "--log", "info"])
@@ -259,6 +270,7 @@ fn spawn_run(dir: &std::path::Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Running)
         .expect("sinkbox starts")
 }
 
@@ -304,8 +316,8 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
     assert!(!log_a.contains("uncommitted"), "{log_a}");
 
     // A dies; B takes its partitions over from A's last commit.
-    first.kill().expect("kill -9");
-    first.wait().expect("reap");
+    first.0.kill().expect("kill -9");
+    first.0.wait().expect("reap");
     produce(&broker.brokers(), "shared", 3, 60_000..90_000);
     wait_until(Duration::from_secs(90), "B reads everything after the kill", || {
         let mut all = ids_in(&a.path("out"));
@@ -314,8 +326,8 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
         }
         all.len() >= 90_000
     });
-    let _ = Command::new("kill").args(["-INT", &second.id().to_string()]).status();
-    let status = second.wait().expect("B exits");
+    let _ = Command::new("kill").args(["-INT", &second.0.id().to_string()]).status();
+    let status = second.0.wait().expect("B exits");
     assert_eq!(status.code(), Some(130), "B exits as interrupted; its log:\n{}", b.read("log.txt"));
     let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
     let mut both = in_a.clone();
