@@ -14,14 +14,12 @@
 use std::sync::Arc;
 
 use wasmtime::Store;
-use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::instance::{Ended, Guard};
-use super::{Engine, Interrupt, MemoryLimiter, SandboxLimits, StoreState, budget, egress, output, quota};
+use super::{Engine, Interrupt, SandboxLimits, StoreState, budget, egress, output, quota};
 use crate::error::{Error, Fault, Result};
 
 /// A helper program, compiled and linked, ready to run.
@@ -72,23 +70,9 @@ impl Helper {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(limits.handles);
-        let state = StoreState {
-            wasi: wasi.build(),
-            table,
-            limiter: MemoryLimiter {
-                limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
-                peak: 0,
-                denied: false,
-            },
-            sink: name.clone(),
-            stderr_tail,
-            log_budget,
-            http: WasiHttpCtx::new(),
-            egress: egress::Egress::new(name, &[], limits.net),
-            quota: quota::StoreQuota::new(None),
-        };
+        let egress = egress::Egress::new(name.clone(), &[], limits.net);
+        let quota = quota::StoreQuota::new(None);
+        let state = StoreState::new(wasi.build(), limits, name, stderr_tail, log_budget, egress, quota);
         let mut store = Store::new(engine.wasmtime(), state);
         let guard = Guard::new(engine, &mut store, limits);
         guard.arm(&mut store, limits.fuel_per_call);

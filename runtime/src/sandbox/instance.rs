@@ -4,17 +4,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use wasmtime::component::{ResourceTable, ResourceTableError};
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
-use super::{
-    Engine, MAX_SNAPSHOT, MemoryLimiter, SandboxLimits, SinkComponent, StoreState, budget, output, quota, text,
-};
+use super::{Engine, MAX_SNAPSHOT, SandboxLimits, SinkComponent, StoreState, budget, output, quota, text};
 use super::{Grants, NetStats, SinkWorld, egress};
 use crate::bindings::{Batch, Context, GuestError, GuestStatus, Rejection};
 use crate::error::{Fault, Phase, SinkFailure};
-use wasmtime_wasi_http::WasiHttpCtx;
 
 /// Most custom counters kept from one status report.
 const MAX_CUSTOM_COUNTERS: usize = 32;
@@ -167,23 +164,8 @@ impl SinkInstance {
                 fail(Fault::Fatal(format!("cannot grant directory {} as {}: {e}", dir.host.display(), dir.guest)))
             })?;
         }
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(limits.handles);
-        let state = StoreState {
-            wasi: wasi.build(),
-            table,
-            limiter: MemoryLimiter {
-                limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
-                peak: 0,
-                denied: false,
-            },
-            sink: name.clone(),
-            stderr_tail,
-            log_budget,
-            http: WasiHttpCtx::new(),
-            egress,
-            quota: quota::StoreQuota::new(grants.quota.clone()),
-        };
+        let quota = quota::StoreQuota::new(grants.quota.clone());
+        let state = StoreState::new(wasi.build(), limits, name.clone(), stderr_tail, log_budget, egress, quota);
         let mut store = Store::new(engine.wasmtime(), state);
         let guard = Guard::new(engine, &mut store, limits);
         guard.arm(&mut store, limits.fuel_per_call);

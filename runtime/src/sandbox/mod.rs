@@ -191,6 +191,39 @@ pub struct StoreState {
     quota: quota::StoreQuota,
 }
 
+impl StoreState {
+    /// The state of one sandbox (a sink instance or a helper command): its
+    /// WASI context, a handle table and a memory limiter bounded by
+    /// `limits`, and its log, network and disk accounting.
+    fn new(
+        wasi: WasiCtx,
+        limits: SandboxLimits,
+        sink: Arc<str>,
+        stderr_tail: output::Tail,
+        log_budget: budget::LogBudget,
+        egress: egress::Egress,
+        quota: quota::StoreQuota,
+    ) -> StoreState {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.handles);
+        StoreState {
+            wasi,
+            table,
+            limiter: MemoryLimiter {
+                limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
+                peak: 0,
+                denied: false,
+            },
+            sink,
+            stderr_tail,
+            log_budget,
+            http: WasiHttpCtx::new(),
+            egress,
+            quota,
+        }
+    }
+}
+
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
