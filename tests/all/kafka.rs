@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use sinkbox::Control;
 use sinkbox_test_artifacts::{BACKPRESSURE_THEN_OK, WELL_BEHAVED};
 
 use crate::Scratch;
@@ -249,9 +248,83 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
     assert_eq!(pauses, [(0, 1_000, 0), (1, 1_000, 3), (2, 1_000, 0)], "only partition 1 paused, three times");
 }
 
+/// Backpressure from one partition's sink holds up only that partition:
+/// while it waits, the others deliver and commit all their records.
+#[test]
+fn while_one_partition_waits_on_backpressure_the_others_commit() {
+    let s = Scratch::new("kafka-pause-one");
+    let broker = Tansu::start();
+    broker.create_topic("pause", 3);
+    produce(&broker.brokers(), "pause", 3, 0..30_000);
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let toml = format!(
+        r#"
+[pipeline]
+batch_size = 500
+commit_every = 2000
+
+[source]
+kind = "kafka"
+brokers = "{}"
+topics = ["pause"]
+group = "g"
+stop_at_end = true
+
+[[sink]]
+name = "slow"
+component = "{BACKPRESSURE_THEN_OK}"
+config = {{ out = "/out/p{{partition}}.jsonl", times = 5, sleep_ms = 2000, phase = "partition-1" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+"#,
+        broker.brokers()
+    );
+    let lines = |partition: u32| s.read(&format!("out/p{partition}.jsonl")).lines().count();
+    let (status, result) = std::thread::scope(|scope| {
+        let run = scope.spawn(|| s.run(&toml));
+        // Partition 1 waits 5 × 2 s; the others do not wait for it.
+        let start = Instant::now();
+        while lines(0) < 10_000 || lines(2) < 10_000 {
+            assert!(!run.is_finished(), "the run ended early");
+            assert!(start.elapsed() < Duration::from_secs(60), "partitions 0 and 2 arrive within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let waiting = lines(1);
+        assert!(waiting < 10_000, "partition 1 was still waiting when the others were done ({waiting} lines)");
+        run.join().expect("the run thread")
+    });
+    result.expect("the run succeeds");
+    let seen = ids_in(&s.path("out"));
+    assert_eq!(seen.len(), 30_000, "every record arrived");
+    assert!(seen.values().all(|&n| n == 1), "none twice");
+    let pauses: Vec<(u32, u64, u64)> = status.partitions.iter().map(|p| (p.partition, p.records, p.pauses)).collect();
+    assert_eq!(pauses, [(0, 10_000, 0), (1, 10_000, 5), (2, 10_000, 0)], "only partition 1 paused");
+    assert_eq!(status.committed, 30_000);
+}
+
 /// A `sinkbox run` child, killed when dropped, so a failing test leaves no
 /// process behind.
 struct Running(Child);
+
+impl Running {
+    /// Waits until `done` holds, failing after `limit` with `what`, or as
+    /// soon as the run exits; either way with the run's log (in `s`).
+    fn wait_until(&mut self, s: &Scratch, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                panic!("the run exited ({status}) before {what}; its log:\n{}", s.read("log.txt"));
+            }
+            assert!(start.elapsed() < limit, "{what} within {limit:?}; the run's log:\n{}", s.read("log.txt"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Interrupts the run (as Ctrl-C does) and waits for it to exit.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        self.0.wait().expect("the run exits")
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -274,15 +347,6 @@ fn spawn_run(dir: &std::path::Path) -> Running {
         .expect("sinkbox starts")
 }
 
-/// Waits until `done` holds, failing after `limit` with `what`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
     let broker = Tansu::start();
@@ -295,12 +359,14 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
     }
     produce(&broker.brokers(), "shared", 3, 0..30_000);
     let mut first = spawn_run(&a.dir);
-    wait_until(Duration::from_secs(60), "process A reads", || !ids_in(&a.path("out")).is_empty());
+    first.wait_until(&a, Duration::from_secs(60), "process A reads", || !ids_in(&a.path("out")).is_empty());
     // B joins: A gives up partitions, committing what it read of them.
     let mut second = spawn_run(&b.dir);
-    wait_until(Duration::from_secs(60), "B is assigned partitions", || b.read("log.txt").contains("kafka: assigned"));
+    second.wait_until(&b, Duration::from_secs(60), "B is assigned partitions", || {
+        b.read("log.txt").contains("kafka: assigned")
+    });
     produce(&broker.brokers(), "shared", 3, 30_000..60_000);
-    wait_until(Duration::from_secs(60), "both processes read", || {
+    second.wait_until(&b, Duration::from_secs(60), "both processes read", || {
         ids_in(&a.path("out")).len() + ids_in(&b.path("out")).len() >= 60_000
     });
     let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
@@ -319,15 +385,14 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
     first.0.kill().expect("kill -9");
     first.0.wait().expect("reap");
     produce(&broker.brokers(), "shared", 3, 60_000..90_000);
-    wait_until(Duration::from_secs(90), "B reads everything after the kill", || {
+    second.wait_until(&b, Duration::from_secs(90), "B reads everything after the kill", || {
         let mut all = ids_in(&a.path("out"));
         for id in ids_in(&b.path("out")).keys() {
             all.entry(*id).or_insert(1);
         }
         all.len() >= 90_000
     });
-    let _ = Command::new("kill").args(["-INT", &second.0.id().to_string()]).status();
-    let status = second.0.wait().expect("B exits");
+    let status = second.interrupt();
     assert_eq!(status.code(), Some(130), "B exits as interrupted; its log:\n{}", b.read("log.txt"));
     let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
     let mut both = in_a.clone();
@@ -362,30 +427,21 @@ fn the_pipeline_waits_for_a_broker_that_restarts_and_loses_nothing() {
     produce(&broker.brokers(), "restart", 3, 0..5_000);
     let s = Scratch::new("kafka-restart");
     std::fs::create_dir_all(s.path("out")).unwrap();
-    let toml = file_pipeline(&broker.brokers(), "restart", "g", "");
-    let control = Control::default();
-    let run = {
-        let (control, dir) = (control.clone(), s.dir.clone());
-        std::thread::spawn(move || {
-            let file = sinkbox::PipelineFile::parse(&toml, "p.toml").expect("parses");
-            file.build(crate::engine(), &dir, "p").expect("builds").run(&control)
-        })
-    };
-    wait_until(Duration::from_secs(60), "the first records arrive", || ids_in(&s.path("out")).len() >= 5_000);
+    s.write("p.toml", &file_pipeline(&broker.brokers(), "restart", "g", ""));
+    let mut run = spawn_run(&s.dir);
+    run.wait_until(&s, Duration::from_secs(60), "the first records arrive", || ids_in(&s.path("out")).len() >= 5_000);
     broker.server.stop();
     std::thread::sleep(Duration::from_secs(3));
     broker.restart();
     produce(&broker.brokers(), "restart", 3, 5_000..10_000);
-    wait_until(Duration::from_secs(90), "the records produced after the restart arrive", || {
+    run.wait_until(&s, Duration::from_secs(90), "the records produced after the restart arrive", || {
         ids_in(&s.path("out")).len() >= 10_000
     });
-    control.stop();
-    let (status, result) = run.join().expect("the run thread");
-    result.expect("the run ends cleanly");
+    let status = run.interrupt();
+    assert_eq!(status.code(), Some(130), "the run exits as interrupted; its log:\n{}", s.read("log.txt"));
     let seen = ids_in(&s.path("out"));
     assert_eq!(seen.len(), 10_000, "every record");
-    assert!(seen.values().all(|&n| n == 1), "none twice");
-    assert_eq!(status.committed, 10_000);
+    assert!(seen.values().all(|&n| n == 1), "none twice; the log:\n{}", s.read("log.txt"));
 }
 
 /// `validate` checks a kafka source's settings by making a consumer that

@@ -107,6 +107,16 @@ pub(super) enum Command {
     Flush(oneshot::Sender<Result<Flushed>>),
 }
 
+impl Command {
+    /// The encoded bytes it carries.
+    pub(super) fn bytes(&self) -> u64 {
+        match self {
+            Command::Add(batch) => batch.data.len() as u64,
+            Command::Flush(_) => 0,
+        }
+    }
+}
+
 /// A lane's answer to a flush.
 pub(super) struct Flushed {
     /// The lane's snapshot key.
@@ -148,6 +158,10 @@ pub(super) struct Lane {
     /// After a resource-limit trap: replay in pieces of this many records.
     piece: Option<usize>,
     recovering_since: Option<Instant>,
+    /// True while the lane sleeps before a replay (backpressure, a retry's
+    /// backoff): the loop then holds this partition's batches and pauses
+    /// its source instead of waiting, so other partitions keep flowing.
+    waiting: Arc<watch::Sender<bool>>,
 }
 
 impl Lane {
@@ -177,6 +191,23 @@ impl Lane {
             poison: 0,
             piece: None,
             recovering_since: None,
+            waiting: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    /// Follows whether the lane is waiting before a replay.
+    pub(super) fn waiting(&self) -> watch::Receiver<bool> {
+        self.waiting.subscribe()
+    }
+
+    /// Sleeps `total` before a replay, saying so to the loop.
+    fn wait(&self, total: Duration) -> impl Future<Output = Result<()>> + Send + 'static {
+        let (shared, waiting) = (self.shared.clone(), self.waiting.clone());
+        async move {
+            waiting.send_replace(true);
+            let slept = shared.sleep(total).await;
+            waiting.send_replace(false);
+            slept
         }
     }
 
@@ -209,8 +240,11 @@ impl Lane {
                         let _ = reply.send(Ok(Flushed { key: self.key.clone(), snapshot }));
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return self.end(None).await;
+                        // The error goes with the lane's end, which the loop
+                        // reads whether it sees the flush go unanswered or
+                        // the lane gone first.
+                        drop(reply);
+                        return self.end(Some(e)).await;
                     }
                 },
             }
@@ -486,7 +520,7 @@ impl Lane {
                         );
                     }
                     self.abort_instance().await;
-                    self.shared.clone().sleep(wait).await?;
+                    self.wait(wait).await?;
                 }
                 Fault::Retryable(_) | Fault::Disk { .. } => {
                     self.attempts += 1;
@@ -498,7 +532,7 @@ impl Lane {
                     // A fresh instance reopens whatever broke (a file
                     // handle on a full disk, a connection).
                     self.drop_instance();
-                    self.shared.clone().sleep(self.shared.retry.backoff(self.attempts)).await?;
+                    self.wait(self.shared.retry.backoff(self.attempts)).await?;
                     if let Some(quota) = &self.spec.grants.quota {
                         // Space freed during the wait counts for the retry.
                         quota.measure();

@@ -4,12 +4,22 @@
 //! thread) and routes each batch to the lanes of every sink: one task per
 //! sink instance, per (sink, partition, lane). A checkpoint closes after
 //! `commit_every` records, `commit_interval`, or `checkpoint_bytes` of
-//! held batches, whichever comes first. It is a barrier: every lane
-//! flushes (concurrently), dead letters are synced, then the source
-//! position and the lanes' snapshots are committed together to the offset
-//! store, and the source hears of it ([`Source::committed`]). Each lane
-//! keeps the open checkpoint's batches it took, so a replay never needs
-//! the source to rewind.
+//! held batches, whichever comes first. Each partition checkpoints on its
+//! own: its lanes flush (concurrently), and once they all answered, dead
+//! letters are synced, then the partition's position and its lanes'
+//! snapshots are committed to the offset store, and the source hears of it
+//! ([`Source::committed`]). The loop does not wait for a flush: other
+//! partitions keep flowing meanwhile, and flushes that end together are
+//! committed together. Each lane keeps the open checkpoint's batches it
+//! took, so a replay never needs the source to rewind.
+//!
+//! A lane that waits before a replay (backpressure, a retry's backoff)
+//! holds up only its partition: the loop keeps that partition's batches
+//! for it (up to `checkpoint_bytes` per lane, then it waits) and asks the
+//! source to pause the partition ([`Source::pause`]) until the lane takes
+//! them, while the other partitions go on. The end of the input, a stop
+//! request and a revocation settle every partition: every held batch is
+//! delivered and every partition committed.
 //!
 //! Recovery is per lane: a lane whose sink fails is aborted (or its
 //! instance replaced) and replays its own held batches; other lanes, of the
@@ -28,6 +38,7 @@
 //! blamed on a sink and never cause a replacement or a bisection.
 //!
 //! [`Source::committed`]: crate::source::Source::committed
+//! [`Source::pause`]: crate::source::Source::pause
 
 mod bisect;
 mod deadletter;
@@ -36,7 +47,7 @@ mod offsets;
 mod policy;
 mod route;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,14 +55,15 @@ use std::time::{Duration, Instant};
 pub use deadletter::{DEAD_LETTER_SHARE_AFTER, DeadLetters, MAX_DEAD_LETTER_SHARE, MAX_DEAD_LETTERS};
 pub use offsets::{Committed, OffsetStore, Snapshots};
 pub use policy::{Batching, OnError, RetryPolicy};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use self::lane::{Command, Flushed, Lane, LaneEnd, Shared};
 use crate::bindings::{Batch, Context};
 use crate::error::{Error, Result};
 use crate::sandbox::{Engine, Grants, Interrupt, SandboxLimits, SinkComponent};
-use crate::source::{Notifier, PartitionId, Position, Source, SourceEvent, SourceHandle};
+use crate::source::{Notifier, PartitionId, PartitionPosition, Position, Source, SourceEvent, SourceHandle};
 use crate::status::{LaneStatus, Outcome, PartitionStatus, SinkMetrics, Status};
 
 /// How long a checkpoint may still run after a stop request before it is
@@ -250,6 +262,8 @@ impl Pipeline {
             committed: start.position,
             snapshots: start.snapshots,
             lanes: BTreeMap::new(),
+            open: BTreeMap::new(),
+            flushes: JoinSet::new(),
             ended: Vec::new(),
             workers: BTreeMap::new(),
             notifier: None,
@@ -330,6 +344,103 @@ struct LaneHandle {
     sink: usize,
     commands: mpsc::Sender<Command>,
     task: JoinHandle<LaneEnd>,
+    /// Whether the lane is waiting before a replay.
+    waiting: watch::Receiver<bool>,
+    /// Commands kept for it while it waits, in order, and their bytes.
+    backlog: VecDeque<Command>,
+    backlog_bytes: u64,
+}
+
+/// The lane's task has ended: its end says why.
+struct LaneGone;
+
+impl LaneHandle {
+    /// Sends `command` to the lane. While the lane waits before a replay,
+    /// the command is kept for it instead (true is returned), unless `wait`
+    /// is set or there is no `room` (bytes) left to keep it: then this
+    /// waits for the lane to take it.
+    async fn send(&mut self, command: Command, wait: bool, room: u64) -> std::result::Result<bool, LaneGone> {
+        let may_keep = !wait && room > 0;
+        if !self.backlog.is_empty() {
+            if may_keep {
+                self.keep(command);
+                return Ok(true);
+            }
+            self.hand_over_all().await?;
+        }
+        let command = match self.commands.try_send(command) {
+            Ok(()) => return Ok(false),
+            Err(TrySendError::Closed(_)) => return Err(LaneGone),
+            Err(TrySendError::Full(command)) => command,
+        };
+        if !may_keep {
+            return self.commands.send(command).await.map(|()| false).map_err(|_| LaneGone);
+        }
+        let mut waiting = self.waiting.clone();
+        tokio::select! {
+            permit = self.commands.reserve() => {
+                permit.map_err(|_| LaneGone)?.send(command);
+                return Ok(false);
+            }
+            _ = waiting.wait_for(|w| *w) => {}
+        }
+        self.keep(command);
+        Ok(true)
+    }
+
+    fn keep(&mut self, command: Command) {
+        self.backlog_bytes += command.bytes();
+        self.backlog.push_back(command);
+    }
+
+    /// Moves kept commands to the lane as far as it has room; true once
+    /// none is kept.
+    fn hand_over(&mut self) -> std::result::Result<bool, LaneGone> {
+        while let Some(command) = self.backlog.pop_front() {
+            let bytes = command.bytes();
+            match self.commands.try_send(command) {
+                Ok(()) => self.backlog_bytes -= bytes,
+                Err(TrySendError::Full(command)) => {
+                    self.backlog.push_front(command);
+                    return Ok(false);
+                }
+                Err(TrySendError::Closed(_)) => return Err(LaneGone),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Moves every kept command to the lane, waiting for it to take them.
+    async fn hand_over_all(&mut self) -> std::result::Result<(), LaneGone> {
+        while let Some(command) = self.backlog.pop_front() {
+            self.backlog_bytes -= command.bytes();
+            self.commands.send(command).await.map_err(|_| LaneGone)?;
+        }
+        Ok(())
+    }
+}
+
+/// One partition's open checkpoint, as the loop sees it.
+#[derive(Default)]
+struct PartitionCheckpoint {
+    /// Where the open checkpoint ends: the position after its last batch.
+    end: Option<PartitionPosition>,
+    records: u64,
+    bytes: u64,
+    started: Option<Instant>,
+    /// The previous checkpoint's flush has not ended yet.
+    flushing: bool,
+    /// The source was asked to pause this partition.
+    paused: bool,
+}
+
+/// A partition's flush, once every lane answered.
+struct PartitionFlushed {
+    partition: PartitionId,
+    end: PartitionPosition,
+    records: u64,
+    /// Per lane (by index): its answer, or an error if its task ended.
+    replies: Vec<(usize, std::result::Result<Result<Flushed>, oneshot::error::RecvError>)>,
 }
 
 /// The loop's state for one run.
@@ -346,6 +457,10 @@ struct Run<'a> {
     snapshots: Snapshots,
     /// Per partition: its lanes, sink by sink, lane by lane.
     lanes: BTreeMap<PartitionId, Vec<LaneHandle>>,
+    /// Per partition: its open checkpoint.
+    open: BTreeMap<PartitionId, PartitionCheckpoint>,
+    /// Flushes in flight, one at most per partition.
+    flushes: JoinSet<PartitionFlushed>,
     /// Lanes that ended: their sink and metrics.
     ended: Vec<(usize, LaneStatus)>,
     /// Per sink: lanes opened so far (the next worker index).
@@ -365,78 +480,67 @@ struct Run<'a> {
     malformed: u64,
 }
 
-/// The checkpoint in progress.
-#[derive(Default)]
-struct Open {
-    end: Option<Position>,
-    records: u64,
-    bytes: u64,
-    started: Option<Instant>,
+/// What woke the loop.
+enum Wake {
+    Event(Option<Result<SourceEvent>>),
+    Flushed(std::result::Result<PartitionFlushed, tokio::task::JoinError>),
+    Tick,
 }
+
+/// How often the loop offers kept batches to a waiting lane.
+const HAND_OVER_EVERY: Duration = Duration::from_millis(10);
 
 impl Run<'_> {
     async fn run(&mut self, source: &mut SourceHandle) -> Result<()> {
         let initial = source.partitions().to_vec();
         self.assign(initial).await?;
-        let mut open = Open::default();
-        let mut source_error = None;
-        let mut source_done = false;
         let mut state = self.control.state.subscribe();
         loop {
             let now = *state.borrow_and_update();
             if now == ABORT {
                 return Err(self.interrupted());
             }
-            let interval_over = open.started.is_some_and(|t| t.elapsed() >= self.batching.commit_interval);
-            let due = open.records >= self.batching.commit_every
-                || open.bytes >= self.batching.checkpoint_bytes
-                || interval_over
-                || source_done
-                || now == FINISH;
-            if due && let Some(end) = open.end.take() {
-                bounded(self.control, self.committed.to_string(), self.checkpoint(end, open.records)).await?;
-                open = Open::default();
+            if now == FINISH {
+                return bounded(self.control, self.committed.to_string(), self.settle()).await;
             }
-            if source_done || now == FINISH {
-                return source_error.map_or(Ok(()), Err);
+            if self.checkpoint_due() {
+                bounded(self.control, self.committed.to_string(), self.close_checkpoint()).await?;
             }
-            let wait = match open.started {
-                Some(t) => self.batching.commit_interval.saturating_sub(t.elapsed()),
-                None => Duration::from_secs(3600),
+            bounded(self.control, self.committed.to_string(), self.hand_over()).await?;
+            let wait = self.next_wake();
+            let wake = tokio::select! {
+                event = source.next() => Wake::Event(event),
+                Some(flushed) = self.flushes.join_next() => Wake::Flushed(flushed),
+                () = tokio::time::sleep(wait) => Wake::Tick,
+                _ = state.changed() => Wake::Tick,
             };
-            let event = tokio::select! {
-                event = source.next() => event,
-                () = tokio::time::sleep(wait) => continue,
-                _ = state.changed() => continue,
-            };
-            let batch = match event {
-                None => {
-                    source_done = true;
+            let batch = match wake {
+                Wake::Tick => continue,
+                Wake::Flushed(flushed) => {
+                    bounded(self.control, self.committed.to_string(), self.commit(flushed)).await?;
                     continue;
                 }
-                Some(Err(e)) => {
-                    source_error = Some(e);
-                    source_done = true;
-                    continue;
+                Wake::Event(None) => {
+                    return bounded(self.control, self.committed.to_string(), self.settle()).await;
                 }
-                Some(Ok(SourceEvent::Assigned(parts))) => {
+                Wake::Event(Some(Err(e))) => {
+                    bounded(self.control, self.committed.to_string(), self.settle()).await?;
+                    return Err(e);
+                }
+                Wake::Event(Some(Ok(SourceEvent::Assigned(parts)))) => {
                     bounded(self.control, self.committed.to_string(), self.assign(parts)).await?;
                     continue;
                 }
-                Some(Ok(SourceEvent::Revoked(parts))) => {
-                    if let Some(end) = open.end.take() {
-                        bounded(self.control, self.committed.to_string(), self.checkpoint(end, open.records)).await?;
-                        open = Open::default();
-                    }
+                Wake::Event(Some(Ok(SourceEvent::Revoked(parts)))) => {
+                    bounded(self.control, self.committed.to_string(), self.settle()).await?;
                     bounded(self.control, self.committed.to_string(), self.revoke(parts)).await?;
                     if let Some(notifier) = &self.notifier {
                         notifier.revoked(&self.committed);
                     }
                     continue;
                 }
-                Some(Ok(SourceEvent::Batch(batch))) => batch,
+                Wake::Event(Some(Ok(SourceEvent::Batch(batch)))) => batch,
             };
-            open.started.get_or_insert_with(Instant::now);
             self.first_record.get_or_insert_with(Instant::now);
             let count = u64::from(batch.records.len());
             self.control.read.fetch_add(count + batch.malformed.len() as u64, Ordering::Relaxed);
@@ -449,7 +553,6 @@ impl Run<'_> {
                     dead_letters.push_malformed(&m.reason, &batch.topic, batch.partition, m.offset, &m.raw)?;
                 }
             }
-            open.end = Some(batch.end);
             let partition = PartitionId { topic: batch.topic, partition: batch.partition };
             self.partitions
                 .entry(partition.clone())
@@ -459,6 +562,16 @@ impl Run<'_> {
                     ..Default::default()
                 })
                 .records += count + batch.malformed.len() as u64;
+            let end = batch
+                .end
+                .partitions
+                .into_iter()
+                .find(|p| p.topic == partition.topic && p.partition == partition.partition);
+            let open = self.open.entry(partition.clone()).or_default();
+            open.started.get_or_insert_with(Instant::now);
+            if end.is_some() {
+                open.end = end;
+            }
             if count == 0 {
                 continue;
             }
@@ -466,10 +579,236 @@ impl Run<'_> {
                 bounded(self.control, self.committed.to_string(), self.assign(vec![partition.clone()])).await?;
             }
             let (data, count) = batch.records.finish();
+            let open = self.open.entry(partition.clone()).or_default();
             open.records += u64::from(count);
             open.bytes += data.len() as u64;
             let batch = Batch { topic: partition.topic.clone(), partition: partition.partition, count, data };
             bounded(self.control, self.committed.to_string(), self.route(&partition, batch)).await?;
+        }
+    }
+
+    /// Whether a sink of `partition` waits before a replay, or has batches
+    /// kept for it.
+    fn waiting(&self, partition: &PartitionId) -> bool {
+        self.lanes.get(partition).is_some_and(|h| h.iter().any(|h| *h.waiting.borrow() || !h.backlog.is_empty()))
+    }
+
+    /// Whether the open checkpoint is due: `commit_every` records,
+    /// `checkpoint_bytes`, or `commit_interval` since its first batch,
+    /// over the partitions whose sinks are not waiting (those close theirs
+    /// once they take batches again).
+    fn checkpoint_due(&self) -> bool {
+        let (mut records, mut bytes, mut oldest) = (0, 0, None::<Instant>);
+        for (_, open) in self.open.iter().filter(|(id, o)| o.end.is_some() && !self.waiting(id)) {
+            records += open.records;
+            bytes += open.bytes;
+            if let Some(started) = open.started {
+                oldest = Some(oldest.map_or(started, |o| o.min(started)));
+            }
+        }
+        records >= self.batching.commit_every
+            || bytes >= self.batching.checkpoint_bytes
+            || oldest.is_some_and(|t| t.elapsed() >= self.batching.commit_interval)
+    }
+
+    /// How long the loop may sleep: until the oldest open checkpoint's
+    /// interval is over, or a moment while batches are kept for a waiting
+    /// lane.
+    fn next_wake(&self) -> Duration {
+        if self.lanes.values().flatten().any(|h| !h.backlog.is_empty()) {
+            return HAND_OVER_EVERY;
+        }
+        let open = self.open.iter().filter(|(id, o)| o.end.is_some() && !self.waiting(id));
+        let oldest = open.filter_map(|(_, o)| o.started).min();
+        oldest.map_or(Duration::from_secs(3600), |t| self.batching.commit_interval.saturating_sub(t.elapsed()))
+    }
+
+    /// Closes the open checkpoint: waits for the flushes still in flight
+    /// (but those of partitions whose sinks wait before a replay), then
+    /// starts the flush of every partition.
+    async fn close_checkpoint(&mut self) -> Result<()> {
+        while self.open.iter().any(|(id, o)| o.flushing && !self.waiting(id)) {
+            tokio::select! {
+                Some(flushed) = self.flushes.join_next() => self.commit(flushed).await?,
+                // A flush may turn into a wait (backpressure at flush).
+                () = tokio::time::sleep(HAND_OVER_EVERY) => {}
+            }
+        }
+        self.start_flushes().await
+    }
+
+    /// Starts the flush of every partition with an open checkpoint and no
+    /// flush in flight. Its lanes' answers come back through `flushes`.
+    async fn start_flushes(&mut self) -> Result<()> {
+        let due: Vec<PartitionId> =
+            self.open.iter().filter(|(_, o)| !o.flushing && o.end.is_some()).map(|(id, _)| id.clone()).collect();
+        for partition in due {
+            let Some(open) = self.open.get_mut(&partition) else { continue };
+            let Some(end) = open.end.take() else { continue };
+            let records = open.records;
+            *open = PartitionCheckpoint { flushing: true, paused: open.paused, ..Default::default() };
+            let lanes = self.lanes.get(&partition).map_or(0, Vec::len);
+            let mut replies = Vec::new();
+            for index in 0..lanes {
+                let (tx, rx) = oneshot::channel();
+                self.send(&partition, index, Command::Flush(tx), false).await?;
+                replies.push((index, rx));
+            }
+            self.flushes.spawn(async move {
+                let mut answers = Vec::new();
+                for (index, rx) in replies {
+                    answers.push((index, rx.await));
+                }
+                PartitionFlushed { partition, end, records, replies: answers }
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits `first` and every other flush that has ended too: the
+    /// lanes' snapshots and the partitions' positions, in one write to the
+    /// offset store.
+    async fn commit(&mut self, first: std::result::Result<PartitionFlushed, tokio::task::JoinError>) -> Result<()> {
+        let mut done = vec![first];
+        while let Some(more) = self.flushes.try_join_next() {
+            done.push(more);
+        }
+        let mut end = self.committed.clone();
+        let mut records = 0;
+        let mut partitions = Vec::new();
+        for flushed in done {
+            let flushed = flushed
+                .map_err(|e| Error::Task { what: "a checkpoint's flush failed".into(), source: Some(Box::new(e)) })?;
+            let mut snapshots = Vec::new();
+            for (index, reply) in flushed.replies {
+                match reply {
+                    Ok(Ok(f)) => snapshots.push(f),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(self.lane_failed(flushed.partition, index).await),
+                }
+            }
+            for f in snapshots {
+                self.snapshots.set(f.key, f.snapshot);
+            }
+            match end
+                .partitions
+                .iter_mut()
+                .find(|p| p.topic == flushed.end.topic && p.partition == flushed.end.partition)
+            {
+                Some(p) => *p = flushed.end,
+                None => end.partitions.push(flushed.end),
+            }
+            records += flushed.records;
+            if let Some(open) = self.open.get_mut(&flushed.partition) {
+                open.flushing = false;
+            }
+            partitions.push(flushed.partition);
+        }
+        self.shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
+        if let Some(store) = &self.offsets {
+            store.commit(&self.source_name, &end, &self.snapshots)?;
+        }
+        self.control.committed.fetch_add(records, Ordering::Relaxed);
+        self.checkpoints += 1;
+        self.last_commit = Some(Instant::now());
+        for partition in &partitions {
+            if let Some(p) = self.partitions.get_mut(partition) {
+                p.commits += 1;
+            }
+        }
+        for quota in self.sinks.iter().filter_map(|s| s.grants.quota.as_ref()) {
+            quota.measure();
+        }
+        tracing::debug!(pipeline = %self.pipeline, "committed {end}");
+        if let Some(notifier) = &self.notifier {
+            notifier.committed(&end);
+        }
+        *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
+        self.committed = end;
+        Ok(())
+    }
+
+    /// Delivers every kept batch and commits every partition's open
+    /// checkpoint, waiting for the lanes: at the end of the input, a stop,
+    /// or a revocation.
+    async fn settle(&mut self) -> Result<()> {
+        loop {
+            self.start_flushes().await?;
+            let parts: Vec<PartitionId> = self.lanes.keys().cloned().collect();
+            for partition in parts {
+                let lanes = self.lanes.get(&partition).map_or(0, Vec::len);
+                for index in 0..lanes {
+                    let handle = &mut self.lanes.get_mut(&partition).expect("listed above")[index];
+                    if handle.hand_over_all().await.is_err() {
+                        return Err(self.lane_failed(partition, index).await);
+                    }
+                }
+            }
+            self.hand_over().await?;
+            match self.flushes.join_next().await {
+                Some(flushed) => self.commit(flushed).await?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Offers kept batches to their lanes; resumes a paused partition once
+    /// none of its batches is kept.
+    async fn hand_over(&mut self) -> Result<()> {
+        let mut resumed = Vec::new();
+        let mut gone = None;
+        for (partition, handles) in &mut self.lanes {
+            let mut all = true;
+            for (index, handle) in handles.iter_mut().enumerate() {
+                match handle.hand_over() {
+                    Ok(done) => all &= done,
+                    Err(LaneGone) => {
+                        gone = Some((partition.clone(), index));
+                        all = false;
+                    }
+                }
+            }
+            if all
+                && let Some(open) = self.open.get_mut(partition)
+                && open.paused
+            {
+                open.paused = false;
+                resumed.push(partition.clone());
+            }
+        }
+        if let Some((partition, index)) = gone {
+            return Err(self.lane_failed(partition, index).await);
+        }
+        if !resumed.is_empty()
+            && let Some(notifier) = &self.notifier
+        {
+            tracing::debug!("resuming {}", resumed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+            notifier.resume(resumed);
+        }
+        Ok(())
+    }
+
+    /// Sends `command` to lane `index` of `partition`; pauses the partition
+    /// at its source if the command is kept for a waiting lane.
+    async fn send(&mut self, partition: &PartitionId, index: usize, command: Command, wait: bool) -> Result<()> {
+        // What every lane keeps counts against one `checkpoint_bytes`.
+        let kept: u64 = self.lanes.values().flatten().map(|h| h.backlog_bytes).sum();
+        let room = self.batching.checkpoint_bytes.saturating_sub(kept);
+        let Some(handle) = self.lanes.get_mut(partition).and_then(|h| h.get_mut(index)) else { return Ok(()) };
+        match handle.send(command, wait, room).await {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let open = self.open.entry(partition.clone()).or_default();
+                if !open.paused {
+                    open.paused = true;
+                    tracing::debug!("pausing {partition}: a sink of it waits before a replay");
+                    if let Some(notifier) = &self.notifier {
+                        notifier.pause(vec![partition.clone()]);
+                    }
+                }
+                Ok(())
+            }
+            Err(LaneGone) => Err(self.lane_failed(partition.clone(), index).await),
         }
     }
 
@@ -509,8 +848,11 @@ impl Run<'_> {
                     let state = Lane::new(spec.clone(), key, context, snapshot, self.shared.clone());
                     let (commands, rx) = mpsc::channel(4);
                     let (opened_tx, opened) = oneshot::channel();
+                    let waiting = state.waiting();
                     let task = tokio::spawn(state.run(rx, opened_tx));
-                    handles.push((LaneHandle { sink: index, commands, task }, opened));
+                    let handle =
+                        LaneHandle { sink: index, commands, task, waiting, backlog: VecDeque::new(), backlog_bytes: 0 };
+                    handles.push((handle, opened));
                 }
             }
             opening.push((part, handles));
@@ -565,7 +907,9 @@ impl Run<'_> {
     async fn route(&mut self, partition: &PartitionId, batch: Batch) -> Result<()> {
         let batch = Arc::new(batch);
         self.round_robin += 1;
-        let Some(handles) = self.lanes.get(partition) else { return Ok(()) };
+        if !self.lanes.contains_key(partition) {
+            return Ok(());
+        }
         let mut sends = Vec::new();
         // Sinks with the same lane count share one split of the batch.
         let mut splits: BTreeMap<usize, Vec<Option<Arc<Batch>>>> = BTreeMap::new();
@@ -587,9 +931,7 @@ impl Run<'_> {
             i += n;
         }
         for (index, batch) in sends {
-            if handles[index].commands.send(Command::Add(batch)).await.is_err() {
-                return Err(self.lane_failed(partition.clone(), index).await);
-            }
+            self.send(partition, index, Command::Add(batch), false).await?;
         }
         Ok(())
     }
@@ -611,59 +953,11 @@ impl Run<'_> {
         }
     }
 
-    /// Flushes every lane (concurrently: a barrier), syncs dead letters,
-    /// and commits `end` with every lane's snapshot.
-    async fn checkpoint(&mut self, end: Position, records: u64) -> Result<()> {
-        let mut replies = Vec::new();
-        for (partition, handles) in &self.lanes {
-            for (index, handle) in handles.iter().enumerate() {
-                let (tx, rx) = oneshot::channel();
-                if handle.commands.send(Command::Flush(tx)).await.is_err() {
-                    let partition = partition.clone();
-                    return Err(self.lane_failed(partition, index).await);
-                }
-                replies.push((partition.clone(), index, rx));
-            }
-        }
-        let mut flushed: Vec<Flushed> = Vec::new();
-        for (partition, index, rx) in replies {
-            match rx.await {
-                Ok(Ok(f)) => flushed.push(f),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(self.lane_failed(partition, index).await),
-            }
-        }
-        for f in flushed {
-            self.snapshots.set(f.key, f.snapshot);
-        }
-        self.shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
-        if let Some(store) = &self.offsets {
-            store.commit(&self.source_name, &end, &self.snapshots)?;
-        }
-        self.control.committed.fetch_add(records, Ordering::Relaxed);
-        self.checkpoints += 1;
-        self.last_commit = Some(Instant::now());
-        for partition in self.lanes.keys() {
-            if let Some(p) = self.partitions.get_mut(partition) {
-                p.commits += 1;
-            }
-        }
-        for quota in self.sinks.iter().filter_map(|s| s.grants.quota.as_ref()) {
-            quota.measure();
-        }
-        tracing::debug!(pipeline = %self.pipeline, "committed {end}");
-        if let Some(notifier) = &self.notifier {
-            notifier.committed(&end);
-        }
-        *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
-        self.committed = end;
-        Ok(())
-    }
-
     /// Closes the lanes of revoked partitions (their checkpoint was just
     /// committed).
     async fn revoke(&mut self, parts: Vec<PartitionId>) -> Result<()> {
         for part in parts {
+            self.open.remove(&part);
             if let Some(handles) = self.lanes.remove(&part) {
                 for handle in handles {
                     drop(handle.commands);

@@ -12,12 +12,17 @@ use crate::error::{Error, Result};
 
 /// What the loop tells a source, in order.
 #[derive(Debug)]
-enum Note {
+pub enum Note {
     /// A checkpoint was committed at this position.
     Committed(Position),
     /// The loop finished a revocation: it committed what it held of the
     /// revoked partitions (this position) and closed their instances.
     Revoked(Position),
+    /// A sink of these partitions is waiting (backpressure, a retry): stop
+    /// fetching them until [`Note::Resume`].
+    Pause(Vec<PartitionId>),
+    /// Fetch these partitions again.
+    Resume(Vec<PartitionId>),
 }
 
 /// The async side of a source running on its own thread. Reading a source
@@ -51,6 +56,16 @@ impl Notifier {
     pub fn revoked(&self, position: &Position) {
         let _ = self.0.send(Note::Revoked(position.clone()));
     }
+
+    /// Asks the source to stop fetching `parts` for now.
+    pub fn pause(&self, parts: Vec<PartitionId>) {
+        let _ = self.0.send(Note::Pause(parts));
+    }
+
+    /// Asks the source to fetch `parts` again.
+    pub fn resume(&self, parts: Vec<PartitionId>) {
+        let _ = self.0.send(Note::Resume(parts));
+    }
 }
 
 /// The source thread's way to the loop, handed to [`Source::attach`]: a
@@ -77,38 +92,38 @@ impl SourceLink {
         sender.is_some_and(|sender| sender.blocking_send(event).is_ok())
     }
 
-    /// Hands every checkpoint committed so far to `on_commit`, without
-    /// waiting.
-    pub fn take_commits(&self, mut on_commit: impl FnMut(&Position)) {
+    /// Hands every note taken so far (committed checkpoints, pauses and
+    /// resumptions) to `on_note`, without waiting.
+    pub fn take_notes(&self, mut on_note: impl FnMut(&Note)) {
         let notes = self.0.notes.lock().unwrap_or_else(|p| p.into_inner());
         while let Ok(note) = notes.try_recv() {
-            self.note(note, &mut on_commit);
+            self.note(note, &mut on_note);
         }
     }
 
-    fn note(&self, note: Note, on_commit: &mut impl FnMut(&Position)) -> Option<Position> {
+    fn note(&self, note: Note, on_note: &mut impl FnMut(&Note)) -> Option<Position> {
         match note {
-            Note::Committed(position) => {
-                on_commit(&position);
-                None
-            }
             Note::Revoked(position) => {
                 self.0.revoked.fetch_add(1, Ordering::SeqCst);
                 Some(position)
+            }
+            other => {
+                on_note(&other);
+                None
             }
         }
     }
 
     /// Tells the loop `parts` are revoked and waits, at most `within`, until
     /// it has committed what it holds of them and closed their instances.
-    /// Checkpoints committed meanwhile go to `on_commit`. Returns the
+    /// Notes taken meanwhile go to `on_note`. Returns the
     /// position committed at the end of the revocation, or `None` when the
     /// loop did not finish in time (or has gone).
     pub fn revoke(
         &self,
         parts: Vec<PartitionId>,
         within: Duration,
-        mut on_commit: impl FnMut(&Position),
+        mut on_note: impl FnMut(&Note),
     ) -> Option<Position> {
         let wanted = self.0.revocations.fetch_add(1, Ordering::SeqCst) + 1;
         if !self.send(Ok(SourceEvent::Revoked(parts))) {
@@ -124,7 +139,7 @@ impl SourceLink {
             };
             // An earlier revocation that timed out may finish now: only
             // this one's end counts.
-            if let Some(position) = self.note(note, &mut on_commit)
+            if let Some(position) = self.note(note, &mut on_note)
                 && self.0.revoked.load(Ordering::SeqCst) >= wanted
             {
                 return Some(position);
@@ -209,15 +224,24 @@ impl SourceHandle {
     }
 }
 
-fn read(source: &mut dyn Source, link: SourceLink, batch_size: usize, batch_bytes: usize) {
-    let commit = |source: &mut dyn Source, position: &Position| {
-        if let Err(e) = source.committed(position) {
-            tracing::warn!("{e}");
+/// Applies a note from the loop to `source`.
+pub(super) fn apply(source: &mut dyn Source, note: &Note) {
+    match note {
+        Note::Committed(position) => {
+            if let Err(e) = source.committed(position) {
+                tracing::warn!("{e}");
+            }
         }
-    };
+        Note::Pause(parts) => source.pause(parts),
+        Note::Resume(parts) => source.resume(parts),
+        Note::Revoked(_) => {}
+    }
+}
+
+fn read(source: &mut dyn Source, link: SourceLink, batch_size: usize, batch_bytes: usize) {
     source.attach(link.clone());
     loop {
-        link.take_commits(|position| commit(source, position));
+        link.take_notes(|note| apply(source, note));
         match source.next_event(batch_size, batch_bytes) {
             Ok(Some(event)) => {
                 if !link.send(Ok(event)) {
@@ -237,8 +261,8 @@ fn read(source: &mut dyn Source, link: SourceLink, batch_size: usize, batch_byte
     link.0.events.lock().unwrap_or_else(|p| p.into_inner()).take();
     let notes = link.0.notes.lock().unwrap_or_else(|p| p.into_inner());
     while let Ok(note) = notes.recv() {
-        if let Note::Committed(position) = note {
-            commit(source, &position);
+        if let Note::Committed(_) = note {
+            apply(source, &note);
         }
     }
 }

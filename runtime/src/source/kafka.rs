@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -31,7 +31,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sinkbox_format::BatchWriter;
 
-use super::{Lag, Malformed, PartitionId, PartitionPosition, Position, Source, SourceBatch, SourceEvent, SourceLink};
+use super::{
+    Lag, Malformed, Note, PartitionId, PartitionPosition, Position, Source, SourceBatch, SourceEvent, SourceLink,
+};
 use crate::config::{KafkaSection, KafkaValue};
 use crate::error::{Error, Result};
 
@@ -78,12 +80,16 @@ struct Shared {
     /// When a librdkafka error was last logged, and how many were not
     /// logged since: a broker that stays down is reported every
     /// [`ERROR_EVERY`], not on every reconnect attempt.
-    last_error: Option<std::time::Instant>,
+    last_error: Option<Instant>,
     unlogged_errors: u64,
 }
 
 /// Least time between two logged librdkafka errors.
 const ERROR_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a partition's end is asked for before a partition below its
+/// floor is refused (see `KafkaSource::check_floor`).
+const FLOOR_CHECK: Duration = Duration::from_secs(15);
 
 impl Context {
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -136,6 +142,25 @@ fn commit(
     consumer.commit(&list, mode).map_err(|e| format!("cannot commit offsets to the group: {e}"))
 }
 
+/// Pauses or resumes fetching `parts` (those still assigned).
+fn set_paused(consumer: &BaseConsumer<Context>, parts: &[PartitionId], paused: bool) {
+    let assigned = consumer.context().shared().assigned.clone();
+    let mut list = TopicPartitionList::new();
+    for p in parts.iter().filter(|p| assigned.contains(p)) {
+        list.add_partition(&p.topic, i32::try_from(p.partition).unwrap_or(i32::MAX));
+    }
+    if list.count() == 0 {
+        return;
+    }
+    let (verb, result) = if paused { ("pause", consumer.pause(&list)) } else { ("resume", consumer.resume(&list)) };
+    match result {
+        Ok(()) => {
+            tracing::debug!("kafka: {verb}d {}", parts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+        }
+        Err(e) => tracing::warn!("kafka: cannot {verb} fetching: {e}"),
+    }
+}
+
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
@@ -170,7 +195,7 @@ impl ClientContext for Context {
         let more = std::mem::take(&mut shared.unlogged_errors);
         let more = if more > 0 { format!("; {more} more errors in the last {ERROR_EVERY:?}") } else { String::new() };
         tracing::warn!("kafka: {error}: {reason} (retrying{more})");
-        shared.last_error = Some(std::time::Instant::now());
+        shared.last_error = Some(Instant::now());
     }
 }
 
@@ -187,15 +212,20 @@ impl ConsumerContext for Context {
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(link) = link else { return };
         let owned = self.shared().assigned.clone();
-        let on_commit = |position: &Position| {
-            self.shared().raise_floor(position);
-            if let Err(e) = commit(consumer, position, &owned, CommitMode::Async) {
-                tracing::warn!("{e}");
+        let on_note = |note: &Note| match note {
+            Note::Committed(position) => {
+                self.shared().raise_floor(position);
+                if let Err(e) = commit(consumer, position, &owned, CommitMode::Async) {
+                    tracing::warn!("{e}");
+                }
             }
+            Note::Pause(parts) => set_paused(consumer, parts, true),
+            Note::Resume(parts) => set_paused(consumer, parts, false),
+            Note::Revoked(_) => {}
         };
         tracing::info!("kafka: giving up {} partition(s); committing what was read of them", parts.len());
         let revoked: BTreeSet<PartitionId> = parts.iter().cloned().collect();
-        match link.revoke(parts, self.revoke_within, on_commit) {
+        match link.revoke(parts, self.revoke_within, on_note) {
             Some(position) => {
                 self.shared().raise_floor(&position);
                 if let Err(e) = commit(consumer, &position, &revoked, CommitMode::Sync) {
@@ -463,9 +493,22 @@ impl KafkaSource {
     /// it is not the partition those offsets were committed for (the topic
     /// was recreated or truncated): refused, since skipping would lose its
     /// records.
+    ///
+    /// A broker that has just restarted may not know a partition's end yet,
+    /// or not answer at once: the end is asked again for up to
+    /// [`FLOOR_CHECK`] before refusing.
     fn check_floor(&self, id: &PartitionId, offset: u64, floor: u64) -> Result<()> {
         let partition = i32::try_from(id.partition).unwrap_or(i32::MAX);
-        let high = self.consumer.fetch_watermarks(&id.topic, partition, Duration::from_secs(10)).map(|(_, high)| high);
+        let started = Instant::now();
+        let high = loop {
+            let high =
+                self.consumer.fetch_watermarks(&id.topic, partition, Duration::from_secs(5)).map(|(_, high)| high);
+            let reaches = matches!(high, Ok(high) if u64::try_from(high).unwrap_or(0) >= floor);
+            if reaches || started.elapsed() >= FLOOR_CHECK {
+                break high;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
         match high {
             Ok(high) if u64::try_from(high).unwrap_or(0) >= floor => {
                 tracing::warn!(
@@ -554,6 +597,12 @@ impl Source for KafkaSource {
 
     fn next_event(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceEvent>> {
         loop {
+            // The loop's notes, taken here too: this may poll for long
+            // without an event (a paused partition waits for its resume).
+            let link = self.consumer.context().link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(link) = link {
+                link.take_notes(|note| super::handle::apply(self, note));
+            }
             if let Some(event) = self.consumer.context().shared().events.pop_front() {
                 return Ok(Some(event));
             }
@@ -624,6 +673,14 @@ impl Source for KafkaSource {
         self.last_committed = Some(position.clone());
         commit(&self.consumer, position, &owned, CommitMode::Async)
             .map_err(|what| Error::Source { source_name: self.describe.clone(), what })
+    }
+
+    fn pause(&mut self, parts: &[PartitionId]) {
+        set_paused(&self.consumer, parts, true);
+    }
+
+    fn resume(&mut self, parts: &[PartitionId]) {
+        set_paused(&self.consumer, parts, false);
     }
 
     fn close_grace(&self) -> Duration {

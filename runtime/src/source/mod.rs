@@ -30,7 +30,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sinkbox_format::BatchWriter;
 
-pub use handle::{Notifier, SourceHandle, SourceLink};
+pub use handle::{Note, Notifier, SourceHandle, SourceLink};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSource, TOMBSTONE_HEADER};
 pub use lines::{HEAD_BYTES, LineFormat, LineSource, MAX_LINE_BYTES};
@@ -218,6 +218,16 @@ pub trait Source: Send {
     fn committed(&mut self, _position: &Position) -> Result<()> {
         Ok(())
     }
+
+    /// Stops fetching `parts` until [`Source::resume`]: a sink of theirs is
+    /// waiting (backpressure, a retry), and what is read of them meanwhile
+    /// is held in memory. Records already read are still handed out. The
+    /// default does nothing: a source of one partition waits anyway, since
+    /// the loop stops taking its batches.
+    fn pause(&mut self, _parts: &[PartitionId]) {}
+
+    /// Fetches `parts` again after [`Source::pause`].
+    fn resume(&mut self, _parts: &[PartitionId]) {}
 
     /// Called once on the source's thread before the first read, with its
     /// way to the loop: a source that must wait for the loop in the middle
