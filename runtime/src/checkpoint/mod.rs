@@ -562,16 +562,17 @@ impl Run<'_> {
                     ..Default::default()
                 })
                 .records += count + batch.malformed.len() as u64;
-            let end = batch
-                .end
-                .partitions
-                .into_iter()
-                .find(|p| p.topic == partition.topic && p.partition == partition.partition);
+            let mine = |p: &PartitionPosition| p.topic == partition.topic && p.partition == partition.partition;
+            let Some(end) = batch.end.partitions.into_iter().find(mine) else {
+                // Without it the partition could never commit.
+                return Err(Error::Source {
+                    source_name: self.source_name.clone(),
+                    what: format!("a batch of {partition} came without a position for {partition}"),
+                });
+            };
             let open = self.open.entry(partition.clone()).or_default();
             open.started.get_or_insert_with(Instant::now);
-            if end.is_some() {
-                open.end = end;
-            }
+            open.end = Some(end);
             if count == 0 {
                 continue;
             }
@@ -627,7 +628,7 @@ impl Run<'_> {
     /// (but those of partitions whose sinks wait before a replay), then
     /// starts the flush of every partition.
     async fn close_checkpoint(&mut self) -> Result<()> {
-        while self.open.iter().any(|(id, o)| o.flushing && !self.waiting(id)) {
+        while !self.flushes.is_empty() && self.open.iter().any(|(id, o)| o.flushing && !self.waiting(id)) {
             tokio::select! {
                 Some(flushed) = self.flushes.join_next() => self.commit(flushed).await?,
                 // A flush may turn into a wait (backpressure at flush).
@@ -665,13 +666,28 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Commits `first` and every other flush that has ended too: the
-    /// lanes' snapshots and the partitions' positions, in one write to the
-    /// offset store.
+    /// Commits `first` with the other flushes of its checkpoint: the lanes'
+    /// snapshots and the partitions' positions, in one write to the offset
+    /// store.
     async fn commit(&mut self, first: std::result::Result<PartitionFlushed, tokio::task::JoinError>) -> Result<()> {
         let mut done = vec![first];
-        while let Some(more) = self.flushes.try_join_next() {
-            done.push(more);
+        // Flushes of one checkpoint commit together, in one write of the
+        // offset store, but for those of partitions whose sinks wait
+        // before a replay: those commit on their own, later.
+        loop {
+            while let Some(more) = self.flushes.try_join_next() {
+                done.push(more);
+            }
+            let ended: Vec<&PartitionId> = done.iter().filter_map(|d| d.as_ref().ok()).map(|d| &d.partition).collect();
+            let behind = self.open.iter().any(|(id, o)| o.flushing && !ended.contains(&id) && !self.waiting(id));
+            if !behind || self.flushes.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(more) = self.flushes.join_next() => done.push(more),
+                // A flush may turn into a wait (backpressure at flush).
+                () = tokio::time::sleep(HAND_OVER_EVERY) => {}
+            }
         }
         let mut end = self.committed.clone();
         let mut records = 0;

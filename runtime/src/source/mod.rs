@@ -164,7 +164,8 @@ pub struct SourceBatch {
     /// Records the source could not turn into records (malformed lines);
     /// the loop dead-letters them with the checkpoint.
     pub malformed: Vec<Malformed>,
-    /// The source's position after this batch.
+    /// The source's position after this batch; it must hold an entry for
+    /// the batch's own partition (the loop refuses a batch without one).
     pub end: Position,
     /// Input bytes consumed by this batch.
     pub bytes: u64,
