@@ -782,9 +782,7 @@ fn main() {
     let file = engine.load(sinkbox::builtins::get("file").expect("builtin"), "file").expect("load");
     let grants = Grants {
         dirs: vec![sinkbox::DirGrant { host: scratch.join("out"), guest: "/out".into(), writable: true }],
-        env: Vec::new(),
-        hosts: Vec::new(),
-        quota: None,
+        ..Default::default()
     };
     let ctx = Ctx { engine, blackhole, file, scratch: scratch.clone(), grants };
     let mut report = Report { markdown: String::new() };

@@ -243,6 +243,7 @@ pub async fn check(engine: &Engine, subject: &Subject<'_>) -> Result<Vec<Outcome
         env: vec![],
         hosts: vec![],
         quota: None,
+        determinism: None,
     };
     let checker = Checker {
         engine,

@@ -71,9 +71,9 @@ use serde::Deserialize;
 
 use crate::checkpoint::{Batching, Committed, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec};
 use crate::error::{Error, Result};
-use crate::sandbox::{DirGrant, DiskQuota, Grants, HostGrant, SandboxLimits};
+use crate::sandbox::{Determinism, DirGrant, DiskQuota, Grants, HostGrant, SandboxLimits};
 use crate::sandbox::{Engine, SinkComponent};
-use crate::source::{LineFormat, LineSource, Source};
+use crate::source::{DeadLetterSource, LineFormat, LineSource, OffsetRange, Source};
 use crate::state::PipelineState;
 
 /// The longest duration any setting takes: 24 hours.
@@ -156,6 +156,32 @@ pub struct PipelineSection {
     pub resume: Option<bool>,
     /// Dead-letter file path.
     pub dead_letter: Option<PathBuf>,
+    /// Run the sinks with fixed clocks and random numbers (what `sinkbox
+    /// replay` does), so two runs over the same records behave alike.
+    pub deterministic: Option<DeterministicSection>,
+}
+
+/// `[pipeline] deterministic = { clock = 946684800, seed = 0 }`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeterministicSection {
+    /// What the sinks' wall clock reads first, in seconds since the Unix
+    /// epoch (default 946684800, 2000-01-01T00:00:00Z). Every reading
+    /// moves it on by 1 µs.
+    pub clock: Option<u64>,
+    /// The seed of the sinks' random numbers (default 0).
+    pub seed: Option<u64>,
+}
+
+impl DeterministicSection {
+    /// The sandbox's deterministic world.
+    pub fn determinism(&self) -> Determinism {
+        let default = Determinism::default();
+        Determinism {
+            start: self.clock.map_or(default.start, Duration::from_secs),
+            seed: self.seed.unwrap_or(default.seed),
+        }
+    }
 }
 
 /// `[source]`.
@@ -169,6 +195,11 @@ pub enum SourceSection {
         /// How lines become records.
         #[serde(default)]
         format: LineFormat,
+        /// Only the lines from this offset (0-based line number) on: for
+        /// replays (`sinkbox replay --from`).
+        from: Option<u64>,
+        /// Only the lines before this offset (`sinkbox replay --to`).
+        to: Option<u64>,
     },
     /// Standard input, as JSON lines.
     Stdin {
@@ -178,6 +209,16 @@ pub enum SourceSection {
     },
     /// A Kafka consumer group.
     Kafka(KafkaSection),
+    /// The entries of a dead-letter file, as the records they were (for
+    /// `sinkbox replay`).
+    #[serde(rename = "dead-letters")]
+    DeadLetters {
+        /// The dead-letter file.
+        path: PathBuf,
+        /// Only the entries of this sink (`source` for input that could
+        /// not be parsed); absent: every sink's, but not the source's.
+        sink: Option<String>,
+    },
 }
 
 /// `[source] kind = "kafka"`: a consumer in a group; processes with the
@@ -209,6 +250,11 @@ pub struct KafkaSection {
     /// "10000"`); the ones the source sets itself are refused.
     #[serde(default, deserialize_with = "kafka_settings")]
     pub settings: BTreeMap<String, String>,
+    /// Only the records from this offset on, in every partition (for
+    /// replays, `sinkbox replay --pipeline --from`).
+    pub from: Option<u64>,
+    /// Only the records before this offset, in every partition.
+    pub to: Option<u64>,
 }
 
 /// `start`: where a partition without a committed offset starts.
@@ -649,6 +695,7 @@ impl SinkSection {
                 hosts: self.hosts().map_err(Error::Config)?,
                 dirs,
                 env,
+                determinism: None,
             },
             on_error: self.on_error,
             lanes: self.lanes.unwrap_or(1),
@@ -707,12 +754,30 @@ impl PipelineFile {
             None => Default::default(),
         };
         let source: Result<Box<dyn Source>> = match &self.source {
-            SourceSection::File { path, format } => LineSource::file(&base.join(path), *format, Some(&start.position))
-                .map(|s| Box::new(s) as Box<dyn Source>),
+            SourceSection::File { path, format, from, to } => {
+                LineSource::file(&base.join(path), *format, Some(&start.position)).map(|s| match (from, to) {
+                    (None, None) => Box::new(s) as Box<dyn Source>,
+                    _ => Box::new(OffsetRange::new(Box::new(s), from.unwrap_or(0), *to, true)),
+                })
+            }
             SourceSection::Stdin { format } => {
                 LineSource::stdin(*format, Some(&start.position)).map(|s| Box::new(s) as Box<dyn Source>)
             }
-            SourceSection::Kafka(kafka) => kafka_source(kafka, &start.position),
+            SourceSection::Kafka(kafka) => kafka_source(kafka, &start.position).map(|s| match (kafka.from, kafka.to) {
+                (None, None) => s,
+                (from, to) => Box::new(OffsetRange::new(s, from.unwrap_or(0), to, false)) as Box<dyn Source>,
+            }),
+            SourceSection::DeadLetters { path, sink } => {
+                let path = base.join(path);
+                if crate::source::same_file(&path, &state.dead_letter) {
+                    return Err(Error::Config(format!(
+                        "[source] path: {} is also where this pipeline writes its dead letters; give the replay \
+                         another dead-letter file",
+                        path.display()
+                    )));
+                }
+                DeadLetterSource::open(&path, sink.as_deref()).map(|s| Box::new(s) as Box<dyn Source>)
+            }
         };
         let source = source.map_err(|e| match e {
             Error::StreamChanged(mut changed) => {
@@ -781,7 +846,12 @@ impl PipelineFile {
             dead_letters = dead_letters.max_share(share, after);
         }
         let (source, offsets, start) = self.open_source(base, &state)?;
-        let sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
+        let mut sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
+        if let Some(deterministic) = &p.deterministic {
+            for sink in &mut sinks {
+                sink.grants.determinism = Some(deterministic.determinism());
+            }
+        }
         Ok(Pipeline {
             name: state.name,
             engine: engine.clone(),

@@ -821,3 +821,77 @@ fn a_schema_that_is_costly_to_check_is_refused_at_the_sinks_limits() {
     let out = sinkbox(&s, &["inspect", sinkbox_test_artifacts::SCHEMA_DOUBLING, "--json"]);
     assert!(out.status.success(), "{}", stdout(&out));
 }
+
+/// `sinkbox replay` runs the records of a dead-letter file through a sink
+/// as they were (offset, key, value), in a deterministic sandbox: two
+/// replays see the same clock and random numbers, and `--clock`/`--seed`
+/// set them.
+#[test]
+fn replay_delivers_dead_letters_as_they_were_with_fixed_clocks_and_random() {
+    let s = Scratch::new("cli-replay");
+    s.write("in.jsonl", &lines(30));
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let out = sinkbox(&s, &["run", "--sink", sinkbox_test_artifacts::REJECTS_EVERY_10TH, "--input", "in.jsonl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dead = ".sinkbox/rejects_every_10th.dead-letter.jsonl";
+    assert_eq!(s.read(dead).lines().count(), 3, "offsets 9, 19 and 29 dead-lettered");
+    let replay = |file: &str, extra: &[&str]| {
+        let config = format!("{{\"out\": \"/out/{file}\", \"mode\": \"world\"}}");
+        let mut args = vec!["replay", dead, "--sink", sinkbox_test_artifacts::WELL_BEHAVED, "--config", &config];
+        args.extend(["--dir", "out:/out:rw", "--no-progress"]);
+        args.extend(extra);
+        let out = sinkbox(&s, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let rows: Vec<serde_json::Value> =
+            s.read(&format!("out/{file}")).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+        rows
+    };
+    let first = replay("a.jsonl", &[]);
+    let offsets: Vec<u64> = first.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [9, 19, 29]);
+    let input: Vec<String> = lines(30).lines().map(str::to_string).collect();
+    for row in &first {
+        let offset = row["offset"].as_u64().unwrap() as usize;
+        assert_eq!(row["value"].as_str().unwrap(), input[offset], "the record as it was read");
+    }
+    // 2000-01-01T00:00:00Z, moving on by 1 µs a reading.
+    let clock = first[0]["clock_ns"].as_u64().unwrap();
+    assert!((946_684_800_000_000_000..946_684_800_001_000_000).contains(&clock), "{clock}");
+    assert_eq!(replay("b.jsonl", &[]), first, "a second replay sees the same world");
+    let seeded = replay("c.jsonl", &["--seed", "7", "--clock", "1700000000"]);
+    assert_ne!(seeded[0]["random"], first[0]["random"], "another seed, other random numbers");
+    let clock = seeded[0]["clock_ns"].as_u64().unwrap();
+    assert!((1_700_000_000_000_000_000..1_700_000_000_001_000_000).contains(&clock), "{clock}");
+
+    // The replay never writes into the file it reads.
+    let out = sinkbox(
+        &s,
+        &["replay", dead, "--sink", sinkbox_test_artifacts::REJECTS_EVERY_10TH, "--dead-letter", dead, "--no-progress"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is also where this pipeline writes its dead letters"), "{}", stderr(&out));
+    assert_eq!(s.read(dead).lines().count(), 3, "the dead-letter file is as it was");
+    // A sink that refuses them again dead-letters them to the replay's own file.
+    let out = sinkbox(&s, &["replay", dead, "--sink", sinkbox_test_artifacts::REJECTS_EVERY_10TH, "--no-progress"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.read(".sinkbox/replay-rejects_every_10th.dead-letter.jsonl").lines().count(), 3);
+
+    // A range of an input file: offsets 5, 6 and 7, as they were.
+    let config = "{\"out\": \"/out/range.jsonl\", \"mode\": \"world\"}";
+    let args =
+        ["replay", "--input", "in.jsonl", "--from", "5", "--to", "8", "--sink", sinkbox_test_artifacts::WELL_BEHAVED];
+    let out = sinkbox(&s, &[&args[..], &["--config", config, "--dir", "out:/out:rw", "--no-progress"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> =
+        s.read("out/range.jsonl").lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let offsets: Vec<u64> = rows.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [5, 6, 7]);
+    assert_eq!(rows[0]["value"].as_str().unwrap(), input[5]);
+    assert_eq!(rows[0]["clock_ns"], first[0]["clock_ns"], "the same fixed clock");
+
+    // A line that is not an entry is refused, naming the file and line.
+    s.write("bad.jsonl", "{\"sink\":\"x\",\"topic\":\"t\",\"partition\":0,\"offset\":1,\"value\":\"v\"}\nnot json\n");
+    let out = sinkbox(&s, &["replay", "bad.jsonl", "--sink", sinkbox_test_artifacts::WELL_BEHAVED, "--no-progress"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("dead letters bad.jsonl: line 2: not JSON"), "{}", stderr(&out));
+}

@@ -264,9 +264,7 @@ fn partitions_get_their_own_instances_and_dead_letters_name_the_partition() {
         limits: Default::default(),
         grants: sinkbox::Grants {
             dirs: vec![sinkbox::DirGrant { host: s.path("out"), guest: "/out".into(), writable: true }],
-            env: vec![],
-            hosts: vec![],
-            quota: None,
+            ..Default::default()
         },
         on_error: OnError::Fail,
         lanes: 1,
@@ -367,9 +365,7 @@ fn an_output_truncated_or_deleted_during_a_run_is_detected_at_the_next_flush() {
         let component = sinkbox::config::load_component(engine(), "builtin:file", ".".as_ref()).unwrap();
         let grants = Grants {
             dirs: vec![sinkbox::DirGrant { host: s.path("out"), guest: "/out".into(), writable: true }],
-            env: vec![],
-            hosts: vec![],
-            quota: None,
+            ..Default::default()
         };
         let context = sinkbox::check::context(None, false);
         let fault = sinkbox::runtime().unwrap().block_on(async {

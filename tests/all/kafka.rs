@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sinkbox_test_artifacts::{BACKPRESSURE_THEN_OK, WELL_BEHAVED};
 
 use crate::Scratch;
@@ -442,6 +443,52 @@ fn the_pipeline_waits_for_a_broker_that_restarts_and_loses_nothing() {
     let seen = ids_in(&s.path("out"));
     assert_eq!(seen.len(), 10_000, "every record");
     assert!(seen.values().all(|&n| n == 1), "none twice; the log:\n{}", s.read("log.txt"));
+}
+
+/// `sinkbox replay --pipeline` reads an offset range of every partition
+/// with a group of its own: the pipeline's group keeps its offsets.
+#[test]
+fn replay_reads_an_offset_range_without_touching_the_group() {
+    let s = Scratch::new("kafka-replay");
+    let broker = Tansu::start();
+    broker.create_topic("again", 3);
+    produce(&broker.brokers(), "again", 3, 0..300);
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::fs::create_dir_all(s.path("replayed")).unwrap();
+    let toml = file_pipeline(&broker.brokers(), "again", "g", "stop_at_end = true");
+    s.write("p.toml", &toml);
+    s.write("r.toml", &toml.replace("host = \"out\"", "host = \"replayed\""));
+    let sinkbox = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sinkbox"))
+            .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
+            .args(args)
+            .current_dir(&s.dir)
+            .output()
+            .expect("sinkbox runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    sinkbox(&["run", "p.toml", "--no-progress"]);
+    assert_eq!(ids_in(&s.path("out")).len(), 300);
+    sinkbox(&["replay", "--pipeline", "r.toml", "--from", "10", "--to", "20", "--no-progress"]);
+    // Offsets 10..20 of each partition: ids 3 × offset + partition.
+    let replayed: Vec<u64> = ids_in(&s.path("replayed")).into_keys().collect();
+    let expected: Vec<u64> = {
+        let mut ids: Vec<u64> = (10..20).flat_map(|o| (0..3).map(move |p| 3 * o + p)).collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(replayed, expected);
+    // The pipeline's group still has its offsets, each partition's end.
+    let group: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", broker.brokers()).set("group.id", "g").create().expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for partition in 0..3 {
+        list.add_partition("again", partition);
+    }
+    let committed = group.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+    let offsets: Vec<Offset> = committed.elements().iter().map(|e| e.offset()).collect();
+    assert_eq!(offsets, [Offset::Offset(100); 3]);
 }
 
 /// `validate` checks a kafka source's settings by making a consumer that

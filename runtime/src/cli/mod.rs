@@ -61,6 +61,10 @@ pub struct Global {
 enum Command {
     /// Run a pipeline file, or one sink over one input (quick form).
     Run(Box<run::RunArgs>),
+    /// Run the records of a dead-letter file through a sink again, offline
+    /// and deterministically (fixed clocks and random numbers): to debug a
+    /// sink, or to re-deliver after a fix.
+    Replay(Box<run::ReplayArgs>),
     /// Show what a component imports and exports, and its config schema.
     Inspect(inspect::InspectArgs),
     /// Check a pipeline file and each sink's config without running.
@@ -111,6 +115,7 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Run(a) => run::run(&args.global, *a),
+        Command::Replay(a) => run::replay(&args.global, *a),
         Command::Inspect(a) => inspect::inspect(&engine(&args.global, false)?, a),
         Command::Validate(a) => validate::validate(&engine(&args.global, false)?, a),
         Command::Check(a) => check::check(&engine(&args.global, true)?, a),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use sinkbox::config::{
-    DirMode, DirSection, GrantsSection, HumanBytes, HumanDuration, LimitsSection, PipelineSection, RetrySection,
-    SinkSection, SourceSection,
+    DeterministicSection, DirMode, DirSection, GrantsSection, HumanBytes, HumanDuration, LimitsSection,
+    PipelineSection, RetrySection, SinkSection, SourceSection,
 };
 use sinkbox::{Control, Interrupt, LineFormat, Outcome, PipelineFile, Status};
 
@@ -76,6 +76,148 @@ fn parse_format(text: &str) -> Result<LineFormat, String> {
         .map_err(|_| format!("unknown format \"{text}\"; expected auto, envelope or raw"))
 }
 
+/// `sinkbox replay`: the records of a dead-letter file, or a range of an
+/// input file, through one sink.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// The dead-letter file whose records to replay.
+    #[arg(required_unless_present_any = ["input", "pipeline"], conflicts_with_all = ["input", "pipeline"])]
+    dead_letters: Option<PathBuf>,
+    /// Replay a range of this pipeline's source (a file or Kafka) through
+    /// its own sinks, instead of one sink (see --from, --to).
+    #[arg(long, conflicts_with_all = ["input", "sink"])]
+    pipeline: Option<PathBuf>,
+    /// Replay lines of this JSON-lines input instead (see --from, --to).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// With --input: how lines become records: auto, envelope or raw.
+    #[arg(long, requires = "input", default_value = "auto", value_parser = parse_format)]
+    format: LineFormat,
+    /// With --input or --pipeline: the first offset to replay (of a file:
+    /// its 0-based line number; of Kafka: in every partition).
+    #[arg(long)]
+    from: Option<u64>,
+    /// With --input or --pipeline: replay the offsets before this one.
+    #[arg(long)]
+    to: Option<u64>,
+    /// The sink component, a .wasm file or `builtin:NAME`.
+    #[arg(long, required_unless_present = "pipeline")]
+    sink: Option<String>,
+    /// The sink's JSON config.
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// Only the entries of this sink (`source`: input that could not be
+    /// parsed). Default: every sink's entries, not the source's.
+    #[arg(long, conflicts_with = "input")]
+    from_sink: Option<String>,
+    /// What the sink's wall clock reads first, in seconds since the Unix
+    /// epoch (default 946684800, 2000-01-01); every reading adds 1 µs.
+    #[arg(long)]
+    clock: Option<u64>,
+    /// The seed of the sink's random numbers (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Grant a directory, `HOST:GUEST` (read-only) or `HOST:GUEST:rw`.
+    #[arg(long = "dir", value_name = "HOST:GUEST[:rw]")]
+    dirs: Vec<String>,
+    /// Give the sink an environment variable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Let the sink connect to a host.
+    #[arg(long = "allow-host", value_name = "SCHEME://HOST:PORT")]
+    hosts: Vec<String>,
+    /// Where records the sink refuses again go (default
+    /// .sinkbox/replay-NAME.dead-letter.jsonl).
+    #[arg(long)]
+    dead_letter: Option<PathBuf>,
+    /// Records per add call.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Print the final status as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn replay(global: &super::Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if (args.from.is_some() || args.to.is_some()) && args.input.is_none() && args.pipeline.is_none() {
+        bail!("--from and --to go with --input or --pipeline");
+    }
+    let run = RunArgs {
+        pipeline: None,
+        sink: args.sink,
+        config: args.config,
+        input: None,
+        format: LineFormat::default(),
+        dirs: args.dirs,
+        env: args.env,
+        hosts: args.hosts,
+        offsets: None,
+        dead_letter: args.dead_letter,
+        batch_size: args.batch_size,
+        commit_every: None,
+        memory: None,
+        timeout: None,
+        json: args.json,
+        no_progress: args.no_progress,
+        reset: false,
+    };
+    let (mut file, base, name) = match &args.pipeline {
+        Some(path) => {
+            let mut file = PipelineFile::load(path)?;
+            let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let stem = path.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            let name = format!("replay-{}", file.pipeline.name.as_deref().unwrap_or(&stem));
+            // Its own dead letters, unless told: never the pipeline's.
+            file.pipeline.dead_letter.clone_from(&run.dead_letter);
+            file.source = replayed(file.source, args.from, args.to)?;
+            (file, base, name)
+        }
+        None => {
+            let (mut file, base, name) = quick_form(&run)?;
+            let name = format!("replay-{name}");
+            for sink in &mut file.sinks {
+                sink.name.clone_from(&name);
+            }
+            file.source = match (args.dead_letters, args.input) {
+                (_, Some(path)) => SourceSection::File { path, format: args.format, from: args.from, to: args.to },
+                (Some(path), None) => SourceSection::DeadLetters { path, sink: args.from_sink },
+                (None, None) => bail!("give a dead-letter file, --input or --pipeline"),
+            };
+            (file, base, name)
+        }
+    };
+    file.pipeline.name = Some(name.clone());
+    // A replay keeps no offsets: it reads its range whole every time.
+    file.pipeline.resume = Some(false);
+    file.pipeline.deterministic = Some(DeterministicSection { clock: args.clock, seed: args.seed });
+    execute(global, &file, &base, &name, &run)
+}
+
+/// A pipeline's source, as a replay of `from..to` reads it: a file cut to
+/// the range; a Kafka topic read from the start of every partition by a
+/// group of its own (the pipeline's group is never joined or committed
+/// to) until its end.
+fn replayed(source: SourceSection, from: Option<u64>, to: Option<u64>) -> anyhow::Result<SourceSection> {
+    Ok(match source {
+        SourceSection::File { path, format, .. } => SourceSection::File { path, format, from, to },
+        SourceSection::Kafka(mut kafka) => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            kafka.group = format!("sinkbox-replay-{}-{}", std::process::id(), nanos.as_nanos());
+            kafka.start = sinkbox::config::KafkaStart::Earliest;
+            kafka.stop_at_end = true;
+            (kafka.from, kafka.to) = (from, to);
+            SourceSection::Kafka(kafka)
+        }
+        SourceSection::Stdin { .. } => {
+            bail!("the pipeline reads standard input, which cannot be read again; replay its dead letters instead")
+        }
+        dead_letters @ SourceSection::DeadLetters { .. } => dead_letters,
+    })
+}
+
 pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (file, base, name) = match &args.pipeline {
         Some(path) => {
@@ -86,7 +228,18 @@ pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => quick_form(&args)?,
     };
-    let state = file.state(&base, &name)?;
+    execute(global, &file, &base, &name, &args)
+}
+
+/// Runs `file` to its end, reporting as `args` asks.
+fn execute(
+    global: &super::Global,
+    file: &PipelineFile,
+    base: &Path,
+    name: &str,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
+    let state = file.state(base, name)?;
     // Held until the run ends: a second run of this pipeline fails here.
     let _lock = state.lock()?;
     if args.reset {
@@ -94,7 +247,7 @@ pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let wants_fuel = file.sinks.iter().any(|s| s.limits.fuel_per_record.is_some() || s.limits.fuel_per_call.is_some());
     let engine = &super::engine(global, wants_fuel)?;
-    let pipeline = file.build(engine, &base, &name)?;
+    let pipeline = file.build(engine, base, name)?;
     // Before the signal watch starts, Ctrl-C ends the process, which stops
     // the check's sandboxed calls with it.
     for spec in &pipeline.sinks {
@@ -140,7 +293,9 @@ fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)>
     });
     let name = quick_name(&stem);
     let source = match &args.input {
-        Some(path) if path.as_os_str() != "-" => SourceSection::File { path: path.clone(), format: args.format },
+        Some(path) if path.as_os_str() != "-" => {
+            SourceSection::File { path: path.clone(), format: args.format, from: None, to: None }
+        }
         _ => SourceSection::Stdin { format: args.format },
     };
     let mut dirs = Vec::new();

@@ -88,7 +88,7 @@ fn dry_open(engine: &Engine, spec: &SinkSpec) -> sinkbox::Result<()> {
             })?;
             dirs.push(DirGrant { host: copy, ..grant.clone() });
         }
-        let grants = Grants { dirs, env: spec.grants.env.clone(), hosts: spec.grants.hosts.clone(), quota: None };
+        let grants = Grants { dirs, quota: None, ..spec.grants.clone() };
         let context = sinkbox::Context {
             pipeline: "validate".into(),
             sink: spec.name.clone(),

@@ -158,6 +158,9 @@ impl SinkInstance {
         for (key, value) in &grants.env {
             wasi.env(key, value);
         }
+        if let Some(determinism) = &grants.determinism {
+            determinism.apply(&mut wasi);
+        }
         for dir in &grants.dirs {
             let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
             wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {

@@ -15,6 +15,7 @@
 
 mod budget;
 mod command;
+mod determinism;
 mod egress;
 mod instance;
 mod output;
@@ -32,6 +33,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use budget::{LOG_BYTES_PER_SEC, LOG_LINES_PER_SEC};
+pub use determinism::Determinism;
 pub use egress::{HostGrant, HostPattern, NetLimits, NetStats, Protocol};
 pub use instance::{CallStats, Failure, Interrupt, SinkInstance};
 pub use quota::DiskQuota;
@@ -162,6 +164,8 @@ pub struct Grants {
     /// What the writable directories may hold, shared by all instances of
     /// the sink; `None` is no limit.
     pub quota: Option<DiskQuota>,
+    /// Fixed clocks and random numbers (a replay); `None` is the host's.
+    pub determinism: Option<Determinism>,
 }
 
 /// A host directory made visible to a guest.

@@ -586,13 +586,7 @@ impl Source for KafkaSource {
     }
 
     fn next_batch(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
-        loop {
-            match self.next_event(max, max_bytes)? {
-                Some(SourceEvent::Batch(batch)) => return Ok(Some(batch)),
-                Some(_) => {}
-                None => return Ok(None),
-            }
-        }
+        super::next_batch_of_events(self, max, max_bytes)
     }
 
     fn next_event(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceEvent>> {

@@ -20,20 +20,24 @@
 //! never mistakes new data for records it already has, and a restart never
 //! applies a position to a stream it was not committed for.
 
+mod dead_letters;
 mod handle;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod lines;
+mod range;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sinkbox_format::BatchWriter;
 
+pub use dead_letters::{DeadLetterSource, same_file};
 pub use handle::{Note, Notifier, SourceHandle, SourceLink};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSource, TOMBSTONE_HEADER};
 pub use lines::{HEAD_BYTES, LineFormat, LineSource, MAX_LINE_BYTES};
+pub use range::OffsetRange;
 
 use crate::error::Result;
 
@@ -181,6 +185,22 @@ pub struct Malformed {
     pub raw: Vec<u8>,
     /// What is wrong, and where.
     pub reason: String,
+}
+
+/// The next batch of `source`'s events, passing over assignments and
+/// revocations: `next_batch` for sources that implement `next_event`.
+fn next_batch_of_events<S: Source + ?Sized>(
+    source: &mut S,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Option<SourceBatch>> {
+    loop {
+        match source.next_event(max, max_bytes)? {
+            Some(SourceEvent::Batch(batch)) => return Ok(Some(batch)),
+            Some(_) => {}
+            None => return Ok(None),
+        }
+    }
 }
 
 /// A source of records.

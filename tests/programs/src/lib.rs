@@ -27,7 +27,8 @@ pub struct Config {
     /// How the program misbehaves, for programs with several ways;
     /// `metadata` (any program) writes each record's topic, partition,
     /// offset, timestamp, key, headers and value as a JSON line instead of
-    /// its value.
+    /// its value; `world` writes its offset, key and value with what the
+    /// sandbox's wall clock and random numbers gave.
     #[serde(default)]
     pub mode: Option<String>,
 }
@@ -98,6 +99,19 @@ impl<B: Behaviour> Sink for Program<B> {
                 "key": record.key().map(text),
                 "headers": headers,
                 "value": text(record.value()),
+            });
+            self.buffer.extend_from_slice(line.to_string().as_bytes());
+        } else if self.config.mode.as_deref() == Some("world") {
+            // What the sandbox's clock and random numbers say, per record.
+            use std::hash::BuildHasher;
+            let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let random = std::collections::hash_map::RandomState::new().hash_one(record.offset());
+            let line = serde_json::json!({
+                "offset": record.offset(),
+                "key": record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                "value": String::from_utf8_lossy(record.value()),
+                "clock_ns": u64::try_from(clock.as_nanos()).unwrap_or(u64::MAX),
+                "random": random,
             });
             self.buffer.extend_from_slice(line.to_string().as_bytes());
         } else {
