@@ -17,6 +17,7 @@ mod net_http;
 mod net_tcp;
 mod pipeline;
 mod sdks;
+mod serve;
 #[allow(dead_code)] // Parts are used only by some network sinks' tests.
 mod servers;
 

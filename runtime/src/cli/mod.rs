@@ -13,6 +13,7 @@ mod inspect;
 mod new;
 mod reset;
 mod run;
+mod serve;
 mod validate;
 
 use std::io::{IsTerminal, Write};
@@ -78,6 +79,9 @@ enum Command {
     /// Delete a pipeline's committed offsets (its dead letters are kept), so
     /// its next run starts from the beginning of its input.
     Reset(reset::ResetArgs),
+    /// Run many tenants' pipelines in one process, with an admin API
+    /// (bearer tokens) and Prometheus metrics.
+    Serve(serve::ServeArgs),
 }
 
 pub fn init_logging(global: &Global) {
@@ -122,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::New(a) => new::new(a),
         Command::Build(a) => new::build(a),
         Command::Reset(a) => reset::reset(a),
+        Command::Serve(a) => serve::serve(&args.global, a),
     }
 }
 
