@@ -70,16 +70,21 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     let s = Scratch::new("serve");
     pipeline(&s, "a", "orders", 100, "builtin:file", "path");
     // Slow enough to be stopped through the API: 50 flushes of 200 ms.
-    pipeline(&s, "a", "slow", 1_000, sinkbox_test_artifacts::SLOW_FLUSH, "out");
-    let slow = s.read("a/slow.toml");
-    s.write("a/slow.toml", &slow.replace("out = \"/out/slow.jsonl\"", "out = \"/out/slow.jsonl\", sleep_ms = 200"));
+    // Its own output directory: two pipelines never share one (the second
+    // would be refused).
+    pipeline(&s, "a-slow", "slow", 1_000, sinkbox_test_artifacts::SLOW_FLUSH, "out");
+    let slow = s.read("a-slow/slow.toml");
+    s.write(
+        "a-slow/slow.toml",
+        &slow.replace("out = \"/out/slow.jsonl\"", "out = \"/out/slow.jsonl\", sleep_ms = 200"),
+    );
     pipeline(&s, "b", "events", 50, "builtin:file", "path");
     pipeline(&s, "b", "broken", 10, sinkbox_test_artifacts::PANIC_IN_ADD, "out");
     std::fs::create_dir_all(s.path("tenants")).unwrap();
     s.write(
         "tenants/a.toml",
         &format!(
-            "[tenant]\ntoken = \"{TOKEN_A}\"\n\n[[pipeline]]\nfile = \"../a/orders.toml\"\n\n[[pipeline]]\nfile = \"../a/slow.toml\"\n"
+            "[tenant]\ntoken = \"{TOKEN_A}\"\n\n[[pipeline]]\nfile = \"../a/orders.toml\"\n\n[[pipeline]]\nfile = \"../a-slow/slow.toml\"\n"
         ),
     );
     s.write(
@@ -153,7 +158,7 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     let (_, _, state, committed) = &slow[0];
     assert_eq!(state, "stopped");
     assert!(*committed < 1_000, "{committed}");
-    assert_eq!(s.read("a/out/slow.jsonl").lines().count() as u64, *committed);
+    assert_eq!(s.read("a-slow/out/slow.jsonl").lines().count() as u64, *committed);
     assert_eq!(s.read("a/out/orders.jsonl"), lines(100));
     assert_eq!(s.read("b/out/events.jsonl"), lines(50));
     let broken = &list["pipelines"][3]["error"];

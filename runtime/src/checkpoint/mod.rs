@@ -595,15 +595,17 @@ impl Run<'_> {
     }
 
     /// Whether the open checkpoint is due: `commit_every` records,
-    /// `checkpoint_bytes`, or `commit_interval` since its first batch,
-    /// over the partitions whose sinks are not waiting (those close theirs
-    /// once they take batches again).
+    /// `checkpoint_bytes`, or `commit_interval` since its first batch (or
+    /// since its partition's last flush ended), over the partitions whose
+    /// sinks are not waiting (those close theirs once they take batches
+    /// again).
     fn checkpoint_due(&self) -> bool {
         let (mut records, mut bytes, mut oldest) = (0, 0, None::<Instant>);
         for (_, open) in self.open.iter().filter(|(id, o)| o.end.is_some() && !self.waiting(id)) {
             records += open.records;
             bytes += open.bytes;
-            if let Some(started) = open.started {
+            // A partition's interval runs from the end of its last flush.
+            if let Some(started) = open.started.filter(|_| !open.flushing) {
                 oldest = Some(oldest.map_or(started, |o| o.min(started)));
             }
         }
@@ -619,7 +621,7 @@ impl Run<'_> {
         if self.lanes.values().flatten().any(|h| !h.backlog.is_empty()) {
             return HAND_OVER_EVERY;
         }
-        let open = self.open.iter().filter(|(id, o)| o.end.is_some() && !self.waiting(id));
+        let open = self.open.iter().filter(|(id, o)| o.end.is_some() && !o.flushing && !self.waiting(id));
         let oldest = open.filter_map(|(_, o)| o.started).min();
         oldest.map_or(Duration::from_secs(3600), |t| self.batching.commit_interval.saturating_sub(t.elapsed()))
     }
@@ -717,6 +719,12 @@ impl Run<'_> {
             records += flushed.records;
             if let Some(open) = self.open.get_mut(&flushed.partition) {
                 open.flushing = false;
+                // Its next checkpoint's interval runs from here: batches it
+                // took while this flush was in flight (a retry, a slow
+                // destination) do not make it due early.
+                if open.started.is_some() {
+                    open.started = Some(Instant::now());
+                }
             }
             partitions.push(flushed.partition);
         }
@@ -807,6 +815,10 @@ impl Run<'_> {
     /// Sends `command` to lane `index` of `partition`; pauses the partition
     /// at its source if the command is kept for a waiting lane.
     async fn send(&mut self, partition: &PartitionId, index: usize, command: Command, wait: bool) -> Result<()> {
+        // Keeping batches for a waiting lane only helps other partitions
+        // flow; with one partition the loop waits, as the checkpoint must
+        // then too (and it stays `commit_every` records long).
+        let wait = wait || self.lanes.len() <= 1;
         // What every lane keeps counts against one `checkpoint_bytes`.
         let kept: u64 = self.lanes.values().flatten().map(|h| h.backlog_bytes).sum();
         let room = self.batching.checkpoint_bytes.saturating_sub(kept);
