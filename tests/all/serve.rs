@@ -90,7 +90,7 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     s.write(
         "tenants/b.toml",
         &format!(
-            "[tenant]\ntoken = \"{TOKEN_B}\"\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n\n[[pipeline]]\nfile = \"../b/broken.toml\"\n"
+            "[tenant]\ntoken = \"{TOKEN_B}\"\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n\n[[pipeline]]\nfile = \"../b/broken.toml\"\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n"
         ),
     );
     s.write("tenants/bad.toml", "[tenant]\ntoken = \"bad-tenant-token-0123456789\"\ncolour = \"red\"\n");
@@ -165,6 +165,7 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     assert!(broken.as_str().unwrap().contains("sink \"out\""), "{broken}");
     let log = s.read("log.txt");
     assert!(log.contains("bad.toml") && log.contains("unknown field `colour`"), "{log}");
+    assert!(log.contains("tenant b: a second pipeline named events"), "{log}");
 
     // Tokens: none or a wrong one is 401; a tenant sees only its own.
     assert_eq!(http(port, "GET", "/v1/pipelines", None).0, 401);

@@ -163,6 +163,14 @@ pub fn serve(global: &super::Global, args: ServeArgs) -> anyhow::Result<ExitCode
         }
         for file in &tenant.pipelines {
             let name = file.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            if pipelines.iter().any(|p: &Arc<Hosted>| p.tenant == tenant.name && p.name == name) {
+                tracing::error!(
+                    "tenant {}: a second pipeline named {name} ({}) is left out; pipeline file names must differ",
+                    tenant.name,
+                    file.display()
+                );
+                continue;
+            }
             let hosted = Arc::new(Hosted {
                 tenant: tenant.name.clone(),
                 name,
