@@ -212,6 +212,39 @@ fn values_that_are_not_json_are_dead_lettered_naming_partition_and_offset() {
     assert!(dead.contains("not json"), "{dead}");
 }
 
+/// A kafka pipeline over `topic` (read to its end) into the test program
+/// that answers backpressure `times` times, `sleep_ms` each, on partition 1
+/// only, writing `out/pN.jsonl`.
+fn backpressure_pipeline(
+    brokers: &str,
+    topic: &str,
+    batch_size: u32,
+    commit_every: u32,
+    times: u32,
+    sleep_ms: u32,
+) -> String {
+    format!(
+        r#"
+[pipeline]
+batch_size = {batch_size}
+commit_every = {commit_every}
+
+[source]
+kind = "kafka"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group = "g"
+stop_at_end = true
+
+[[sink]]
+name = "slow"
+component = "{BACKPRESSURE_THEN_OK}"
+config = {{ out = "/out/p{{partition}}.jsonl", times = {times}, sleep_ms = {sleep_ms}, phase = "partition-1" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+"#
+    )
+}
+
 #[test]
 fn backpressure_on_one_partition_loses_nothing() {
     let s = Scratch::new("kafka-backpressure");
@@ -219,27 +252,7 @@ fn backpressure_on_one_partition_loses_nothing() {
     broker.create_topic("bp", 3);
     produce(&broker.brokers(), "bp", 3, 0..3_000);
     std::fs::create_dir_all(s.path("out")).unwrap();
-    let toml = format!(
-        r#"
-[pipeline]
-batch_size = 200
-commit_every = 1000
-
-[source]
-kind = "kafka"
-brokers = "{}"
-topics = ["bp"]
-group = "g"
-stop_at_end = true
-
-[[sink]]
-name = "slow"
-component = "{BACKPRESSURE_THEN_OK}"
-config = {{ out = "/out/p{{partition}}.jsonl", times = 3, sleep_ms = 100, phase = "partition-1" }}
-grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
-"#,
-        broker.brokers()
-    );
+    let toml = backpressure_pipeline(&broker.brokers(), "bp", 200, 1000, 3, 100);
     let (status, result) = s.run(&toml);
     result.expect("the run succeeds");
     let seen = ids_in(&s.path("out"));
@@ -258,27 +271,7 @@ fn while_one_partition_waits_on_backpressure_the_others_commit() {
     broker.create_topic("pause", 3);
     produce(&broker.brokers(), "pause", 3, 0..30_000);
     std::fs::create_dir_all(s.path("out")).unwrap();
-    let toml = format!(
-        r#"
-[pipeline]
-batch_size = 500
-commit_every = 2000
-
-[source]
-kind = "kafka"
-brokers = "{}"
-topics = ["pause"]
-group = "g"
-stop_at_end = true
-
-[[sink]]
-name = "slow"
-component = "{BACKPRESSURE_THEN_OK}"
-config = {{ out = "/out/p{{partition}}.jsonl", times = 5, sleep_ms = 2000, phase = "partition-1" }}
-grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
-"#,
-        broker.brokers()
-    );
+    let toml = backpressure_pipeline(&broker.brokers(), "pause", 500, 2000, 5, 2000);
     let lines = |partition: u32| s.read(&format!("out/p{partition}.jsonl")).lines().count();
     let (status, result) = std::thread::scope(|scope| {
         let run = scope.spawn(|| s.run(&toml));

@@ -506,7 +506,9 @@ impl Run<'_> {
             if self.checkpoint_due() {
                 bounded(self.control, self.committed.to_string(), self.close_checkpoint()).await?;
             }
-            bounded(self.control, self.committed.to_string(), self.hand_over()).await?;
+            if self.holding() {
+                bounded(self.control, self.committed.to_string(), self.hand_over()).await?;
+            }
             let wait = self.next_wake();
             let wake = tokio::select! {
                 event = source.next() => Wake::Event(event),
@@ -774,6 +776,12 @@ impl Run<'_> {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Whether batches are kept for a waiting lane, or a partition is
+    /// paused: then [`Run::hand_over`] has work.
+    fn holding(&self) -> bool {
+        self.lanes.values().flatten().any(|h| !h.backlog.is_empty()) || self.open.values().any(|o| o.paused)
     }
 
     /// Offers kept batches to their lanes; resumes a paused partition once
