@@ -795,6 +795,32 @@ impl PipelineFile {
     /// Does not lock the pipeline's state: callers that may run next to
     /// another run of it take [`PipelineState::lock`] first.
     pub fn build(&self, engine: &Engine, base: &Path, default_name: &str) -> Result<Pipeline> {
+        let sinks = self.resolve_sinks(engine, base)?;
+        self.build_with(engine, base, default_name, sinks)
+    }
+
+    /// Resolves every sink: loads (compiles) its component and its grants.
+    /// Opens no source and reads no state, so it may run while another run
+    /// of the pipeline goes on (to check a new version before a reload).
+    pub fn resolve_sinks(&self, engine: &Engine, base: &Path) -> Result<Vec<SinkSpec>> {
+        let mut sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
+        if let Some(deterministic) = &self.pipeline.deterministic {
+            for sink in &mut sinks {
+                sink.grants.determinism = Some(deterministic.determinism());
+            }
+        }
+        Ok(sinks)
+    }
+
+    /// [`PipelineFile::build`] with sinks resolved already (by
+    /// [`PipelineFile::resolve_sinks`]).
+    pub fn build_with(
+        &self,
+        engine: &Engine,
+        base: &Path,
+        default_name: &str,
+        sinks: Vec<SinkSpec>,
+    ) -> Result<Pipeline> {
         let state = self.state(base, default_name)?;
         let p = &self.pipeline;
         let mut batching = Batching::default();
@@ -846,12 +872,6 @@ impl PipelineFile {
             dead_letters = dead_letters.max_share(share, after);
         }
         let (source, offsets, start) = self.open_source(base, &state)?;
-        let mut sinks = self.sinks.iter().map(|s| s.resolve(engine, base)).collect::<Result<Vec<_>>>()?;
-        if let Some(deterministic) = &p.deterministic {
-            for sink in &mut sinks {
-                sink.grants.determinism = Some(deterministic.determinism());
-            }
-        }
         Ok(Pipeline {
             name: state.name,
             engine: engine.clone(),

@@ -64,15 +64,15 @@ pub mod status;
 
 pub use bindings::{Batch, CONTRACT, Context};
 pub use checkpoint::{
-    Batching, Committed, Control, DeadLetters, OffsetStore, OnError, Pipeline, RetryPolicy, SinkSpec, Snapshots,
-    runtime,
+    Batching, CheckpointReport, Committed, Control, DeadLetters, Observer, OffsetStore, OnError, Pipeline, RateLimit,
+    RetryPolicy, SinkSpec, Snapshots, runtime,
 };
 pub use config::PipelineFile;
 pub use engine::{EngineOptions, Pooling};
 pub use error::{DeadLetterLimit, Error, Fault, Phase, Result, SinkFailure};
 pub use sandbox::{
-    CallStats, DirGrant, DiskQuota, Engine, Failure, Grants, HostGrant, Interrupt, NetStats, SandboxLimits,
-    SinkComponent, SinkInstance,
+    CallStats, DirGrant, DiskQuota, Engine, Failure, Grants, HostGrant, HostPattern, Interrupt, NetStats,
+    SandboxLimits, SinkComponent, SinkInstance,
 };
 pub use source::{LineFormat, LineSource, PartitionId, Position, Source, SourceEvent, SourceHandle, Stream};
 pub use state::{PipelineState, StateLock};

@@ -213,7 +213,7 @@ impl SinkMetrics {
     }
 
     /// Adds another lane's metrics of the same sink.
-    pub(crate) fn merge(&mut self, other: &SinkMetrics) {
+    pub fn merge(&mut self, other: &SinkMetrics) {
         self.added += other.added;
         self.rejected += other.rejected;
         self.retries += other.retries;
@@ -233,7 +233,8 @@ impl SinkMetrics {
         }
     }
 
-    pub(crate) fn finish(mut self) -> Self {
+    /// Sets the shares computed from the counters.
+    pub fn finish(mut self) -> Self {
         let total = self.added + self.rejected;
         self.success_percent = if total == 0 { 100.0 } else { self.added as f64 * 100.0 / total as f64 };
         self

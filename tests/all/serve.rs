@@ -84,13 +84,13 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     s.write(
         "tenants/a.toml",
         &format!(
-            "[tenant]\ntoken = \"{TOKEN_A}\"\n\n[[pipeline]]\nfile = \"../a/orders.toml\"\n\n[[pipeline]]\nfile = \"../a-slow/slow.toml\"\n"
+            "[tenant]\ntoken = \"{TOKEN_A}\"\n\n[grants]\ndirs = [\"../a\", \"../a-slow\"]\n\n[[pipeline]]\nfile = \"../a/orders.toml\"\n\n[[pipeline]]\nfile = \"../a-slow/slow.toml\"\n"
         ),
     );
     s.write(
         "tenants/b.toml",
         &format!(
-            "[tenant]\ntoken = \"{TOKEN_B}\"\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n\n[[pipeline]]\nfile = \"../b/broken.toml\"\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n"
+            "[tenant]\ntoken = \"{TOKEN_B}\"\n\n[grants]\ndirs = [\"../b\"]\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n\n[[pipeline]]\nfile = \"../b/broken.toml\"\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n"
         ),
     );
     s.write("tenants/bad.toml", "[tenant]\ntoken = \"bad-tenant-token-0123456789\"\ncolour = \"red\"\n");
@@ -130,7 +130,7 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
                 .iter()
                 .map(|p| p["state"].as_str().unwrap().to_string())
                 .collect();
-            if states.len() == 4 && states.iter().all(|s| s != "starting" && s != "running") {
+            if states.len() == 4 && states.iter().all(|s| !["starting", "running", "stopping"].contains(&s.as_str())) {
                 break list;
             }
         }
@@ -243,4 +243,179 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     let _ = Command::new("kill").args(["-TERM", &serving.0.id().to_string()]).status();
     let status = serving.0.wait().expect("serve exits");
     assert!(status.success(), "{status}; log:\n{}", s.read("log.txt"));
+}
+
+const TOKEN_C: &str = "tenant-c-token-0123456789";
+
+/// Polls one pipeline's view until `done` holds; fails after 60 s with
+/// the last view and serve's log.
+fn wait_for(
+    s: &Scratch,
+    port: u16,
+    path: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (code, body) = http(port, "GET", &format!("/v1/pipelines/{path}"), Some(TOKEN_C));
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if code == 200 && done(&view) {
+            return view;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{path}: {what} within 60 s; last view {code} {body}\nlog:\n{}",
+            s.read("log.txt")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tenant pipeline file over `input`, `commit_every` 100.
+fn tenant_pipeline(component: &str, config: &str, input: &str, extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+commit_every = 100
+{extra}
+
+[source]
+kind = "file"
+path = "{input}"
+
+[[sink]]
+name = "out"
+component = "{component}"
+config = {{ {config} }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+"#
+    )
+}
+
+#[test]
+fn a_tenant_pauses_reloads_and_resets_its_pipelines_within_its_limits_and_is_accounted() {
+    let s = Scratch::new("serve-control");
+    let n = 6_000;
+    std::fs::create_dir_all(s.path("c/out")).unwrap();
+    std::fs::create_dir_all(s.path("elsewhere")).unwrap();
+    s.write("c/orders.jsonl", &lines(n));
+    s.write("c/counted.jsonl", &lines(1_000));
+    let orders = tenant_pipeline("builtin:file", "path = \"/out/orders.jsonl\"", "orders.jsonl", "");
+    s.write("c/orders.toml", &orders);
+    s.write(
+        "c/counted.toml",
+        &tenant_pipeline("builtin:blackhole", "", "counted.jsonl", "")
+            .replace("grants = { dirs = [{ host = \"out\", guest = \"/out\", mode = \"rw\" }] }", ""),
+    );
+    s.write(
+        "c/greedy.toml",
+        &tenant_pipeline("builtin:file", "path = \"/out/g.jsonl\"", "counted.jsonl", "")
+            .replace("[[sink]]", "[[sink]]\nlimits = { memory = \"128MiB\" }"),
+    );
+    s.write(
+        "c/outside.toml",
+        &tenant_pipeline("builtin:file", "path = \"/out/o.jsonl\"", "counted.jsonl", "")
+            .replace("host = \"out\"", "host = \"../elsewhere\""),
+    );
+    std::fs::create_dir_all(s.path("tenants")).unwrap();
+    // 1,000 records a second over its pipelines: orders runs for seconds.
+    s.write(
+        "tenants/c.toml",
+        &format!(
+            "[tenant]\ntoken = \"{TOKEN_C}\"\n\n[limits]\nmemory = \"32MiB\"\n\n[grants]\ndirs = [\"../c\"]\n\n[quotas]\nrecords_per_second = 1000\n\n\
+             [[pipeline]]\nfile = \"../c/orders.toml\"\n\n[[pipeline]]\nfile = \"../c/counted.toml\"\n\n\
+             [[pipeline]]\nfile = \"../c/greedy.toml\"\n\n[[pipeline]]\nfile = \"../c/outside.toml\"\n"
+        ),
+    );
+    let port = free_port();
+    let log = std::fs::File::create(s.path("log.txt")).unwrap();
+    let _serving = Serving(
+        Command::new(env!("CARGO_BIN_EXE_sinkbox"))
+            .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
+            .args(["serve", "tenants", "--listen", &format!("127.0.0.1:{port}"), "--watch", "200ms"])
+            .current_dir(&s.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sinkbox serve starts"),
+    );
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "serve listens; log:\n{}", s.read("log.txt"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The tenant's ceilings and grants refuse what asks for more.
+    let greedy = wait_for(&s, port, "c/greedy", "a refusal", |v| v["state"] == "failed");
+    let e = greedy["error"].as_str().unwrap();
+    assert!(e.contains("sink \"out\": limits.memory = 128 MiB is above tenant c's ceiling of 32 MiB"), "{e}");
+    let outside = wait_for(&s, port, "c/outside", "a refusal", |v| v["state"] == "failed");
+    let e = outside["error"].as_str().unwrap();
+    assert!(e.contains("is not under a directory tenant c may grant"), "{e}");
+
+    // Pause: everything read is committed, nothing more is read.
+    wait_for(&s, port, "c/orders", "a first commit", |v| v["committed"].as_u64() > Some(0));
+    assert_eq!(http(port, "POST", "/v1/pipelines/c/orders/pause", Some(TOKEN_C)).0, 202);
+    let paused = wait_for(&s, port, "c/orders", "a pause", |v| v["state"] == "paused" && v["committed"] == v["read"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let still = wait_for(&s, port, "c/orders", "the pause holding", |_| true);
+    assert_eq!(still["committed"], paused["committed"], "nothing is committed while paused");
+    assert!(paused["committed"].as_u64().unwrap() < n as u64, "paused before the end: {paused}");
+    assert_eq!(s.read("c/out/orders.jsonl").lines().count() as u64, paused["committed"].as_u64().unwrap());
+    assert_eq!(http(port, "POST", "/v1/pipelines/c/orders/resume", Some(TOKEN_C)).0, 202);
+
+    // A pipeline file that does not parse: the running version goes on.
+    s.write("c/orders.toml", "[pipeline\n");
+    let refused = wait_for(&s, port, "c/orders", "a refused reload", |v| !v["reload_error"].is_null());
+    assert_eq!(refused["state"], "running", "{refused}");
+    // A valid change reloads at a checkpoint boundary.
+    s.write("c/orders.toml", &orders.replace("commit_every = 100", "commit_every = 150"));
+    wait_for(&s, port, "c/orders", "a reload", |v| v["reloads"] == 1 && v["reload_error"].is_null());
+    // A new component that fails at open: rolled back to the running one.
+    let panics = tenant_pipeline(sinkbox_test_artifacts::PANIC_IN_OPEN, "out = \"/out/p.jsonl\"", "orders.jsonl", "");
+    s.write("c/orders.toml", &panics);
+    let rolled = wait_for(&s, port, "c/orders", "a roll-back", |v| {
+        v["reload_error"].as_str().is_some_and(|e| e.contains("rolled back"))
+    });
+    assert!(rolled["reload_error"].as_str().unwrap().contains("panics in open"), "{rolled}");
+    let done = wait_for(&s, port, "c/orders", "the end", |v| v["state"] != "running" && v["state"] != "starting");
+    assert_eq!((done["state"].as_str(), done["committed"].as_u64()), (Some("finished"), Some(n as u64)), "{done}");
+    assert_eq!(s.read("c/out/orders.jsonl"), lines(n), "across pause, reloads and a roll-back: every record once");
+
+    // Reset: the pipeline runs its input again from the start.
+    wait_for(&s, port, "c/counted", "the end", |v| v["state"] == "finished");
+    assert_eq!(http(port, "POST", "/v1/pipelines/c/counted/reset", Some(TOKEN_C)).0, 202);
+    wait_for(&s, port, "c/counted", "a second pass", |v| v["state"] == "finished" && v["committed"] == 2_000);
+    assert_eq!(http(port, "POST", "/v1/pipelines/c/counted/jump", Some(TOKEN_C)).0, 404);
+    let (code, body) = http(port, "GET", "/v1/tenants", Some(TOKEN_C));
+    assert_eq!(code, 200, "{body}");
+    let tenants: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(tenants["tenants"][0]["quotas"]["records_per_second"], 1000, "{tenants}");
+
+    // The accounting log bills every committed record once.
+    let mut billed: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut guest = 0.0;
+    for line in s.read("tenants/.sinkbox/accounting.jsonl").lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).expect("an accounting line is JSON");
+        assert_eq!(entry["tenant"], "c");
+        *billed.entry(entry["pipeline"].as_str().unwrap().to_string()).or_default() +=
+            entry["records"].as_u64().unwrap();
+        guest += entry["guest_cpu_seconds"].as_f64().unwrap();
+    }
+    assert_eq!(billed.get("orders"), Some(&(n as u64)), "{billed:?}");
+    assert_eq!(billed.get("counted"), Some(&2_000), "{billed:?}");
+    assert!(guest > 0.0);
+
+    // Per-sink series, latency histograms and the tenant's usage.
+    let (_, metrics) = http(port, "GET", "/metrics", None);
+    let value = |prefix: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("sinkbox_sink_records_added_total{tenant=\"c\",pipeline=\"orders\",sink=\"out\"}") >= n as f64);
+    assert!(value("sinkbox_checkpoint_latency_seconds_count{tenant=\"c\",pipeline=\"orders\"}") >= 5.0);
+    assert!(value("sinkbox_flush_latency_seconds_count{tenant=\"c\",pipeline=\"orders\",sink=\"out\"}") >= 5.0);
+    assert_eq!(value("sinkbox_tenant_records_total{tenant=\"c\"}"), (n + 2_000) as f64);
+    assert_eq!(value("sinkbox_reloads_total{tenant=\"c\",pipeline=\"orders\"}"), 1.0);
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use sinkbox_format::{BatchWriter, Record, Records};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::control::{Live, Observer};
 use super::deadletter::DeadLetters;
 use super::policy::{OnError, RetryPolicy};
 use super::{RUN, SinkSpec};
@@ -33,6 +34,10 @@ pub(super) struct Shared {
     pub state: watch::Receiver<u8>,
     /// The committed position, for messages.
     pub committed: Mutex<String>,
+    /// Where lanes publish their metrics at each flush.
+    pub live: Arc<Live>,
+    /// Told of every flush.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl Shared {
@@ -275,13 +280,19 @@ impl Lane {
                 }
             }
         }
-        let status = LaneStatus {
+        let status = self.status();
+        self.shared.live.publish(&self.key, status.clone());
+        LaneEnd { status, error }
+    }
+
+    /// Its counters so far.
+    fn status(&self) -> LaneStatus {
+        LaneStatus {
             topic: self.context.topic.clone(),
             partition: self.context.partition,
             lane: self.context.lane,
-            metrics: self.metrics.finish(),
-        };
-        LaneEnd { status, error }
+            metrics: self.metrics.clone().finish(),
+        }
     }
 
     /// Drops an instance, keeping what its calls cost.
@@ -422,7 +433,12 @@ impl Lane {
             }
             // Cannot be `None`: started above.
             let Some(instance) = self.instance.as_mut() else { continue };
-            match instance.flush().await {
+            let started = Instant::now();
+            let flushed = instance.flush().await;
+            if let Some(observer) = &self.shared.observer {
+                observer.flushed(&self.spec.name, started.elapsed());
+            }
+            match flushed {
                 Ok(snapshot) => {
                     self.after_flush(snapshot.clone()).await;
                     return Ok(snapshot);
@@ -472,6 +488,10 @@ impl Lane {
                 }
             }
         }
+        if let Some(instance) = self.instance.as_mut() {
+            self.metrics.absorb(&instance.take_stats());
+        }
+        self.shared.live.publish(&self.key, self.status());
         self.held.clear();
         self.skip.clear();
         self.added = 0;

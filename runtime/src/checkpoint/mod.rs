@@ -41,6 +41,7 @@
 //! [`Source::pause`]: crate::source::Source::pause
 
 mod bisect;
+mod control;
 mod deadletter;
 mod lane;
 mod offsets;
@@ -48,10 +49,12 @@ mod policy;
 mod route;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use self::control::{ABORT, FINISH, RUN};
+pub use control::{CheckpointReport, Control, ControlState, Observer, RateLimit};
 pub use deadletter::{DEAD_LETTER_SHARE_AFTER, DeadLetters, MAX_DEAD_LETTER_SHARE, MAX_DEAD_LETTERS};
 pub use offsets::{Committed, OffsetStore, Snapshots};
 pub use policy::{Batching, OnError, RetryPolicy};
@@ -89,74 +92,6 @@ pub struct SinkSpec {
     /// are spread by a hash of their key, so records with one key stay in
     /// order in one lane; records without a key go round-robin by batch.
     pub lanes: u32,
-}
-
-/// Shared with the caller while a pipeline runs: stop requests and live
-/// counters for a progress display. Cheap to clone: clones share one state.
-#[derive(Debug, Clone, Default)]
-pub struct Control(Arc<ControlState>);
-
-/// What a [`Control`] shares.
-#[derive(Debug)]
-pub struct ControlState {
-    state: watch::Sender<u8>,
-    abort: watch::Sender<bool>,
-    /// Records read so far.
-    pub read: AtomicU64,
-    /// Input bytes read so far.
-    pub bytes: AtomicU64,
-    /// Records committed so far.
-    pub committed: AtomicU64,
-}
-
-impl Default for ControlState {
-    fn default() -> Self {
-        ControlState {
-            state: watch::Sender::new(RUN),
-            abort: watch::Sender::new(false),
-            read: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            committed: AtomicU64::new(0),
-        }
-    }
-}
-
-impl std::ops::Deref for Control {
-    type Target = ControlState;
-
-    fn deref(&self) -> &ControlState {
-        &self.0
-    }
-}
-
-const RUN: u8 = 0;
-const FINISH: u8 = 1;
-const ABORT: u8 = 2;
-
-impl Control {
-    /// Asks the pipeline to stop reading, flush and commit what it has, and
-    /// close its sinks. A second call aborts the open checkpoint instead,
-    /// cutting off any guest call in progress.
-    pub fn stop(&self) {
-        self.state.send_modify(|s| *s = (*s + 1).min(ABORT));
-        if *self.state.borrow() == ABORT {
-            self.abort.send_replace(true);
-        }
-    }
-
-    fn abort_now(&self) {
-        self.state.send_replace(ABORT);
-        self.abort.send_replace(true);
-    }
-
-    fn state(&self) -> u8 {
-        *self.state.borrow()
-    }
-
-    /// Whether a stop was requested.
-    pub fn stopping(&self) -> bool {
-        self.state() != RUN
-    }
 }
 
 /// A source fanned out to sinks, with an offset store and a dead-letter
@@ -250,6 +185,8 @@ impl Pipeline {
             interrupt: Interrupt::new(control.abort.subscribe()),
             state: control.state.subscribe(),
             committed: Mutex::new(start.position.to_string()),
+            live: control.live.clone(),
+            observer: control.observer.get().cloned(),
         });
         let mut run = Run {
             pipeline: name,
@@ -439,6 +376,9 @@ struct PartitionFlushed {
     partition: PartitionId,
     end: PartitionPosition,
     records: u64,
+    bytes: u64,
+    /// When its flush started.
+    started: Instant,
     /// Per lane (by index): its answer, or an error if its task ended.
     replies: Vec<(usize, std::result::Result<Result<Flushed>, oneshot::error::RecvError>)>,
 }
@@ -495,6 +435,7 @@ impl Run<'_> {
         let initial = source.partitions().to_vec();
         self.assign(initial).await?;
         let mut state = self.control.state.subscribe();
+        let mut paused = self.control.paused.subscribe();
         loop {
             let now = *state.borrow_and_update();
             if now == ABORT {
@@ -502,6 +443,10 @@ impl Run<'_> {
             }
             if now == FINISH {
                 return bounded(self.control, self.committed.to_string(), self.settle()).await;
+            }
+            if *paused.borrow_and_update() {
+                self.pause(&mut paused).await?;
+                continue;
             }
             if self.checkpoint_due() {
                 bounded(self.control, self.committed.to_string(), self.close_checkpoint()).await?;
@@ -515,6 +460,7 @@ impl Run<'_> {
                 Some(flushed) = self.flushes.join_next() => Wake::Flushed(flushed),
                 () = tokio::time::sleep(wait) => Wake::Tick,
                 _ = state.changed() => Wake::Tick,
+                _ = paused.changed() => Wake::Tick,
             };
             let batch = match wake {
                 Wake::Tick => continue,
@@ -587,7 +533,40 @@ impl Run<'_> {
             open.bytes += data.len() as u64;
             let batch = Batch { topic: partition.topic.clone(), partition: partition.partition, count, data };
             bounded(self.control, self.committed.to_string(), self.route(&partition, batch)).await?;
+            if let Some(rate) = self.control.rate.get() {
+                let wait = rate.take(u64::from(count));
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = state.changed() => {}
+                    }
+                }
+            }
         }
+    }
+
+    /// A pause: commits every open checkpoint, pauses the source's
+    /// partitions, and waits for a resume or a stop.
+    async fn pause(&mut self, paused: &mut watch::Receiver<bool>) -> Result<()> {
+        bounded(self.control, self.committed.to_string(), self.settle()).await?;
+        let parts: Vec<PartitionId> = self.lanes.keys().cloned().collect();
+        if let Some(notifier) = &self.notifier {
+            notifier.pause(parts.clone());
+        }
+        tracing::info!(pipeline = %self.pipeline, "paused at {}", self.committed);
+        let mut state = self.control.state.subscribe();
+        tokio::select! {
+            _ = paused.wait_for(|p| !*p) => {}
+            _ = state.wait_for(|s| *s != RUN) => {}
+        }
+        // Partitions the loop paused for a waiting lane stay paused.
+        let resume: Vec<PartitionId> =
+            parts.into_iter().filter(|p| !self.open.get(p).is_some_and(|o| o.paused)).collect();
+        if let Some(notifier) = &self.notifier {
+            notifier.resume(resume);
+        }
+        tracing::info!(pipeline = %self.pipeline, "resumed");
+        Ok(())
     }
 
     /// Whether a sink of `partition` waits before a replay, or has batches
@@ -650,8 +629,9 @@ impl Run<'_> {
         for partition in due {
             let Some(open) = self.open.get_mut(&partition) else { continue };
             let Some(end) = open.end.take() else { continue };
-            let records = open.records;
+            let (records, bytes) = (open.records, open.bytes);
             *open = PartitionCheckpoint { flushing: true, paused: open.paused, ..Default::default() };
+            let started = Instant::now();
             let lanes = self.lanes.get(&partition).map_or(0, Vec::len);
             let mut replies = Vec::new();
             for index in 0..lanes {
@@ -664,7 +644,7 @@ impl Run<'_> {
                 for (index, rx) in replies {
                     answers.push((index, rx.await));
                 }
-                PartitionFlushed { partition, end, records, replies: answers }
+                PartitionFlushed { partition, end, records, bytes, started, replies: answers }
             });
         }
         Ok(())
@@ -694,7 +674,7 @@ impl Run<'_> {
             }
         }
         let mut end = self.committed.clone();
-        let mut records = 0;
+        let (mut records, mut bytes, mut started) = (0, 0, Instant::now());
         let mut partitions = Vec::new();
         for flushed in done {
             let flushed = flushed
@@ -719,6 +699,8 @@ impl Run<'_> {
                 None => end.partitions.push(flushed.end),
             }
             records += flushed.records;
+            bytes += flushed.bytes;
+            started = started.min(flushed.started);
             if let Some(open) = self.open.get_mut(&flushed.partition) {
                 open.flushing = false;
                 // Its next checkpoint's interval runs from here: batches it
@@ -746,6 +728,18 @@ impl Run<'_> {
             quota.measure();
         }
         tracing::debug!(pipeline = %self.pipeline, "committed {end}");
+        let lanes = self.shared.live.lanes();
+        *self.shared.live.partitions.lock().unwrap_or_else(|p| p.into_inner()) = self.partition_status(&lanes);
+        if let Some(observer) = &self.shared.observer {
+            let report = CheckpointReport {
+                pipeline: self.pipeline.clone(),
+                records,
+                bytes,
+                latency: started.elapsed(),
+                sinks: self.control.sinks(),
+            };
+            observer.committed(&report);
+        }
         if let Some(notifier) = &self.notifier {
             notifier.committed(&end);
         }

@@ -82,6 +82,26 @@ impl Default for SandboxLimits {
 }
 
 impl SandboxLimits {
+    /// The linear memory cap, in bytes.
+    pub fn memory_cap(&self) -> u64 {
+        self.memory
+    }
+
+    /// The wall-clock cap of one call.
+    pub fn timeout_cap(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The fuel of every call (on top of the per-record part for `add`).
+    pub fn fuel_per_call_cap(&self) -> u64 {
+        self.fuel_per_call
+    }
+
+    /// The fuel per record of an `add` call.
+    pub fn fuel_per_record_cap(&self) -> u64 {
+        self.fuel_per_record
+    }
+
     /// Linear memory cap in bytes.
     pub fn memory(mut self, bytes: u64) -> Self {
         self.memory = bytes;

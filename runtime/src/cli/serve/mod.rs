@@ -1,0 +1,613 @@
+//! `sinkbox serve`: many tenants' pipelines in one process, each on its own
+//! tasks and sandboxes, with an admin API, Prometheus metrics and an
+//! accounting log.
+//!
+//! Every hosted pipeline has a supervisor task that prepares it (loads the
+//! file, fits it to its tenant's limits and grants, compiles its
+//! components, checks their configs in sandboxes), runs it, and acts on
+//! the admin API's requests: stop, start, pause, resume, reload, reset. A
+//! reload (asked for, or when the pipeline file or a component file
+//! changes) prepares the new version while the old one runs; only if that
+//! succeeds is the old one stopped at a checkpoint boundary (flush,
+//! commit, close) and the new one started from the committed offsets. A
+//! new version that fails before its first commit is replaced by the old
+//! one again, and the reason is shown.
+//!
+//! A bad tenant file or pipeline is reported and skipped; the others run.
+
+mod admin;
+mod metrics;
+mod tenant;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use serde::Serialize;
+use sinkbox::{
+    Control, Engine, Interrupt, Outcome, PartitionStatus, PipelineFile, SinkMetrics, SinkSpec, StateLock, Status,
+};
+use tokio::sync::mpsc;
+
+use self::metrics::{Books, Observed, Usage};
+use self::tenant::{Reservation, Tenant};
+
+/// `sinkbox serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A directory of tenant files (`*.toml`), or one tenant file.
+    tenants: PathBuf,
+    /// Where the admin API and `/metrics` listen.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// A file holding the operator's bearer token, which sees and controls
+    /// every tenant's pipelines. Without it only tenant tokens work.
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
+    /// The accounting log: one JSON line per committed checkpoint (default
+    /// `.sinkbox/accounting.jsonl` in the tenants' directory).
+    #[arg(long)]
+    accounting: Option<PathBuf>,
+    /// How often pipeline and component files are checked for changes
+    /// (a change reloads the pipeline); `0s` turns watching off.
+    #[arg(long, default_value = "1s", value_parser = sinkbox::config::parse_duration)]
+    watch: Duration,
+}
+
+/// What the admin API asks of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Stop,
+    Start,
+    Pause,
+    Resume,
+    Reload,
+    Reset,
+    /// `serve` is ending.
+    Shutdown,
+}
+
+/// One hosted pipeline.
+pub struct Hosted {
+    pub tenant: Arc<Tenant>,
+    pub name: String,
+    pub file: PathBuf,
+    shown: Mutex<Shown>,
+    /// The current run's control.
+    control: Mutex<Control>,
+    /// Counters of the runs that ended.
+    past: Mutex<Past>,
+    pub observed: Arc<Observed>,
+    actions: mpsc::UnboundedSender<Action>,
+}
+
+impl std::fmt::Debug for Hosted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant.name, self.name)
+    }
+}
+
+/// What the API shows of a pipeline's state.
+#[derive(Default)]
+struct Shown {
+    state: &'static str,
+    error: Option<String>,
+    reload_error: Option<String>,
+    reloads: u64,
+    /// How the last run ended.
+    last: Option<Box<Status>>,
+}
+
+#[derive(Default)]
+struct Past {
+    read: u64,
+    committed: u64,
+    bytes: u64,
+    sinks: BTreeMap<String, SinkMetrics>,
+    partitions: BTreeMap<(String, u32), PartitionStatus>,
+}
+
+/// A pipeline's counters and state at one moment: past runs and the
+/// current one together.
+#[derive(Serialize)]
+pub struct View {
+    pub tenant: String,
+    pub pipeline: String,
+    pub state: &'static str,
+    pub read: u64,
+    pub committed: u64,
+    pub bytes: u64,
+    pub reloads: u64,
+    pub error: Option<String>,
+    pub reload_error: Option<String>,
+    pub sinks: Vec<SinkMetrics>,
+    pub partitions: Vec<PartitionStatus>,
+    /// How the last run ended.
+    pub status: Option<Box<Status>>,
+}
+
+impl Hosted {
+    fn shown(&self) -> std::sync::MutexGuard<'_, Shown> {
+        self.shown.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_state(&self, state: &'static str) {
+        self.shown().state = state;
+    }
+
+    /// Asks the supervisor to act; false once it has ended.
+    pub fn act(&self, action: Action) -> bool {
+        self.actions.send(action).is_ok()
+    }
+
+    pub fn view(&self) -> View {
+        // Held throughout: a run that ends moves its counters from its
+        // control to `past` under this lock, so they count once.
+        let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let past = self.past.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sinks = past.sinks.clone();
+        for s in control.sinks() {
+            sinks.entry(s.name.clone()).or_insert_with(|| SinkMetrics::new(&s.name)).merge(&s);
+        }
+        let mut partitions = past.partitions.clone();
+        for p in control.partitions() {
+            merge_partition(&mut partitions, &p);
+        }
+        let shown = self.shown();
+        View {
+            tenant: self.tenant.name.clone(),
+            pipeline: self.name.clone(),
+            state: shown.state,
+            read: past.read + control.read.load(Ordering::Relaxed),
+            committed: past.committed + control.committed.load(Ordering::Relaxed),
+            bytes: past.bytes + control.bytes.load(Ordering::Relaxed),
+            reloads: shown.reloads,
+            error: shown.error.clone(),
+            reload_error: shown.reload_error.clone(),
+            sinks: sinks.into_values().map(SinkMetrics::finish).collect(),
+            partitions: partitions.into_values().collect(),
+            status: shown.last.clone(),
+        }
+    }
+
+    /// Folds a run that ended into the past runs' counters.
+    fn end_run(&self, status: Status) {
+        let mut current = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let control = std::mem::take(&mut *current);
+        let mut past = self.past.lock().unwrap_or_else(|p| p.into_inner());
+        past.read += control.read.load(Ordering::Relaxed);
+        past.committed += control.committed.load(Ordering::Relaxed);
+        past.bytes += control.bytes.load(Ordering::Relaxed);
+        for s in control.sinks() {
+            past.sinks.entry(s.name.clone()).or_insert_with(|| SinkMetrics::new(&s.name)).merge(&s);
+        }
+        for p in control.partitions() {
+            merge_partition(&mut past.partitions, &p);
+        }
+        let mut shown = self.shown();
+        shown.state = match &status.outcome {
+            Outcome::Running => "running",
+            Outcome::Finished => "finished",
+            Outcome::Interrupted => "stopped",
+            Outcome::Failed(_) => "failed",
+        };
+        shown.error = match &status.outcome {
+            Outcome::Failed(e) => Some(e.clone()),
+            _ => None,
+        };
+        shown.last = Some(Box::new(status));
+    }
+
+    fn fail(&self, error: String) {
+        let mut shown = self.shown();
+        shown.state = "failed";
+        shown.error = Some(error);
+    }
+}
+
+fn merge_partition(into: &mut BTreeMap<(String, u32), PartitionStatus>, p: &PartitionStatus) {
+    let entry = into.entry((p.topic.clone(), p.partition)).or_insert_with(|| PartitionStatus {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        ..Default::default()
+    });
+    entry.records += p.records;
+    entry.commits += p.commits;
+    entry.pauses += p.pauses;
+    entry.lag = p.lag;
+}
+
+pub fn serve(global: &super::Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let operator = match &args.operator_token_file {
+        Some(path) => Some(tenant::read_token(path)?),
+        None => None,
+    };
+    let tenants = load_tenants(&args.tenants)?;
+    let engine = super::engine(global, false)?;
+    let rt = sinkbox::runtime()?;
+    let accounting = args.accounting.clone().unwrap_or_else(|| {
+        let dir = if args.tenants.is_dir() {
+            args.tenants.clone()
+        } else {
+            args.tenants.parent().unwrap_or(Path::new("")).into()
+        };
+        dir.join(".sinkbox").join("accounting.jsonl")
+    });
+    let books = Arc::new(
+        Books::open(&accounting).with_context(|| format!("cannot open the accounting log {}", accounting.display()))?,
+    );
+    let pipelines: Arc<Mutex<Vec<Arc<Hosted>>>> = Arc::default();
+    let usage: Arc<Mutex<BTreeMap<String, Arc<Usage>>>> = Arc::default();
+    let mut tokens = BTreeMap::new();
+    let mut supervisors = Vec::new();
+    for tenant in tenants {
+        if let Some(other) = tokens.insert(tenant.token.clone(), tenant.name.clone()) {
+            anyhow::bail!("tenants {other} and {} have the same token", tenant.name);
+        }
+        let tenant = Arc::new(tenant);
+        let used = usage.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.name.clone()).or_default().clone();
+        for file in &tenant.pipelines {
+            let name = file.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            let mut list = pipelines.lock().unwrap_or_else(|p| p.into_inner());
+            if list.iter().any(|p| p.tenant.name == tenant.name && p.name == name) {
+                tracing::error!(
+                    "tenant {}: a second pipeline named {name} ({}) is left out; pipeline file names must differ",
+                    tenant.name,
+                    file.display()
+                );
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let hosted = Arc::new(Hosted {
+                tenant: tenant.clone(),
+                name: name.clone(),
+                file: file.clone(),
+                shown: Mutex::new(Shown { state: "starting", ..Default::default() }),
+                control: Mutex::default(),
+                past: Mutex::default(),
+                observed: Arc::new(Observed::new(&tenant.name, &name, used.clone(), Some(books.clone()))),
+                actions: tx,
+            });
+            list.push(hosted.clone());
+            supervisors.push(rt.spawn(supervise(engine.clone(), hosted, rx, args.watch)));
+        }
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(metrics::Metrics { pipelines: pipelines.clone(), usage }));
+    let admin = Arc::new(admin::Admin { pipelines: pipelines.clone(), operator, tokens, registry });
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let count = pipelines.lock().unwrap_or_else(|p| p.into_inner()).len();
+    tracing::info!(
+        "serving {count} pipeline(s); admin API and /metrics on http://{}; accounting in {}",
+        args.listen,
+        accounting.display()
+    );
+    rt.spawn(admin::accept(listener, admin));
+    // Until Ctrl-C or SIGTERM: then every pipeline finishes its checkpoint.
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    });
+    eprintln!("stopping every pipeline: finishing their checkpoints");
+    for hosted in pipelines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        hosted.act(Action::Shutdown);
+    }
+    for task in supervisors {
+        let _ = rt.block_on(task);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The tenant files of `path`. A bad file is reported and left out.
+fn load_tenants(path: &Path) -> anyhow::Result<Vec<Tenant>> {
+    let mut tenants: Vec<Tenant> = Vec::new();
+    for file in tenant::tenant_files(path)? {
+        match tenant::load(&file) {
+            Ok(tenant) if tenants.iter().any(|t| t.name == tenant.name) => {
+                tracing::error!("tenant file {}: tenant {} is declared twice; left out", file.display(), tenant.name);
+            }
+            Ok(tenant) => tenants.push(tenant),
+            Err(e) => tracing::error!("tenant file {}: {e:#}; left out", file.display()),
+        }
+    }
+    Ok(tenants)
+}
+
+/// A pipeline ready to start: loaded, fitted to its tenant, its components
+/// compiled and configs checked.
+#[derive(Clone)]
+struct Prepared {
+    loaded: Arc<PipelineFile>,
+    base: PathBuf,
+    stem: String,
+    sinks: Vec<SinkSpec>,
+    /// The files whose change reloads it.
+    watched: Vec<Watched>,
+}
+
+/// A file and its modification time and size (`None`: missing).
+type Watched = (PathBuf, Option<(SystemTime, u64)>);
+
+/// A started run: what it holds until it ends.
+struct Started {
+    _lock: StateLock,
+    _reservation: Reservation,
+    state: sinkbox::PipelineState,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Prepared {
+    fn load(engine: &Engine, tenant: &Tenant, file: &Path) -> anyhow::Result<Prepared> {
+        let mut loaded = PipelineFile::load(file)?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let stem = file.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+        tenant.fit(&mut loaded, &base)?;
+        let sinks = loaded.resolve_sinks(engine, &base)?;
+        for spec in &sinks {
+            sinkbox::schema::check_config(engine, spec, Interrupt::never())?;
+        }
+        let mut watched = vec![(file.to_path_buf(), stamp(file))];
+        for sink in loaded.sinks.iter().filter(|s| !s.component.starts_with("builtin:")) {
+            let path = base.join(&sink.component);
+            watched.push((path.clone(), stamp(&path)));
+        }
+        Ok(Prepared { loaded: Arc::new(loaded), base, stem, sinks, watched })
+    }
+
+    /// Takes the tenant's quotas and the pipeline's lock, opens its source.
+    fn start(&self, engine: &Engine, tenant: &Arc<Tenant>) -> anyhow::Result<(Started, sinkbox::Pipeline)> {
+        let instances: u64 = self.sinks.iter().map(|s| u64::from(s.lanes.max(1))).sum();
+        let memory: u64 = self.sinks.iter().map(|s| u64::from(s.lanes.max(1)) * s.limits.memory_cap()).sum();
+        let reservation = tenant.reserve(instances, memory)?;
+        let state = self.loaded.state(&self.base, &self.stem)?;
+        let lock = state.lock()?;
+        let pipeline = self.loaded.build_with(engine, &self.base, &self.stem, self.sinks.clone())?;
+        Ok((Started { _lock: lock, _reservation: reservation, state }, pipeline))
+    }
+}
+
+/// Runs blocking work (compiling, config checks in sandboxes, opening
+/// files) off the executor.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(anyhow::anyhow!("its task failed: {e}")))
+}
+
+/// What ended the wait for a run.
+enum Ended {
+    Run(Status),
+    Shutdown,
+}
+
+/// Supervises one pipeline until `serve` ends.
+async fn supervise(engine: Engine, hosted: Arc<Hosted>, mut actions: mpsc::UnboundedReceiver<Action>, watch: Duration) {
+    let tenant = hosted.tenant.clone();
+    let mut current: Option<Prepared> = None;
+    // The version a reload replaced, kept until the new one commits.
+    let mut previous: Option<Prepared> = None;
+    let mut run = true;
+    let mut reset = false;
+    loop {
+        if !run {
+            // Stopped, finished or failed: wait to be asked to start, or
+            // for the files to change.
+            let watched =
+                current.as_ref().map_or_else(|| stamps(&[(hosted.file.clone(), None)]), |p| p.watched.clone());
+            let action = tokio::select! {
+                a = actions.recv() => a.unwrap_or(Action::Shutdown),
+                () = changed(&watched, watch) => Action::Reload,
+            };
+            match action {
+                Action::Shutdown => return,
+                Action::Start => run = true,
+                Action::Reload => (current, run) = (None, true),
+                Action::Reset => (reset, run) = (true, true),
+                Action::Stop | Action::Pause | Action::Resume => {}
+            }
+            continue;
+        }
+        let prepared = match current.clone() {
+            Some(p) => p,
+            None => {
+                hosted.set_state("starting");
+                let (engine, of, file) = (engine.clone(), tenant.clone(), hosted.file.clone());
+                match blocking(move || Prepared::load(&engine, &of, &file)).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(tenant = %tenant.name, "pipeline {}: {e:#}", hosted.file.display());
+                        hosted.fail(format!("{e:#}"));
+                        run = false;
+                        continue;
+                    }
+                }
+            }
+        };
+        current = Some(prepared.clone());
+        let started = {
+            let (engine, tenant, prepared) = (engine.clone(), tenant.clone(), prepared.clone());
+            blocking(move || prepared.start(&engine, &tenant)).await
+        };
+        let (held, pipeline) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(tenant = %tenant.name, pipeline = %hosted.name, "{e:#}");
+                if let Some(old) = previous.take() {
+                    current = Some(roll_back(&hosted, old, format!("{e:#}")));
+                    continue;
+                }
+                hosted.fail(format!("{e:#}"));
+                run = false;
+                continue;
+            }
+        };
+        if std::mem::take(&mut reset) {
+            match held.state.reset() {
+                Ok(done) => {
+                    tracing::info!(tenant = %tenant.name, pipeline = %hosted.name, "reset: {}", done.offsets.display())
+                }
+                Err(e) => {
+                    hosted.fail(format!("cannot reset: {e}"));
+                    run = false;
+                    continue;
+                }
+            }
+            // The source was opened at the old position: open it again.
+            drop(pipeline);
+            drop(held);
+            continue;
+        }
+        let control = Control::default();
+        if let Some(rate) = &tenant.rate {
+            control.limit_rate(rate.clone());
+        }
+        control.observe(hosted.observed.clone());
+        hosted.observed.new_run();
+        *hosted.control.lock().unwrap_or_else(|p| p.into_inner()) = control.clone();
+        hosted.set_state("running");
+        let mut task = {
+            let control = control.clone();
+            tokio::spawn(async move { pipeline.run_async(&control).await.0 })
+        };
+        let mut next: Option<Prepared> = None;
+        let mut watched = prepared.watched.clone();
+        let ended = loop {
+            let action = tokio::select! {
+                status = &mut task => break Ended::Run(status.unwrap_or_else(|e| Status {
+                    outcome: Outcome::Failed(format!("the pipeline's task failed: {e}")),
+                    ..Default::default()
+                })),
+                a = actions.recv() => a.unwrap_or(Action::Shutdown),
+                () = changed(&watched, watch) => Action::Reload,
+            };
+            // The new version proved itself: forget the old.
+            if previous.is_some() && control.committed.load(Ordering::Relaxed) > 0 {
+                previous = None;
+            }
+            match action {
+                Action::Shutdown => {
+                    control.stop();
+                    let _ = (&mut task).await;
+                    break Ended::Shutdown;
+                }
+                Action::Stop => {
+                    hosted.set_state("stopping");
+                    run = false;
+                    control.stop();
+                }
+                Action::Pause => {
+                    control.pause();
+                    hosted.set_state("paused");
+                }
+                Action::Resume => {
+                    control.resume();
+                    hosted.set_state("running");
+                }
+                Action::Start => {}
+                Action::Reset => {
+                    hosted.set_state("stopping");
+                    reset = true;
+                    control.stop();
+                }
+                Action::Reload => {
+                    hosted.set_state("reloading");
+                    let (engine, of, file) = (engine.clone(), tenant.clone(), hosted.file.clone());
+                    match blocking(move || Prepared::load(&engine, &of, &file)).await {
+                        Ok(new) => {
+                            next = Some(new);
+                            control.stop();
+                        }
+                        Err(e) => {
+                            let e = format!("{e:#}");
+                            tracing::error!(tenant = %tenant.name, pipeline = %hosted.name, "reload refused, the running version goes on: {e}");
+                            let mut shown = hosted.shown();
+                            shown.reload_error = Some(e);
+                            shown.state = if control.paused() { "paused" } else { "running" };
+                            // Not again for the same files.
+                            drop(shown);
+                            watched = stamps(&watched);
+                        }
+                    }
+                }
+            }
+        };
+        let status = match ended {
+            Ended::Shutdown => {
+                hosted.set_state("stopped");
+                return;
+            }
+            Ended::Run(status) => status,
+        };
+        drop(held);
+        let failed_at_once =
+            matches!(status.outcome, Outcome::Failed(_)) && control.committed.load(Ordering::Relaxed) == 0;
+        let error = match &status.outcome {
+            Outcome::Failed(e) => Some(e.clone()),
+            _ => None,
+        };
+        hosted.end_run(status);
+        if let Some(new) = next {
+            // A reload: start the new version from the committed offsets.
+            previous = current.replace(new);
+            let mut shown = hosted.shown();
+            shown.reloads += 1;
+            shown.reload_error = None;
+            run = true;
+            continue;
+        }
+        if let (true, Some(old), Some(e)) = (failed_at_once, previous.take(), error) {
+            current = Some(roll_back(&hosted, old, e));
+            run = true;
+            continue;
+        }
+        if !reset {
+            run = false;
+        }
+    }
+}
+
+/// The same files, stamped now.
+fn stamps(watched: &[Watched]) -> Vec<Watched> {
+    watched.iter().map(|(path, _)| (path.clone(), stamp(path))).collect()
+}
+
+/// The new version failed before its first commit: the old one runs again
+/// (returned), watching the files from now on, so only a further change
+/// reloads it.
+fn roll_back(hosted: &Hosted, old: Prepared, error: String) -> Prepared {
+    tracing::error!(
+        tenant = %hosted.tenant.name,
+        pipeline = %hosted.name,
+        "the reloaded version failed before its first commit; rolling back to the previous version: {error}"
+    );
+    let mut shown = hosted.shown();
+    shown.reload_error = Some(format!("rolled back: the new version failed: {error}"));
+    shown.reloads = shown.reloads.saturating_sub(1);
+    Prepared { watched: stamps(&old.watched), ..old }
+}
+
+/// Resolves once one of the `watched` files differs from its stamp
+/// (never, if watching is off).
+async fn changed(watched: &[Watched], every: Duration) {
+    if every.is_zero() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        if watched.iter().any(|(path, seen)| stamp(path) != *seen) {
+            return;
+        }
+    }
+}
