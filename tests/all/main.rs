@@ -20,6 +20,7 @@ mod sdks;
 mod serve;
 #[allow(dead_code)] // Parts are used only by some network sinks' tests.
 mod servers;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -14,6 +14,7 @@ mod new;
 mod reset;
 mod run;
 mod serve;
+mod top;
 mod validate;
 
 use std::io::{IsTerminal, Write};
@@ -82,6 +83,9 @@ enum Command {
     /// Run many tenants' pipelines in one process, with an admin API
     /// (bearer tokens) and Prometheus metrics.
     Serve(serve::ServeArgs),
+    /// A live table of a `sinkbox serve`'s pipelines (like `top`), read
+    /// from its admin API.
+    Top(top::TopArgs),
 }
 
 pub fn init_logging(global: &Global) {
@@ -127,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Build(a) => new::build(a),
         Command::Reset(a) => reset::reset(a),
         Command::Serve(a) => serve::serve(&args.global, a),
+        Command::Top(a) => top::top(a),
     }
 }
 
