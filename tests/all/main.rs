@@ -18,6 +18,7 @@ mod net_tcp;
 mod pipeline;
 mod sdks;
 mod serve;
+mod serve_many;
 #[allow(dead_code)] // Parts are used only by some network sinks' tests.
 mod servers;
 mod top;
