@@ -200,6 +200,10 @@ pub enum SourceSection {
         from: Option<u64>,
         /// Only the lines before this offset (`sinkbox replay --to`).
         to: Option<u64>,
+        /// Follow the file like `tail -f`: at its end, wait for more lines
+        /// instead of ending (the pipeline then runs until stopped).
+        #[serde(default)]
+        follow: bool,
     },
     /// Standard input, as JSON lines.
     Stdin {
@@ -754,8 +758,10 @@ impl PipelineFile {
             None => Default::default(),
         };
         let source: Result<Box<dyn Source>> = match &self.source {
-            SourceSection::File { path, format, from, to } => {
-                LineSource::file(&base.join(path), *format, Some(&start.position)).map(|s| match (from, to) {
+            SourceSection::File { path, format, from, to, follow } => {
+                let source = LineSource::file(&base.join(path), *format, Some(&start.position));
+                let source = source.map(|s| if *follow { s.follow(crate::source::FOLLOW_EVERY) } else { s });
+                source.map(|s| match (from, to) {
                     (None, None) => Box::new(s) as Box<dyn Source>,
                     _ => Box::new(OffsetRange::new(Box::new(s), from.unwrap_or(0), *to, true)),
                 })

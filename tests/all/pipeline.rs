@@ -643,3 +643,58 @@ limits = {{ memory = "128MiB" }}
     assert_eq!(status.committed, 0, "{lang}");
     assert_eq!(s.read("out/out.csv"), "id,name\n1,\"a, b\"\n2,\n4,d\n", "{lang}");
 }
+
+#[test]
+fn a_followed_file_delivers_appended_lines_pauses_on_request_and_ends_at_a_stop() {
+    let (s, mut input) = scratch_with_input("follow", 100);
+    let toml = Spec { component: programs::WELL_BEHAVED, pipeline: "commit_interval = \"50ms\"", ..Default::default() }
+        .toml()
+        .replace("path = \"in.jsonl\"", "path = \"in.jsonl\"\nfollow = true");
+    let control = Control::default();
+    let run = {
+        let (toml, control, dir) = (toml.clone(), control.clone(), s.dir.clone());
+        std::thread::spawn(move || {
+            let file = sinkbox::PipelineFile::parse(&toml, "test.toml").expect("pipeline parses");
+            file.build(crate::engine(), &dir, "test").expect("pipeline builds").run(&control)
+        })
+    };
+    let committed = |n: u64| {
+        let start = std::time::Instant::now();
+        while control.committed.load(Ordering::Relaxed) < n {
+            assert!(start.elapsed() < Duration::from_secs(30), "{n} records committed within 30 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let append = |text: &str| {
+        let mut file = std::fs::OpenOptions::new().append(true).open(s.path("in.jsonl")).unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    };
+    committed(100);
+    // A line is taken once its end is written.
+    let more: String = (100..200).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let (head, tail) = more.split_at(more.len() - 5);
+    append(head);
+    committed(199);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(control.committed.load(Ordering::Relaxed), 199, "the unended line waits for its end");
+    append(tail);
+    committed(200);
+    input.push_str(&more);
+    // Paused: nothing more is read or written until it resumes.
+    control.pause();
+    std::thread::sleep(Duration::from_millis(200));
+    let late: String = (200..250).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    append(&late);
+    input.push_str(&late);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(control.committed.load(Ordering::Relaxed), 200, "nothing is read while paused");
+    assert_eq!(s.read("out/out.jsonl").lines().count(), 200);
+    control.resume();
+    committed(250);
+    control.stop();
+    let (status, result) = run.join().expect("the run's thread");
+    result.expect("a stop ends a followed file's pipeline cleanly");
+    assert_eq!(status.outcome, sinkbox::Outcome::Interrupted);
+    assert_eq!(s.read("out/out.jsonl"), input, "every line once, in order");
+    assert_eq!(committed_offset(&s), Some(250));
+}

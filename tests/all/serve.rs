@@ -79,7 +79,9 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
         &slow.replace("out = \"/out/slow.jsonl\"", "out = \"/out/slow.jsonl\", sleep_ms = 200"),
     );
     pipeline(&s, "b", "events", 50, "builtin:file", "path");
-    pipeline(&s, "b", "broken", 10, sinkbox_test_artifacts::PANIC_IN_ADD, "out");
+    // Each pipeline its own output directory: the second of two sharing
+    // one is refused while the first runs.
+    pipeline(&s, "b-broken", "broken", 10, sinkbox_test_artifacts::PANIC_IN_ADD, "out");
     std::fs::create_dir_all(s.path("tenants")).unwrap();
     s.write(
         "tenants/a.toml",
@@ -90,7 +92,7 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     s.write(
         "tenants/b.toml",
         &format!(
-            "[tenant]\ntoken = \"{TOKEN_B}\"\n\n[grants]\ndirs = [\"../b\"]\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n\n[[pipeline]]\nfile = \"../b/broken.toml\"\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n"
+            "[tenant]\ntoken = \"{TOKEN_B}\"\n\n[grants]\ndirs = [\"../b\", \"../b-broken\"]\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n\n[[pipeline]]\nfile = \"../b-broken/broken.toml\"\n\n[[pipeline]]\nfile = \"../b/events.toml\"\n"
         ),
     );
     s.write("tenants/bad.toml", "[tenant]\ntoken = \"bad-tenant-token-0123456789\"\ncolour = \"red\"\n");
@@ -418,4 +420,124 @@ fn a_tenant_pauses_reloads_and_resets_its_pipelines_within_its_limits_and_is_acc
     assert!(value("sinkbox_flush_latency_seconds_count{tenant=\"c\",pipeline=\"orders\",sink=\"out\"}") >= 5.0);
     assert_eq!(value("sinkbox_tenant_records_total{tenant=\"c\"}"), (n + 2_000) as f64);
     assert_eq!(value("sinkbox_reloads_total{tenant=\"c\",pipeline=\"orders\"}"), 1.0);
+}
+
+/// Pipelines by name, with their views.
+type Views = [(String, serde_json::Value)];
+
+/// The pipelines `token` sees.
+fn listed(port: u16, token: &str) -> (u16, Vec<(String, serde_json::Value)>) {
+    let (code, body) = http(port, "GET", "/v1/pipelines", Some(token));
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let views = list["pipelines"]
+        .as_array()
+        .map(|l| l.iter().map(|p| (p["pipeline"].as_str().unwrap_or_default().to_string(), p.clone())).collect())
+        .unwrap_or_default();
+    (code, views)
+}
+
+#[test]
+fn a_tenant_file_that_changes_is_applied_while_serve_runs() {
+    let s = Scratch::new("serve-tenant-file");
+    std::fs::create_dir_all(s.path("d/out")).unwrap();
+    std::fs::create_dir_all(s.path("tenants")).unwrap();
+    s.write("d/tail.jsonl", &lines(10));
+    s.write("d/idle.jsonl", "");
+    let follow = |name: &str, component: &str, config: &str, limits: &str| {
+        tenant_pipeline(component, config, &format!("{name}.jsonl"), "commit_interval = \"50ms\"")
+            .replace(&format!("path = \"{name}.jsonl\""), &format!("path = \"{name}.jsonl\"\nfollow = true"))
+            .replace("[[sink]]\n", &format!("[[sink]]\nlimits = {{ {limits} }}\n"))
+    };
+    s.write("d/tail.toml", &follow("tail", "builtin:file", "path = \"/out/tail.jsonl\"", "memory = \"64MiB\""));
+    // Its own output: two pipelines never write into one directory.
+    s.write(
+        "d/idle.toml",
+        &follow("idle", "builtin:blackhole", "", "").replace("host = \"out\"", "host = \"idle-out\""),
+    );
+    let tenant = |token: &str, limits: &str, pipelines: &[&str]| {
+        let mut text = format!(
+            "[tenant]\nname = \"d\"\ntoken = \"{token}\"\n\n[limits]\n{limits}\n\n[grants]\ndirs = [\"../d\"]\n"
+        );
+        for p in pipelines {
+            text += &format!("\n[[pipeline]]\nfile = \"../d/{p}.toml\"\n");
+        }
+        text
+    };
+    const D1: &str = "tenant-d-first-token-0123";
+    const D2: &str = "tenant-d-second-token-0123";
+    s.write("tenants/d.toml", &tenant(D1, "", &["tail"]));
+    s.write("op.token", OPERATOR);
+    let port = free_port();
+    let log = std::fs::File::create(s.path("log.txt")).unwrap();
+    let mut serving = Serving(
+        Command::new(env!("CARGO_BIN_EXE_sinkbox"))
+            .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
+            .args(["serve", "tenants", "--listen", &format!("127.0.0.1:{port}"), "--watch", "100ms"])
+            .args(["--operator-token-file", "op.token"])
+            .current_dir(&s.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sinkbox serve starts"),
+    );
+    let until = |what: &str, token: &str, done: &dyn Fn(u16, &Views) -> bool| {
+        let start = Instant::now();
+        loop {
+            let (code, views) =
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() { listed(port, token) } else { (0, vec![]) };
+            if done(code, &views) {
+                return views;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what} within 60 s; last {code} {views:?}\nlog:\n{}",
+                s.read("log.txt")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let state = |views: &Views, name: &str| -> Option<(String, u64)> {
+        views
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| (v["state"].as_str().unwrap_or_default().into(), v["committed"].as_u64().unwrap_or(0)))
+    };
+    until("the followed pipeline takes its 10 lines", D1, &|_, v| state(v, "tail") == Some(("running".into(), 10)));
+
+    // A new token, a new pipeline, and a memory ceiling the running
+    // pipeline's 64 MiB is above: its reload is refused, it goes on.
+    s.write("tenants/d.toml", &tenant(D2, "memory = \"32MiB\"", &["tail", "idle"]));
+    let views = until("the new tenant file", D2, &|code, v| {
+        code == 200
+            && state(v, "idle").is_some_and(|(s, _)| s == "running")
+            && v.iter().any(|(n, p)| n == "tail" && p["reload_error"].as_str().is_some_and(|e| e.contains("ceiling")))
+    });
+    let tail = &views.iter().find(|(n, _)| n == "tail").unwrap().1;
+    let e = tail["reload_error"].as_str().unwrap();
+    assert!(e.contains("sink \"out\": limits.memory = 64 MiB is above tenant d's ceiling of 32 MiB"), "{e}");
+    assert_eq!(http(port, "GET", "/v1/pipelines", Some(D1)).0, 401, "the old token no longer works");
+    let mut file = std::fs::OpenOptions::new().append(true).open(s.path("d/tail.jsonl")).unwrap();
+    std::io::Write::write_all(&mut file, b"{\"id\":10}\n").unwrap();
+    until("the running version to go on", D2, &|_, v| state(v, "tail") == Some(("running".into(), 11)));
+
+    // A tenant file that does not parse: the tenant goes on as it was.
+    s.write("tenants/d.toml", "[tenant\n");
+    let start = Instant::now();
+    while !s.read("log.txt").contains("its tenant goes on as it was") {
+        assert!(start.elapsed() < Duration::from_secs(30), "the bad file is reported; log:\n{}", s.read("log.txt"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(listed(port, D2).1.len(), 2);
+
+    // A pipeline left out of the file stops; the file gone stops the tenant.
+    s.write("tenants/d.toml", &tenant(D2, "memory = \"64MiB\"", &["tail"]));
+    until("idle to go", D2, &|_, v| v.len() == 1 && v[0].0 == "tail");
+    std::fs::remove_file(s.path("tenants/d.toml")).unwrap();
+    until("the tenant to go", OPERATOR, &|code, v| code == 200 && v.is_empty());
+    assert_eq!(http(port, "GET", "/v1/pipelines", Some(D2)).0, 401);
+    assert_eq!(s.read("d/out/tail.jsonl"), lines(10) + "{\"id\":10}\n", "what it read, once");
+
+    let _ = Command::new("kill").args(["-TERM", &serving.0.id().to_string()]).status();
+    let status = serving.0.wait().expect("serve exits");
+    assert!(status.success(), "{status}; log:\n{}", s.read("log.txt"));
 }

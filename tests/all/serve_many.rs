@@ -376,17 +376,18 @@ fn a_hundred_tenants_with_ten_hostile_ones_every_well_behaved_record_arrives() {
         }
     }
 
-    // Memory. Measured on 2 cores: 1.55 to 1.63 GiB at the peak, while the
-    // hundred pipelines are prepared at once (each compiles, checks its
-    // config in a sandboxed validator and opens a sink instance), then
-    // about 150 MiB while they run. The bound leaves a fifth for noise.
+    // Memory. Measured on 2 cores: 182 MiB at the peak and about 125 MiB
+    // while they run, now that pipelines are prepared (compiled, their
+    // configs checked in a sandboxed validator) one per core at a time;
+    // 1.55 to 1.63 GiB when all hundred were prepared at once. The bound
+    // catches that burst coming back.
     let peak = proc_status_bytes(pid, "VmHWM");
     sampling.store(false, Ordering::Relaxed);
     let rss = sampler.join().unwrap();
     let timeline: Vec<String> =
         rss.iter().step_by(5).map(|(at, bytes)| format!("{:.1}s {}", at.as_secs_f64(), bytes >> 20)).collect();
     println!("peak RSS (VmHWM) of serve: {} MiB; RSS in MiB over time: {}", peak >> 20, timeline.join(", "));
-    assert!(peak < 2 << 30, "serve's peak RSS is {} MiB", peak >> 20);
+    assert!(peak < 512 << 20, "serve's peak RSS is {} MiB", peak >> 20);
 
     // The floods are cut: each flush logs 100,000 lines (about 1.5 MiB);
     // each cut is reported with how many lines it dropped, and those and

@@ -879,7 +879,9 @@ impl Run<'_> {
                     let (commands, rx) = mpsc::channel(4);
                     let (opened_tx, opened) = oneshot::channel();
                     let waiting = state.waiting();
-                    let task = tokio::spawn(state.run(rx, opened_tx));
+                    // In the caller's span: `serve` names the tenant and
+                    // pipeline of what the sink logs.
+                    let task = tokio::spawn(tracing::Instrument::in_current_span(state.run(rx, opened_tx)));
                     let handle =
                         LaneHandle { sink: index, commands, task, waiting, backlog: VecDeque::new(), backlog_bytes: 0 };
                     handles.push((handle, opened));

@@ -137,7 +137,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The engine the options ask for; `fuel` forces fuel metering on.
 fn engine(global: &Global, fuel: bool) -> anyhow::Result<Engine> {
-    let mut options = EngineOptions::default().fuel(global.fuel || fuel);
+    engine_with(global, fuel, sinkbox::Pooling::default())
+}
+
+/// [`engine`] with a pool of other sizes (unless pooling is off).
+fn engine_with(global: &Global, fuel: bool, pooling: sinkbox::Pooling) -> anyhow::Result<Engine> {
+    let mut options = EngineOptions::default().fuel(global.fuel || fuel).pooling(Some(pooling));
     if global.no_pooling {
         options = options.pooling(None);
     }

@@ -182,7 +182,9 @@ pub fn replay(global: &super::Global, args: ReplayArgs) -> anyhow::Result<ExitCo
                 sink.name.clone_from(&name);
             }
             file.source = match (args.dead_letters, args.input) {
-                (_, Some(path)) => SourceSection::File { path, format: args.format, from: args.from, to: args.to },
+                (_, Some(path)) => {
+                    SourceSection::File { path, format: args.format, from: args.from, to: args.to, follow: false }
+                }
                 (Some(path), None) => SourceSection::DeadLetters { path, sink: args.from_sink },
                 (None, None) => bail!("give a dead-letter file, --input or --pipeline"),
             };
@@ -202,7 +204,7 @@ pub fn replay(global: &super::Global, args: ReplayArgs) -> anyhow::Result<ExitCo
 /// to) until its end.
 fn replayed(source: SourceSection, from: Option<u64>, to: Option<u64>) -> anyhow::Result<SourceSection> {
     Ok(match source {
-        SourceSection::File { path, format, .. } => SourceSection::File { path, format, from, to },
+        SourceSection::File { path, format, follow, .. } => SourceSection::File { path, format, from, to, follow },
         SourceSection::Kafka(mut kafka) => {
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             kafka.group = format!("sinkbox-replay-{}-{}", std::process::id(), nanos.as_nanos());
@@ -294,7 +296,7 @@ fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)>
     let name = quick_name(&stem);
     let source = match &args.input {
         Some(path) if path.as_os_str() != "-" => {
-            SourceSection::File { path: path.clone(), format: args.format, from: None, to: None }
+            SourceSection::File { path: path.clone(), format: args.format, from: None, to: None, follow: false }
         }
         _ => SourceSection::Stdin { format: args.format },
     };

@@ -92,6 +92,11 @@ impl SourceLink {
         sender.is_some_and(|sender| sender.blocking_send(event).is_ok())
     }
 
+    /// Whether the loop has gone (the pipeline ended or stops).
+    pub fn closed(&self) -> bool {
+        self.0.events.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(|s| s.is_closed())
+    }
+
     /// Hands every note taken so far (committed checkpoints, pauses and
     /// resumptions) to `on_note`, without waiting.
     pub fn take_notes(&self, mut on_note: impl FnMut(&Note)) {

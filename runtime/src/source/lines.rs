@@ -31,7 +31,8 @@ use std::fs::File;
 use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, MapAccess, Visitor};
@@ -39,7 +40,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use sinkbox_format::BatchWriter;
 
-use super::{Malformed, PartitionId, PartitionPosition, Position, Source, SourceBatch, Stream};
+use super::{Malformed, PartitionId, PartitionPosition, Position, Source, SourceBatch, SourceLink, Stream};
 use crate::error::{Error, Result, StreamChanged};
 
 /// The longest line a source reads (16 MiB, without its line ending). A
@@ -80,7 +81,18 @@ pub struct LineSource {
     /// An error found after some lines of a batch were read: the batch is
     /// returned first, so the lines before the error can be committed.
     failed: Option<Error>,
+    /// Following a file (`tail -f`): at its end, look again this often.
+    follow: Option<Duration>,
+    /// The file followed, to notice it shrink.
+    path: Option<PathBuf>,
+    /// The start of a line whose end has not been written yet (following).
+    partial: Vec<u8>,
+    /// The way to the loop: a followed file stops waiting once it is gone.
+    link: Option<SourceLink>,
 }
+
+/// How often a followed file is looked at again at its end.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 impl LineSource {
     /// Reads `path`, resuming at `from` (a committed position) if given.
@@ -150,7 +162,23 @@ impl LineSource {
             size: Some(size),
             line: Vec::new(),
             failed: None,
+            follow: None,
+            path: Some(path.to_path_buf()),
+            partial: Vec::new(),
+            link: None,
         })
+    }
+
+    /// Follows the file like `tail -f`: at its end, waits for more lines
+    /// (looking every `every`) instead of ending; a line is taken once its
+    /// line end is written. The source then ends only when the pipeline
+    /// stops. A file that shrinks below what was read stops it with an
+    /// error.
+    pub fn follow(mut self, every: Duration) -> LineSource {
+        self.follow = Some(every);
+        self.streaming = true;
+        self.size = None;
+        self
     }
 
     /// Reads standard input, a new stream on every run: a committed
@@ -196,6 +224,10 @@ impl LineSource {
             size: None,
             line: Vec::new(),
             failed: None,
+            follow: None,
+            path: None,
+            partial: Vec::new(),
+            link: None,
         }
     }
 
@@ -218,13 +250,21 @@ impl LineSource {
 
     /// Reads the next line, with its ending, into `self.line`; reads at
     /// most [`MAX_LINE_BYTES`] and the line ending. `Ok(0)` at the end.
+    /// Following, a line without its end yet is kept for the next read
+    /// and `Ok(0)` returned.
     fn read_line(&mut self) -> Result<usize> {
         self.line.clear();
-        let limit = MAX_LINE_BYTES as u64 + 2;
-        let n = (&mut self.reader)
+        self.line.append(&mut self.partial);
+        let limit = (MAX_LINE_BYTES as u64 + 2).saturating_sub(self.line.len() as u64);
+        (&mut self.reader)
             .take(limit)
             .read_until(b'\n', &mut self.line)
             .map_err(|e| self.fail(format!("cannot read at byte {}: {e}", self.byte)))?;
+        let n = self.line.len();
+        if self.follow.is_some() && n > 0 && !self.line.ends_with(b"\n") && n <= MAX_LINE_BYTES {
+            self.partial = std::mem::take(&mut self.line);
+            return Ok(0);
+        }
         if content(&self.line).len() > MAX_LINE_BYTES {
             return Err(self.fail(format!(
                 "line {} (from byte {}) is longer than the limit of {} without a line end; \
@@ -323,9 +363,41 @@ fn same_file(stored: &Stream, current: &Stream, file: &File, size: u64) -> Resul
     Ok(())
 }
 
+impl LineSource {
+    /// Following, at the end of the file: waits until it grows (true), or
+    /// the pipeline is gone (false). Takes the loop's notes meanwhile.
+    fn wait_for_more(&mut self, every: Duration) -> Result<bool> {
+        loop {
+            if let Some(link) = self.link.clone() {
+                if link.closed() {
+                    return Ok(false);
+                }
+                link.take_notes(|note| super::handle::apply(self, note));
+            }
+            std::thread::sleep(every);
+            let Some(path) = &self.path else { return Ok(true) };
+            let len = std::fs::metadata(path).map_err(|e| self.fail(format!("cannot stat: {e}")))?.len();
+            let read = self.byte + self.partial.len() as u64;
+            if len < read {
+                return Err(self.fail(format!(
+                    "the file shrank to {len} bytes while it was followed at byte {read} (truncated or rotated in \
+                     place); stopped reading there"
+                )));
+            }
+            if len > read {
+                return Ok(true);
+            }
+        }
+    }
+}
+
 impl Source for LineSource {
     fn describe(&self) -> String {
         self.name.clone()
+    }
+
+    fn attach(&mut self, link: SourceLink) {
+        self.link = Some(link);
     }
 
     fn size_hint(&self) -> Option<u64> {
@@ -357,6 +429,14 @@ impl Source for LineSource {
                 }
             };
             if n == 0 {
+                if lines == 0
+                    && let Some(every) = self.follow
+                {
+                    if self.wait_for_more(every)? {
+                        continue;
+                    }
+                    return Ok(None);
+                }
                 break;
             }
             let offset = self.next_offset;
@@ -760,6 +840,34 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_followed_file_waits_for_lines_takes_a_line_once_it_ends_and_stops_if_it_shrinks() {
+        let dir = scratch("follow");
+        let path = dir.join("log.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2").unwrap();
+        let mut source = LineSource::file(&path, LineFormat::Auto, None).unwrap().follow(Duration::from_millis(5));
+        let offsets = |batch: &SourceBatch| batch.end.partitions[0].next_offset;
+        let first = source.next_batch(1000, usize::MAX).unwrap().expect("a batch");
+        assert_eq!((first.records.len(), offsets(&first), first.bytes), (1, 1, 8), "the unended line waits");
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+                std::io::Write::write_all(&mut file, b"}\n{\"a\":3}\n").unwrap();
+            })
+        };
+        let second = source.next_batch(1000, usize::MAX).unwrap().expect("the source waits for more");
+        writer.join().unwrap();
+        assert_eq!((second.records.len(), offsets(&second)), (2, 3));
+        assert_eq!(second.end.partitions[0].byte, Some(24));
+        std::fs::write(&path, "{}\n").unwrap();
+        let Err(e) = source.next_batch(1000, usize::MAX) else { panic!("a shrunk file stops it") };
+        let e = e.to_string();
+        assert!(e.contains("the file shrank to 3 bytes while it was followed at byte 24"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn drain(source: &mut LineSource) -> Position {

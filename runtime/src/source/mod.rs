@@ -36,7 +36,7 @@ pub use dead_letters::{DeadLetterSource, same_file};
 pub use handle::{Note, Notifier, SourceHandle, SourceLink};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSource, TOMBSTONE_HEADER};
-pub use lines::{HEAD_BYTES, LineFormat, LineSource, MAX_LINE_BYTES};
+pub use lines::{FOLLOW_EVERY, HEAD_BYTES, LineFormat, LineSource, MAX_LINE_BYTES};
 pub use range::OffsetRange;
 
 use crate::error::Result;

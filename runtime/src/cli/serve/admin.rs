@@ -26,8 +26,8 @@ use super::{Action, Hosted};
 pub struct Admin {
     pub pipelines: Arc<Mutex<Vec<Arc<Hosted>>>>,
     pub operator: Option<String>,
-    /// Token → tenant.
-    pub tokens: BTreeMap<String, String>,
+    /// Token → tenant (changes when a tenant file does).
+    pub tokens: Arc<Mutex<BTreeMap<String, String>>>,
     pub registry: Registry,
 }
 
@@ -78,10 +78,8 @@ impl Admin {
         if self.operator.as_deref().is_some_and(|op| constant_time_eq(op, token)) {
             return Some(Principal::Operator);
         }
-        self.tokens
-            .iter()
-            .find(|(t, _)| constant_time_eq(t, token))
-            .map(|(_, tenant)| Principal::Tenant(tenant.clone()))
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.iter().find(|(t, _)| constant_time_eq(t, token)).map(|(_, tenant)| Principal::Tenant(tenant.clone()))
     }
 
     fn visible(&self, who: &Principal) -> Vec<Arc<Hosted>> {
@@ -89,7 +87,7 @@ impl Admin {
         all.iter()
             .filter(|p| match who {
                 Principal::Operator => true,
-                Principal::Tenant(t) => &p.tenant.name == t,
+                Principal::Tenant(t) => &p.tenant == t,
             })
             .cloned()
             .collect()
@@ -120,7 +118,7 @@ impl Admin {
             (&Method::GET, ["v1", "tenants"]) => {
                 let mut tenants = BTreeMap::new();
                 for hosted in self.visible(&who) {
-                    let t = &hosted.tenant;
+                    let t = hosted.policy();
                     let entry = tenants.entry(t.name.clone()).or_insert_with(|| {
                         serde_json::json!({
                             "tenant": t.name,
@@ -139,7 +137,7 @@ impl Admin {
             }
             (method, ["v1", "pipelines", tenant, name, rest @ ..]) => {
                 let visible = self.visible(&who);
-                let Some(hosted) = visible.iter().find(|p| p.tenant.name == *tenant && p.name == *name) else {
+                let Some(hosted) = visible.iter().find(|p| p.tenant == *tenant && p.name == *name) else {
                     return error(StatusCode::NOT_FOUND, "no such pipeline");
                 };
                 let action = match (method, rest) {

@@ -78,7 +78,7 @@ impl Books {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = writeln!(file, "{line}") {
             // Said once per 1000 failures, so a full disk does not flood the log.
-            if self.failed.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+            if self.failed.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
                 tracing::error!("cannot append to the accounting log {}: {e}", self.path.display());
             }
         }
@@ -184,7 +184,7 @@ impl Collector for Metrics {
         let pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let views: Vec<(Arc<Hosted>, super::View)> = pipelines.into_iter().map(|h| (h.clone(), h.view())).collect();
         let base = |h: &Hosted| -> Vec<(&'static str, String)> {
-            vec![("tenant", h.tenant.name.clone()), ("pipeline", h.name.clone())]
+            vec![("tenant", h.tenant.clone()), ("pipeline", h.name.clone())]
         };
 
         // Per pipeline.

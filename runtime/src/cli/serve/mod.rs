@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// (a change reloads the pipeline); `0s` turns watching off.
     #[arg(long, default_value = "1s", value_parser = sinkbox::config::parse_duration)]
     watch: Duration,
+    /// Sink instances alive at once, over every tenant (the size of the
+    /// pooling allocator; each reserves address space, not memory).
+    #[arg(long, default_value_t = 4_000)]
+    max_instances: u32,
 }
 
 /// What the admin API asks of a pipeline.
@@ -74,7 +78,9 @@ pub enum Action {
 
 /// One hosted pipeline.
 pub struct Hosted {
-    pub tenant: Arc<Tenant>,
+    pub tenant: String,
+    /// The tenant's file as last loaded: a change reloads the pipeline.
+    policy: Mutex<Arc<Tenant>>,
     pub name: String,
     pub file: PathBuf,
     shown: Mutex<Shown>,
@@ -88,7 +94,7 @@ pub struct Hosted {
 
 impl std::fmt::Debug for Hosted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.tenant.name, self.name)
+        write!(f, "{}/{}", self.tenant, self.name)
     }
 }
 
@@ -132,6 +138,10 @@ pub struct View {
 }
 
 impl Hosted {
+    pub fn policy(&self) -> Arc<Tenant> {
+        self.policy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn shown(&self) -> std::sync::MutexGuard<'_, Shown> {
         self.shown.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -160,7 +170,7 @@ impl Hosted {
         }
         let shown = self.shown();
         View {
-            tenant: self.tenant.name.clone(),
+            tenant: self.tenant.clone(),
             pipeline: self.name.clone(),
             state: shown.state,
             read: past.read + control.read.load(Ordering::Relaxed),
@@ -227,8 +237,8 @@ pub fn serve(global: &super::Global, args: ServeArgs) -> anyhow::Result<ExitCode
         Some(path) => Some(tenant::read_token(path)?),
         None => None,
     };
-    let tenants = load_tenants(&args.tenants)?;
-    let engine = super::engine(global, false)?;
+    let pooling = sinkbox::Pooling { instances: args.max_instances, ..Default::default() };
+    let engine = super::engine_with(global, false, pooling)?;
     let rt = sinkbox::runtime()?;
     let accounting = args.accounting.clone().unwrap_or_else(|| {
         let dir = if args.tenants.is_dir() {
@@ -241,55 +251,47 @@ pub fn serve(global: &super::Global, args: ServeArgs) -> anyhow::Result<ExitCode
     let books = Arc::new(
         Books::open(&accounting).with_context(|| format!("cannot open the accounting log {}", accounting.display()))?,
     );
-    let pipelines: Arc<Mutex<Vec<Arc<Hosted>>>> = Arc::default();
-    let usage: Arc<Mutex<BTreeMap<String, Arc<Usage>>>> = Arc::default();
-    let mut tokens = BTreeMap::new();
-    let mut supervisors = Vec::new();
-    for tenant in tenants {
-        if let Some(other) = tokens.insert(tenant.token.clone(), tenant.name.clone()) {
-            anyhow::bail!("tenants {other} and {} have the same token", tenant.name);
-        }
-        let tenant = Arc::new(tenant);
-        let used = usage.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.name.clone()).or_default().clone();
-        for file in &tenant.pipelines {
-            let name = file.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
-            let mut list = pipelines.lock().unwrap_or_else(|p| p.into_inner());
-            if list.iter().any(|p| p.tenant.name == tenant.name && p.name == name) {
-                tracing::error!(
-                    "tenant {}: a second pipeline named {name} ({}) is left out; pipeline file names must differ",
-                    tenant.name,
-                    file.display()
-                );
-                continue;
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            let hosted = Arc::new(Hosted {
-                tenant: tenant.clone(),
-                name: name.clone(),
-                file: file.clone(),
-                shown: Mutex::new(Shown { state: "starting", ..Default::default() }),
-                control: Mutex::default(),
-                past: Mutex::default(),
-                observed: Arc::new(Observed::new(&tenant.name, &name, used.clone(), Some(books.clone()))),
-                actions: tx,
-            });
-            list.push(hosted.clone());
-            supervisors.push(rt.spawn(supervise(engine.clone(), hosted, rx, args.watch)));
-        }
-    }
+    let host = Arc::new(Host {
+        engine,
+        books,
+        watch: args.watch,
+        rt,
+        pipelines: Arc::default(),
+        usage: Arc::default(),
+        tokens: Arc::default(),
+        files: Mutex::default(),
+        supervisors: Mutex::default(),
+        gate: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))),
+    });
+    host.scan(&args.tenants);
     let mut registry = prometheus_client::registry::Registry::default();
-    registry.register_collector(Box::new(metrics::Metrics { pipelines: pipelines.clone(), usage }));
-    let admin = Arc::new(admin::Admin { pipelines: pipelines.clone(), operator, tokens, registry });
+    registry.register_collector(Box::new(metrics::Metrics {
+        pipelines: host.pipelines.clone(),
+        usage: host.usage.clone(),
+    }));
+    let admin =
+        Arc::new(admin::Admin { pipelines: host.pipelines.clone(), operator, tokens: host.tokens.clone(), registry });
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let count = pipelines.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let count = host.pipelines.lock().unwrap_or_else(|p| p.into_inner()).len();
     tracing::info!(
         "serving {count} pipeline(s); admin API and /metrics on http://{}; accounting in {}",
         args.listen,
         accounting.display()
     );
     rt.spawn(admin::accept(listener, admin));
+    if !args.watch.is_zero() {
+        let (host, path) = (host.clone(), args.tenants.clone());
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(host.watch).await;
+                let (host, path) = (host.clone(), path.clone());
+                // Reading and parsing files: off the executor.
+                let _ = tokio::task::spawn_blocking(move || host.scan(&path)).await;
+            }
+        });
+    }
     // Until Ctrl-C or SIGTERM: then every pipeline finishes its checkpoint.
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -299,28 +301,180 @@ pub fn serve(global: &super::Global, args: ServeArgs) -> anyhow::Result<ExitCode
         }
     });
     eprintln!("stopping every pipeline: finishing their checkpoints");
-    for hosted in pipelines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for hosted in host.pipelines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         hosted.act(Action::Shutdown);
     }
+    let supervisors = std::mem::take(&mut *host.supervisors.lock().unwrap_or_else(|p| p.into_inner()));
     for task in supervisors {
         let _ = rt.block_on(task);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The tenant files of `path`. A bad file is reported and left out.
-fn load_tenants(path: &Path) -> anyhow::Result<Vec<Tenant>> {
-    let mut tenants: Vec<Tenant> = Vec::new();
-    for file in tenant::tenant_files(path)? {
-        match tenant::load(&file) {
-            Ok(tenant) if tenants.iter().any(|t| t.name == tenant.name) => {
-                tracing::error!("tenant file {}: tenant {} is declared twice; left out", file.display(), tenant.name);
+/// The process's hosted pipelines, and what they share.
+struct Host {
+    engine: Engine,
+    books: Arc<Books>,
+    watch: Duration,
+    rt: &'static tokio::runtime::Runtime,
+    pipelines: Arc<Mutex<Vec<Arc<Hosted>>>>,
+    usage: Arc<Mutex<BTreeMap<String, Arc<Usage>>>>,
+    /// Token → tenant.
+    tokens: Arc<Mutex<BTreeMap<String, String>>>,
+    files: Mutex<BTreeMap<PathBuf, TenantFileSeen>>,
+    supervisors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Pipelines being prepared or started at once: one per core.
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+/// A tenant file's stamp when last read, and the tenant it declares
+/// (`None`: it was left out).
+type TenantFileSeen = (Option<(SystemTime, u64)>, Option<String>);
+
+impl Host {
+    /// Reads the tenant files that are new or changed since the last scan
+    /// and applies them; a tenant whose file is gone stops. A bad file is
+    /// reported; a tenant that was running keeps its earlier version.
+    fn scan(&self, path: &Path) {
+        let found = match tenant::tenant_files(path) {
+            Ok(found) => found,
+            Err(e) => return tracing::error!("{e:#}"),
+        };
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<PathBuf> = files.keys().filter(|f| !found.contains(f)).cloned().collect();
+        for file in gone {
+            if let Some((_, Some(name))) = files.remove(&file) {
+                tracing::info!("tenant file {} is gone: stopping tenant {name}", file.display());
+                self.remove_tenant(&name);
             }
-            Ok(tenant) => tenants.push(tenant),
-            Err(e) => tracing::error!("tenant file {}: {e:#}; left out", file.display()),
+        }
+        for file in found {
+            let now = stamp(&file);
+            let before = files.get(&file).cloned();
+            if before.as_ref().is_some_and(|(seen, _)| *seen == now) {
+                continue;
+            }
+            let was = before.and_then(|(_, name)| name);
+            let declared = |name: &str| files.iter().any(|(f, (_, n))| f != &file && n.as_deref() == Some(name));
+            let outcome = match tenant::load(&file) {
+                Err(e) => Err(format!("{e:#}")),
+                Ok(t) if declared(&t.name) => Err(format!("tenant {} is declared twice", t.name)),
+                Ok(t) => {
+                    if let Some(old) = was.as_ref().filter(|old| **old != t.name) {
+                        self.remove_tenant(old);
+                    }
+                    let name = t.name.clone();
+                    self.apply(t).map(|()| name)
+                }
+            };
+            match outcome {
+                Ok(name) => {
+                    files.insert(file, (now, Some(name)));
+                }
+                Err(e) if was.is_some() => {
+                    tracing::error!("tenant file {}: {e}; its tenant goes on as it was", file.display());
+                    files.insert(file, (now, was));
+                }
+                Err(e) => {
+                    tracing::error!("tenant file {}: {e}; left out", file.display());
+                    files.insert(file, (now, None));
+                }
+            }
         }
     }
-    Ok(tenants)
+
+    /// Hosts a tenant, or applies a new version of its file: its token,
+    /// its policy (its pipelines reload if it changed), pipelines added
+    /// and removed.
+    fn apply(&self, mut tenant: Tenant) -> Result<(), String> {
+        let hosted: Vec<Arc<Hosted>> = {
+            let list = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+            list.iter().filter(|h| h.tenant == tenant.name).cloned().collect()
+        };
+        let old = hosted.first().map(|h| h.policy());
+        {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(other) = tokens.get(&tenant.token).filter(|t| **t != tenant.name) {
+                return Err(format!("tenant {other} has the same token"));
+            }
+            tokens.retain(|_, name| *name != tenant.name);
+            tokens.insert(tenant.token.clone(), tenant.name.clone());
+        }
+        if let Some(old) = &old {
+            tenant.inherit(old);
+        }
+        let changed = old.as_ref().is_some_and(|old| old.policy() != tenant.policy());
+        let tenant = Arc::new(tenant);
+        let mut names = Vec::new();
+        for file in &tenant.pipelines {
+            let name = file.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            if names.contains(&name) {
+                tracing::error!(
+                    "tenant {}: a second pipeline named {name} ({}) is left out; pipeline file names must differ",
+                    tenant.name,
+                    file.display()
+                );
+                continue;
+            }
+            names.push(name.clone());
+            match hosted.iter().find(|h| h.name == name) {
+                Some(h) => {
+                    *h.policy.lock().unwrap_or_else(|p| p.into_inner()) = tenant.clone();
+                    if changed || h.file != *file {
+                        h.act(Action::Reload);
+                    }
+                }
+                None => self.host(&tenant, &name, file),
+            }
+        }
+        for h in hosted.iter().filter(|h| !names.contains(&h.name)) {
+            tracing::info!(tenant = %h.tenant, pipeline = %h.name, "no longer in its tenant file: stopping it");
+            self.retire(h);
+        }
+        Ok(())
+    }
+
+    fn host(&self, tenant: &Arc<Tenant>, name: &str, file: &Path) {
+        let used = self.usage.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.name.clone()).or_default().clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hosted = Arc::new(Hosted {
+            tenant: tenant.name.clone(),
+            policy: Mutex::new(tenant.clone()),
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            shown: Mutex::new(Shown { state: "starting", ..Default::default() }),
+            control: Mutex::default(),
+            past: Mutex::default(),
+            observed: Arc::new(Observed::new(&tenant.name, name, used, Some(self.books.clone()))),
+            actions: tx,
+        });
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).push(hosted.clone());
+        let span = tracing::info_span!("pipeline", tenant = %tenant.name, pipeline = %name);
+        let supervisor = supervise(self.engine.clone(), hosted, rx, self.watch, self.gate.clone());
+        let task = self.rt.spawn(tracing::Instrument::instrument(supervisor, span));
+        self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+    }
+
+    /// Stops a pipeline (at a checkpoint boundary) and stops showing it.
+    fn retire(&self, hosted: &Arc<Hosted>) {
+        hosted.act(Action::Shutdown);
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).retain(|h| !Arc::ptr_eq(h, hosted));
+    }
+
+    fn remove_tenant(&self, name: &str) {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, t| t != name);
+        let hosted: Vec<Arc<Hosted>> = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|h| h.tenant == name)
+            .cloned()
+            .collect();
+        for h in &hosted {
+            self.retire(h);
+        }
+    }
 }
 
 /// A pipeline ready to start: loaded, fitted to its tenant, its components
@@ -381,26 +535,41 @@ impl Prepared {
 }
 
 /// Runs blocking work (compiling, config checks in sandboxes, opening
-/// files) off the executor.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(anyhow::anyhow!("its task failed: {e}")))
+/// files) off the executor, in the caller's span, one per core at a time:
+/// a config check runs under the sink's wall-clock limit, and a hundred
+/// pipelines starting together must not make each other miss it.
+async fn blocking<T: Send + 'static>(
+    gate: &tokio::sync::Semaphore,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let _permit = gate.acquire().await;
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("its task failed: {e}")))
 }
 
 /// What ended the wait for a run.
 enum Ended {
-    Run(Status),
+    Run(Box<Status>),
     Shutdown,
 }
 
 /// Supervises one pipeline until `serve` ends.
-async fn supervise(engine: Engine, hosted: Arc<Hosted>, mut actions: mpsc::UnboundedReceiver<Action>, watch: Duration) {
-    let tenant = hosted.tenant.clone();
+async fn supervise(
+    engine: Engine,
+    hosted: Arc<Hosted>,
+    mut actions: mpsc::UnboundedReceiver<Action>,
+    watch: Duration,
+    gate: Arc<tokio::sync::Semaphore>,
+) {
     let mut current: Option<Prepared> = None;
     // The version a reload replaced, kept until the new one commits.
     let mut previous: Option<Prepared> = None;
     let mut run = true;
     let mut reset = false;
     loop {
+        let tenant = hosted.policy();
         if !run {
             // Stopped, finished or failed: wait to be asked to start, or
             // for the files to change.
@@ -424,7 +593,7 @@ async fn supervise(engine: Engine, hosted: Arc<Hosted>, mut actions: mpsc::Unbou
             None => {
                 hosted.set_state("starting");
                 let (engine, of, file) = (engine.clone(), tenant.clone(), hosted.file.clone());
-                match blocking(move || Prepared::load(&engine, &of, &file)).await {
+                match blocking(&gate, move || Prepared::load(&engine, &of, &file)).await {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(tenant = %tenant.name, "pipeline {}: {e:#}", hosted.file.display());
@@ -438,7 +607,7 @@ async fn supervise(engine: Engine, hosted: Arc<Hosted>, mut actions: mpsc::Unbou
         current = Some(prepared.clone());
         let started = {
             let (engine, tenant, prepared) = (engine.clone(), tenant.clone(), prepared.clone());
-            blocking(move || prepared.start(&engine, &tenant)).await
+            blocking(&gate, move || prepared.start(&engine, &tenant)).await
         };
         let (held, pipeline) = match started {
             Ok(s) => s,
@@ -479,16 +648,16 @@ async fn supervise(engine: Engine, hosted: Arc<Hosted>, mut actions: mpsc::Unbou
         hosted.set_state("running");
         let mut task = {
             let control = control.clone();
-            tokio::spawn(async move { pipeline.run_async(&control).await.0 })
+            tokio::spawn(tracing::Instrument::in_current_span(async move { pipeline.run_async(&control).await.0 }))
         };
         let mut next: Option<Prepared> = None;
         let mut watched = prepared.watched.clone();
         let ended = loop {
             let action = tokio::select! {
-                status = &mut task => break Ended::Run(status.unwrap_or_else(|e| Status {
+                status = &mut task => break Ended::Run(Box::new(status.unwrap_or_else(|e| Status {
                     outcome: Outcome::Failed(format!("the pipeline's task failed: {e}")),
                     ..Default::default()
-                })),
+                }))),
                 a = actions.recv() => a.unwrap_or(Action::Shutdown),
                 () = changed(&watched, watch) => Action::Reload,
             };
@@ -523,8 +692,8 @@ async fn supervise(engine: Engine, hosted: Arc<Hosted>, mut actions: mpsc::Unbou
                 }
                 Action::Reload => {
                     hosted.set_state("reloading");
-                    let (engine, of, file) = (engine.clone(), tenant.clone(), hosted.file.clone());
-                    match blocking(move || Prepared::load(&engine, &of, &file)).await {
+                    let (engine, of, file) = (engine.clone(), hosted.policy(), hosted.file.clone());
+                    match blocking(&gate, move || Prepared::load(&engine, &of, &file)).await {
                         Ok(new) => {
                             next = Some(new);
                             control.stop();
@@ -557,7 +726,7 @@ async fn supervise(engine: Engine, hosted: Arc<Hosted>, mut actions: mpsc::Unbou
             Outcome::Failed(e) => Some(e.clone()),
             _ => None,
         };
-        hosted.end_run(status);
+        hosted.end_run(*status);
         if let Some(new) = next {
             // A reload: start the new version from the committed offsets.
             previous = current.replace(new);
@@ -588,7 +757,7 @@ fn stamps(watched: &[Watched]) -> Vec<Watched> {
 /// reloads it.
 fn roll_back(hosted: &Hosted, old: Prepared, error: String) -> Prepared {
     tracing::error!(
-        tenant = %hosted.tenant.name,
+        tenant = %hosted.tenant,
         pipeline = %hosted.name,
         "the reloaded version failed before its first commit; rolling back to the previous version: {error}"
     );

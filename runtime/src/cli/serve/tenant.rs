@@ -133,9 +133,10 @@ pub struct Tenant {
     pub pipelines: Vec<PathBuf>,
     /// Shared by all its pipelines, if it has a records-per-second quota.
     pub rate: Option<Arc<RateLimit>>,
-    /// Sink instances and memory its running pipelines hold.
-    pub instances: AtomicU64,
-    pub memory: AtomicU64,
+    /// Sink instances and memory its running pipelines hold (shared with
+    /// the tenant's earlier and later versions of its file).
+    pub instances: Arc<AtomicU64>,
+    pub memory: Arc<AtomicU64>,
 }
 
 /// What one pipeline holds of its tenant's quotas while it runs; given
@@ -212,12 +213,28 @@ pub fn load(file: &Path) -> anyhow::Result<Tenant> {
         quotas: parsed.quotas,
         pipelines,
         rate,
-        instances: AtomicU64::new(0),
-        memory: AtomicU64::new(0),
+        instances: Arc::default(),
+        memory: Arc::default(),
     })
 }
 
 impl Tenant {
+    /// What its pipelines are fitted to: limits, grants and quotas.
+    pub fn policy(&self) -> serde_json::Value {
+        serde_json::json!({ "limits": self.limits, "grants": self.grants, "quotas": self.quotas })
+    }
+
+    /// Takes over what `old` (an earlier version of this tenant's file)
+    /// counts: the quotas its running pipelines hold, and its rate limit
+    /// if the rate did not change.
+    pub fn inherit(&mut self, old: &Tenant) {
+        self.instances = old.instances.clone();
+        self.memory = old.memory.clone();
+        if self.quotas.records_per_second == old.quotas.records_per_second {
+            self.rate = old.rate.clone();
+        }
+    }
+
     /// Fits `pipeline` (from a file in `base`) to this tenant: refuses
     /// grants and limits beyond the tenant's, and sets the tenant's
     /// ceilings where the pipeline leaves a limit at its default.
