@@ -128,6 +128,17 @@ fn pipeline_file(dir: &Path, source: &str, component: &str, config: &str, extra:
     )
 }
 
+/// The proportional set size (KiB) of `pid`: resident memory with pages
+/// mapped several times (a component's memory image, mapped once per
+/// instance) counted once.
+fn pss(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l[4..].trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The resident and peak memory (KiB) and threads of `pid`.
 fn proc_status(pid: u32) -> (u64, u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -230,17 +241,19 @@ fn fairness(root: &Path) -> [(f64, f64, usize); 2] {
         if spinner {
             // Two pipelines (one per core) whose sink spins 450 ms in
             // every flush, every 10 records, under a 500 ms limit.
+            // Each its own directory: two pipelines never share an output.
             let bad = dir.join("bad");
-            std::fs::create_dir_all(&bad).expect("dir");
-            write_input(&bad.join("in.jsonl"), 100_000);
             for name in ["spin1", "spin2"] {
+                let home = bad.join(name);
+                std::fs::create_dir_all(&home).expect("dir");
+                write_input(&home.join("in.jsonl"), 100_000);
                 let config = format!("out = \"/out/{name}\", sleep_ms = 450");
-                let p = pipeline_file(&bad, "path = \"in.jsonl\"", sinkbox_test_artifacts::SLOW_FLUSH, &config, "")
+                let p = pipeline_file(&home, "path = \"in.jsonl\"", sinkbox_test_artifacts::SLOW_FLUSH, &config, "")
                     .replace("commit_every = 10000", "commit_every = 10\nbatch_size = 10")
                     .replace("[[sink]]\n", "[[sink]]\nlimits = { timeout = \"500ms\" }\n");
-                std::fs::write(bad.join(format!("{name}.toml")), p).expect("pipeline");
+                std::fs::write(home.join(format!("{name}.toml")), p).expect("pipeline");
             }
-            tenant(&dir, "bad", &["spin1", "spin2"]);
+            tenant(&dir, "bad", &["spin1/spin1", "spin2/spin2"]);
         }
         let serving = serve(&dir, &[]);
         let start = Instant::now();
@@ -266,8 +279,9 @@ fn fairness(root: &Path) -> [(f64, f64, usize); 2] {
     out
 }
 
-/// Idle pipelines in one process: (pipelines, RSS MiB, threads, seconds to start).
-fn density(root: &Path, count: usize) -> (usize, f64, f64, u64, f64) {
+/// Idle pipelines in one process: pipelines, RSS and PSS (MiB) with them
+/// all open, RSS as it started listening, threads, seconds to open all.
+fn density(root: &Path, count: usize) -> (usize, f64, f64, f64, u64, f64) {
     let dir = root.join("density");
     let per_tenant = 10;
     let mut names = Vec::new();
@@ -309,7 +323,7 @@ fn density(root: &Path, count: usize) -> (usize, f64, f64, u64, f64) {
     let startup = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let (rss, _, threads) = proc_status(pid);
-    (count, rss as f64 / 1024.0, rss_empty as f64 / 1024.0, threads, startup)
+    (count, rss as f64 / 1024.0, pss(pid) as f64 / 1024.0, rss_empty as f64 / 1024.0, threads, startup)
 }
 
 fn main() {
@@ -323,7 +337,7 @@ fn main() {
 
     let (run, served) = overhead(&root);
     let fair = fairness(&root);
-    let (n, rss, rss_start, threads, startup) = density(&root, count);
+    let (n, rss, pss, rss_start, threads, startup) = density(&root, count);
 
     let mut table = String::new();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -352,7 +366,15 @@ fn main() {
         p99b - p99a
     )
     .unwrap();
-    writeln!(table, "| density: {n} idle pipelines, each with an open `builtin:blackhole` instance | {rss:.0} MiB resident ({:.0} KiB per pipeline; {rss_start:.0} MiB as it started listening) |", rss * 1024.0 / n as f64).unwrap();
+    writeln!(
+        table,
+        "| density: {n} idle pipelines (a followed empty file into an open `builtin:blackhole` instance each) | \
+         {rss:.0} MiB resident (VmRSS; {:.0} KiB per pipeline), {pss:.0} MiB proportional (PSS: shared pages once; \
+         {:.0} KiB per pipeline); {rss_start:.0} MiB as it started listening |",
+        rss * 1024.0 / n as f64,
+        pss * 1024.0 / n as f64
+    )
+    .unwrap();
     writeln!(table, "| density: threads, and time until all were open | {threads} threads; {startup:.1} s |").unwrap();
     println!("{table}");
     let _ = std::fs::write(

@@ -209,6 +209,7 @@ impl Pipeline {
             first_record: None,
             last_commit: None,
             round_robin: 0,
+            throttled_until: None,
             checkpoints: 0,
             malformed: 0,
         };
@@ -416,6 +417,8 @@ struct Run<'a> {
     first_record: Option<Instant>,
     last_commit: Option<Instant>,
     round_robin: u64,
+    /// Until when the records-per-second cap holds reading back.
+    throttled_until: Option<Instant>,
     checkpoints: u64,
     malformed: u64,
 }
@@ -454,9 +457,15 @@ impl Run<'_> {
             if self.holding() {
                 bounded(self.control, self.committed.to_string(), self.hand_over()).await?;
             }
-            let wait = self.next_wake();
+            let mut wait = self.next_wake();
+            // Over its records-per-second cap, the loop reads nothing until
+            // the cap allows, but goes on committing.
+            let throttled = self.throttled_until.filter(|t| *t > Instant::now());
+            if let Some(until) = throttled {
+                wait = wait.min(until - Instant::now());
+            }
             let wake = tokio::select! {
-                event = source.next() => Wake::Event(event),
+                event = source.next(), if throttled.is_none() => Wake::Event(event),
                 Some(flushed) = self.flushes.join_next() => Wake::Flushed(flushed),
                 () = tokio::time::sleep(wait) => Wake::Tick,
                 _ = state.changed() => Wake::Tick,
@@ -535,12 +544,7 @@ impl Run<'_> {
             bounded(self.control, self.committed.to_string(), self.route(&partition, batch)).await?;
             if let Some(rate) = self.control.rate.get() {
                 let wait = rate.take(u64::from(count));
-                if !wait.is_zero() {
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        _ = state.changed() => {}
-                    }
-                }
+                self.throttled_until = (!wait.is_zero()).then(|| Instant::now() + wait);
             }
         }
     }
