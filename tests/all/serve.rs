@@ -14,7 +14,7 @@ const TOKEN_A: &str = "tenant-a-token-0123456789";
 const TOKEN_B: &str = "tenant-b-token-0123456789";
 
 /// One HTTP/1.1 request; the status code and body.
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
@@ -56,7 +56,27 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
     );
 }
 
-struct Serving(Child);
+/// A running `sinkbox serve`, killed when dropped.
+pub(crate) struct Serving(pub(crate) Child);
+
+impl Serving {
+    /// `sinkbox serve tenants --listen 127.0.0.1:PORT ARGS` in `s`, its
+    /// log in `log.txt`.
+    pub(crate) fn start(s: &Scratch, port: u16, args: &[&str]) -> Serving {
+        let log = std::fs::File::create(s.path("log.txt")).unwrap();
+        Serving(
+            Command::new(env!("CARGO_BIN_EXE_sinkbox"))
+                .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
+                .args(["serve", "tenants", "--listen", &format!("127.0.0.1:{port}")])
+                .args(args)
+                .current_dir(&s.dir)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("sinkbox serve starts"),
+        )
+    }
+}
 
 impl Drop for Serving {
     fn drop(&mut self) {
@@ -99,17 +119,7 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     s.write("op.token", OPERATOR);
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(s.path("log.txt")).unwrap();
-    let mut serving = Serving(
-        Command::new(env!("CARGO_BIN_EXE_sinkbox"))
-            .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
-            .args(["serve", "tenants", "--listen", &listen, "--operator-token-file", "op.token"])
-            .current_dir(&s.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sinkbox serve starts"),
-    );
+    let mut serving = Serving::start(&s, port, &["--operator-token-file", "op.token"]);
     // Every pipeline ends: two finish, the broken one fails, and the slow
     // one is stopped by its tenant.
     let start = Instant::now();
@@ -331,17 +341,7 @@ fn a_tenant_pauses_reloads_and_resets_its_pipelines_within_its_limits_and_is_acc
         ),
     );
     let port = free_port();
-    let log = std::fs::File::create(s.path("log.txt")).unwrap();
-    let _serving = Serving(
-        Command::new(env!("CARGO_BIN_EXE_sinkbox"))
-            .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
-            .args(["serve", "tenants", "--listen", &format!("127.0.0.1:{port}"), "--watch", "200ms"])
-            .current_dir(&s.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sinkbox serve starts"),
-    );
+    let _serving = Serving::start(&s, port, &["--watch", "200ms"]);
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(start.elapsed() < Duration::from_secs(30), "serve listens; log:\n{}", s.read("log.txt"));
@@ -468,18 +468,7 @@ fn a_tenant_file_that_changes_is_applied_while_serve_runs() {
     s.write("tenants/d.toml", &tenant(D1, "", &["tail"]));
     s.write("op.token", OPERATOR);
     let port = free_port();
-    let log = std::fs::File::create(s.path("log.txt")).unwrap();
-    let mut serving = Serving(
-        Command::new(env!("CARGO_BIN_EXE_sinkbox"))
-            .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
-            .args(["serve", "tenants", "--listen", &format!("127.0.0.1:{port}"), "--watch", "100ms"])
-            .args(["--operator-token-file", "op.token"])
-            .current_dir(&s.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sinkbox serve starts"),
-    );
+    let mut serving = Serving::start(&s, port, &["--watch", "100ms", "--operator-token-file", "op.token"]);
     let until = |what: &str, token: &str, done: &dyn Fn(u16, &Views) -> bool| {
         let start = Instant::now();
         loop {

@@ -4,15 +4,15 @@
 //! the process stays up, small and quiet.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sinkbox_test_artifacts as programs;
 
+use crate::serve::{Serving, http};
 use crate::servers::free_port;
 use crate::{Scratch, lines};
 
@@ -167,32 +167,6 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
     )
 }
 
-/// One HTTP/1.1 request; the status code and body.
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let code = response.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
-/// The child, killed if the test ends before it does.
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -241,17 +215,7 @@ fn a_hundred_tenants_with_ten_hostile_ones_every_well_behaved_record_arrives() {
     }
     s.write("op.token", OPERATOR);
     let port = free_port();
-    let log = std::fs::File::create(s.path("log.txt")).unwrap();
-    let mut serving = Serving(
-        Command::new(env!("CARGO_BIN_EXE_sinkbox"))
-            .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
-            .args(["serve", "tenants", "--listen", &format!("127.0.0.1:{port}"), "--operator-token-file", "op.token"])
-            .current_dir(&s.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sinkbox serve starts"),
-    );
+    let mut serving = Serving::start(&s, port, &["--operator-token-file", "op.token"]);
     let pid = serving.0.id();
     // Its resident memory over time, for the report: the API may be slow
     // to answer while a hundred pipelines start.

@@ -2,9 +2,10 @@
 //! `--once` for each kind of token, and the live screen under tmux.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::serve::Serving;
 use crate::servers::free_port;
 use crate::{Scratch, lines};
 
@@ -35,15 +36,6 @@ on_error = "fail"
 "#
         ),
     );
-}
-
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `sinkbox top ARGS --once` with `token` in SINKBOX_TOKEN (or none), 160
@@ -153,17 +145,7 @@ fn top_shows_each_token_its_pipelines_once_and_live() {
     assert!(stderr.contains("is `sinkbox serve` running at"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let log = std::fs::File::create(s.path("log.txt")).unwrap();
-    let mut serving = Serving(
-        Command::new(env!("CARGO_BIN_EXE_sinkbox"))
-            .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
-            .args(["serve", "tenants", "--listen", &format!("127.0.0.1:{port}"), "--operator-token-file", "op.token"])
-            .current_dir(&s.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sinkbox serve starts"),
-    );
+    let mut serving = Serving::start(&s, port, &["--operator-token-file", "op.token"]);
 
     // (1) `--once`, polled until every pipeline has ended.
     let everything = [
