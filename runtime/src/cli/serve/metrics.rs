@@ -238,14 +238,20 @@ impl Collector for Metrics {
             ("sinkbox_sink_calls", "Guest calls made", |s| s.calls),
             ("sinkbox_sink_network_sent_bytes", "Bytes the sink sent over the network", |s| s.net.bytes_sent),
         ];
-        for (name, help, read) in sink_counters {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (h, v) in &views {
-                for sink in &v.sinks {
+        let sinks: Vec<(Vec<(&str, String)>, &SinkMetrics)> = views
+            .iter()
+            .flat_map(|(h, v)| {
+                v.sinks.iter().map(move |sink| {
                     let mut labels = base(h);
                     labels.push(("sink", sink.name.clone()));
-                    ConstCounter::new(read(sink)).encode(family.encode_family(&labels)?)?;
-                }
+                    (labels, sink)
+                })
+            })
+            .collect();
+        for (name, help, read) in sink_counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, sink) in &sinks {
+                ConstCounter::new(read(sink)).encode(family.encode_family(labels)?)?;
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -254,13 +260,8 @@ impl Collector for Metrics {
             None,
             MetricType::Counter,
         )?;
-        for (h, v) in &views {
-            for sink in &v.sinks {
-                let mut labels = base(h);
-                labels.push(("sink", sink.name.clone()));
-                ConstCounter::new((sink.add_time + sink.flush_time).as_secs_f64())
-                    .encode(family.encode_family(&labels)?)?;
-            }
+        for (labels, sink) in &sinks {
+            ConstCounter::new((sink.add_time + sink.flush_time).as_secs_f64()).encode(family.encode_family(labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
             "sinkbox_sink_errors",
@@ -268,57 +269,56 @@ impl Collector for Metrics {
             None,
             MetricType::Counter,
         )?;
-        for (h, v) in &views {
-            for sink in &v.sinks {
-                let n = &sink.net;
-                let classes = [
-                    ("trap", sink.traps),
-                    ("rejected", sink.rejected),
-                    ("retry", sink.retries),
-                    ("net_denied", n.denied),
-                    ("net_connect", n.connect_errors),
-                    ("net_timeout", n.timeouts),
-                    ("net_limited", n.limited),
-                    ("http_4xx", n.http_4xx),
-                    ("http_5xx", n.http_5xx),
-                ];
-                for (class, count) in classes {
-                    let mut labels = base(h);
-                    labels.push(("sink", sink.name.clone()));
-                    labels.push(("class", class.to_string()));
-                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-                }
+        for (labels, sink) in &sinks {
+            let n = &sink.net;
+            let classes = [
+                ("trap", sink.traps),
+                ("rejected", sink.rejected),
+                ("retry", sink.retries),
+                ("net_denied", n.denied),
+                ("net_connect", n.connect_errors),
+                ("net_timeout", n.timeouts),
+                ("net_limited", n.limited),
+                ("http_4xx", n.http_4xx),
+                ("http_5xx", n.http_5xx),
+            ];
+            for (class, count) in classes {
+                let mut labels = labels.clone();
+                labels.push(("class", class.to_string()));
+                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
             }
         }
         let mut family = encoder.encode_descriptor(
             "sinkbox_sink_peak_memory_bytes",
-            "Largest linear memory of any of the sink's instances",
+            "Largest linear memory of any of the sink's instances (linear memory never shrinks: a live \
+             instance's current size)",
             None,
             MetricType::Gauge,
         )?;
-        for (h, v) in &views {
-            for sink in &v.sinks {
-                let mut labels = base(h);
-                labels.push(("sink", sink.name.clone()));
-                ConstGauge::new(i64::try_from(sink.peak_memory).unwrap_or(i64::MAX))
-                    .encode(family.encode_family(&labels)?)?;
-            }
+        for (labels, sink) in &sinks {
+            ConstGauge::new(i64::try_from(sink.peak_memory).unwrap_or(i64::MAX))
+                .encode(family.encode_family(labels)?)?;
         }
 
         // Per partition.
+        let partitions: Vec<(Vec<(&str, String)>, &sinkbox::PartitionStatus)> = views
+            .iter()
+            .flat_map(|(h, v)| {
+                v.partitions.iter().map(move |p| {
+                    let mut labels = base(h);
+                    labels.extend([("topic", p.topic.clone()), ("partition", p.partition.to_string())]);
+                    (labels, p)
+                })
+            })
+            .collect();
         let mut family = encoder.encode_descriptor(
             "sinkbox_partition_records",
             "Records read per partition",
             None,
             MetricType::Counter,
         )?;
-        for (h, v) in &views {
-            for p in &v.partitions {
-                let (topic, partition) = (p.topic.clone(), p.partition.to_string());
-                let mut labels = base(h);
-                labels.extend([("topic", topic), ("partition", partition)]);
-                ConstCounter::new(p.records).encode(family.encode_family(&labels)?)?;
-            }
+        for (labels, p) in &partitions {
+            ConstCounter::new(p.records).encode(family.encode_family(labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
             "sinkbox_partition_lag",
@@ -326,13 +326,9 @@ impl Collector for Metrics {
             None,
             MetricType::Gauge,
         )?;
-        for (h, v) in &views {
-            for p in v.partitions.iter().filter(|p| p.lag.is_some()) {
-                let (topic, partition) = (p.topic.clone(), p.partition.to_string());
-                let mut labels = base(h);
-                labels.extend([("topic", topic), ("partition", partition)]);
-                let lag = i64::try_from(p.lag.unwrap_or(0)).unwrap_or(i64::MAX);
-                ConstGauge::new(lag).encode(family.encode_family(&labels)?)?;
+        for (labels, p) in &partitions {
+            if let Some(lag) = p.lag {
+                ConstGauge::new(i64::try_from(lag).unwrap_or(i64::MAX)).encode(family.encode_family(labels)?)?;
             }
         }
 
