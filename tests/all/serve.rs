@@ -117,6 +117,27 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
     );
     s.write("tenants/bad.toml", "[tenant]\ntoken = \"bad-tenant-token-0123456789\"\ncolour = \"red\"\n");
     s.write("op.token", OPERATOR);
+    // `--check` names every problem and starts nothing.
+    let checked = Command::new(env!("CARGO_BIN_EXE_sinkbox"))
+        .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
+        .args(["serve", "tenants", "--check"])
+        .current_dir(&s.dir)
+        .output()
+        .expect("sinkbox serve --check runs");
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(1), "{report}");
+    for (start, end) in [
+        ("ok   tenant a (tenants/a.toml)", ""),
+        ("ok     pipeline ", "/a/orders.toml"),
+        ("ok     pipeline ", "/b-broken/broken.toml"),
+        ("FAIL   pipeline ", "/b/events.toml: a second pipeline named events; pipeline file names must differ"),
+        ("2 problem(s)", ""),
+    ] {
+        assert!(report.lines().any(|l| l.starts_with(start) && l.ends_with(end)), "{start}…{end} in:\n{report}");
+    }
+    assert!(report.contains("FAIL tenant file tenants/bad.toml: "), "{report}");
+    assert!(report.contains("unknown field `colour`"), "{report}");
+    assert!(!s.path("a/out/orders.jsonl").exists(), "--check writes nothing");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut serving = Serving::start(&s, port, &["--operator-token-file", "op.token"]);

@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// pooling allocator; each reserves address space, not memory).
     #[arg(long, default_value_t = 4_000)]
     max_instances: u32,
+    /// Check every tenant file and pipeline (fit to its tenant, compile
+    /// its components, check their configs) and exit: 0 if all are good,
+    /// 1 naming each problem. Starts nothing and listens nowhere.
+    #[arg(long)]
+    check: bool,
 }
 
 /// What the admin API asks of a pipeline.
@@ -239,6 +244,9 @@ pub fn serve(global: &super::Global, args: ServeArgs) -> anyhow::Result<ExitCode
     };
     let pooling = sinkbox::Pooling { instances: args.max_instances, ..Default::default() };
     let engine = super::engine_with(global, false, pooling)?;
+    if args.check {
+        return check(&engine, &args.tenants);
+    }
     let rt = sinkbox::runtime()?;
     let accounting = args.accounting.clone().unwrap_or_else(|| {
         let dir = if args.tenants.is_dir() {
@@ -307,6 +315,67 @@ pub fn serve(global: &super::Global, args: ServeArgs) -> anyhow::Result<ExitCode
     let supervisors = std::mem::take(&mut *host.supervisors.lock().unwrap_or_else(|p| p.into_inner()));
     for task in supervisors {
         let _ = rt.block_on(task);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `serve --check`: every tenant file and pipeline, as `serve` would load
+/// them, without running anything.
+fn check(engine: &Engine, path: &Path) -> anyhow::Result<ExitCode> {
+    let mut problems = 0;
+    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    for file in tenant::tenant_files(path)? {
+        let tenant = match tenant::load(&file) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                problems += 1;
+                say!("FAIL tenant file {}: {e:#}", file.display());
+                continue;
+            }
+        };
+        if let Some(first) = names.insert(tenant.name.clone(), file.clone()) {
+            problems += 1;
+            say!("FAIL tenant file {}: tenant {} is declared in {} too", file.display(), tenant.name, first.display());
+            continue;
+        }
+        if let Some(other) = tokens.insert(tenant.token.clone(), tenant.name.clone()) {
+            problems += 1;
+            say!("FAIL tenant file {}: tenant {other} has the same token", file.display());
+        }
+        say!("ok   tenant {} ({})", tenant.name, file.display());
+        let mut reserved = Vec::new();
+        let mut stems = Vec::new();
+        for pipeline in &tenant.pipelines {
+            let stem = pipeline.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            if stems.contains(&stem) {
+                problems += 1;
+                say!(
+                    "FAIL   pipeline {}: a second pipeline named {stem}; pipeline file names must differ",
+                    pipeline.display()
+                );
+                continue;
+            }
+            stems.push(stem);
+            let checked = Prepared::load(engine, &tenant, pipeline).and_then(|p| {
+                p.loaded.state(&p.base, &p.stem)?;
+                let instances: u64 = p.sinks.iter().map(|s| u64::from(s.lanes.max(1))).sum();
+                let memory: u64 = p.sinks.iter().map(|s| u64::from(s.lanes.max(1)) * s.limits.memory_cap()).sum();
+                reserved.push(tenant.reserve(instances, memory)?);
+                Ok(())
+            });
+            match checked {
+                Ok(()) => say!("ok     pipeline {}", pipeline.display()),
+                Err(e) => {
+                    problems += 1;
+                    say!("FAIL   pipeline {}: {e:#}", pipeline.display());
+                }
+            }
+        }
+    }
+    if problems > 0 {
+        say!("{problems} problem(s)");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
