@@ -392,9 +392,18 @@ fn a_tenant_pauses_reloads_and_resets_its_pipelines_within_its_limits_and_is_acc
     s.write("c/orders.toml", "[pipeline\n");
     let refused = wait_for(&s, port, "c/orders", "a refused reload", |v| !v["reload_error"].is_null());
     assert_eq!(refused["state"], "running", "{refused}");
-    // A valid change reloads at a checkpoint boundary.
+    // A valid change reloads at a checkpoint boundary; a paused pipeline
+    // stays paused across it.
+    assert_eq!(http(port, "POST", "/v1/pipelines/c/orders/pause", Some(TOKEN_C)).0, 202);
+    wait_for(&s, port, "c/orders", "a pause", |v| v["state"] == "paused" && v["committed"] == v["read"]);
     s.write("c/orders.toml", &orders.replace("commit_every = 100", "commit_every = 150"));
-    wait_for(&s, port, "c/orders", "a reload", |v| v["reloads"] == 1 && v["reload_error"].is_null());
+    let reloaded = wait_for(&s, port, "c/orders", "a reload", |v| {
+        v["reloads"] == 1 && v["reload_error"].is_null() && v["state"] == "paused"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let still = wait_for(&s, port, "c/orders", "the pause holding", |_| true);
+    assert_eq!(still["committed"], reloaded["committed"], "the reloaded version starts paused");
+    assert_eq!(http(port, "POST", "/v1/pipelines/c/orders/resume", Some(TOKEN_C)).0, 202);
     // A new component that fails at open: rolled back to the running one.
     let panics = tenant_pipeline(sinkbox_test_artifacts::PANIC_IN_OPEN, "out = \"/out/p.jsonl\"", "orders.jsonl", "");
     s.write("c/orders.toml", &panics);

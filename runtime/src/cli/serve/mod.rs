@@ -637,6 +637,8 @@ async fn supervise(
     let mut previous: Option<Prepared> = None;
     let mut run = true;
     let mut reset = false;
+    // Asked to pause: a reload or restart keeps the pipeline paused.
+    let mut paused = false;
     loop {
         let tenant = hosted.policy();
         if !run {
@@ -653,7 +655,9 @@ async fn supervise(
                 Action::Start => run = true,
                 Action::Reload => (current, run) = (None, true),
                 Action::Reset => (reset, run) = (true, true),
-                Action::Stop | Action::Pause | Action::Resume => {}
+                Action::Pause => paused = true,
+                Action::Resume => paused = false,
+                Action::Stop => {}
             }
             continue;
         }
@@ -713,8 +717,11 @@ async fn supervise(
         }
         control.observe(hosted.observed.clone());
         hosted.observed.new_run();
+        if paused {
+            control.pause();
+        }
         *hosted.control.lock().unwrap_or_else(|p| p.into_inner()) = control.clone();
-        hosted.set_state("running");
+        hosted.set_state(if paused { "paused" } else { "running" });
         let mut task = {
             let control = control.clone();
             tokio::spawn(tracing::Instrument::in_current_span(async move { pipeline.run_async(&control).await.0 }))
@@ -742,14 +749,17 @@ async fn supervise(
                 }
                 Action::Stop => {
                     hosted.set_state("stopping");
-                    run = false;
+                    // A stop wins over a reload waiting for this run's end.
+                    (run, next) = (false, None);
                     control.stop();
                 }
                 Action::Pause => {
+                    paused = true;
                     control.pause();
                     hosted.set_state("paused");
                 }
                 Action::Resume => {
+                    paused = false;
                     control.resume();
                     hosted.set_state("running");
                 }
