@@ -560,3 +560,49 @@ fn a_tenant_file_that_changes_is_applied_while_serve_runs() {
     let status = serving.0.wait().expect("serve exits");
     assert!(status.success(), "{status}; log:\n{}", s.read("log.txt"));
 }
+
+#[test]
+fn a_component_file_replaced_in_place_reloads_and_a_broken_one_rolls_back() {
+    let s = Scratch::new("serve-component");
+    std::fs::create_dir_all(s.path("e/out")).unwrap();
+    std::fs::create_dir_all(s.path("tenants")).unwrap();
+    s.write("e/in.jsonl", &lines(20));
+    std::fs::copy(sinkbox_test_artifacts::WELL_BEHAVED, s.path("e/sink.wasm")).unwrap();
+    s.write(
+        "e/p.toml",
+        &tenant_pipeline("sink.wasm", "out = \"/out/out.jsonl\"", "in.jsonl", "commit_interval = \"50ms\"")
+            .replace("path = \"in.jsonl\"", "path = \"in.jsonl\"\nfollow = true"),
+    );
+    s.write(
+        "tenants/e.toml",
+        &format!(
+            "[tenant]\ntoken = \"{TOKEN_C}\"\n\n[grants]\ndirs = [\"../e\"]\n\n[[pipeline]]\nfile = \"../e/p.toml\"\n"
+        ),
+    );
+    let port = free_port();
+    let _serving = Serving::start(&s, port, &["--watch", "100ms"]);
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "serve listens; log:\n{}", s.read("log.txt"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for(&s, port, "e/p", "the first 20 records", |v| v["committed"] == 20);
+    // The same file, new bytes: a component that panics in open. The
+    // running version is rolled back to, from the compiled component it
+    // kept, and goes on.
+    let new = std::fs::read(sinkbox_test_artifacts::PANIC_IN_OPEN).unwrap();
+    std::fs::write(s.path("e/sink.wasm.new"), new).unwrap();
+    std::fs::rename(s.path("e/sink.wasm.new"), s.path("e/sink.wasm")).unwrap();
+    let rolled = wait_for(&s, port, "e/p", "a roll-back", |v| {
+        v["reload_error"].as_str().is_some_and(|e| e.contains("rolled back")) && v["state"] == "running"
+    });
+    assert!(rolled["reload_error"].as_str().unwrap().contains("panics in open"), "{rolled}");
+    let mut file = std::fs::OpenOptions::new().append(true).open(s.path("e/in.jsonl")).unwrap();
+    std::io::Write::write_all(&mut file, lines(25).split_at(lines(20).len()).1.as_bytes()).unwrap();
+    wait_for(&s, port, "e/p", "the old version to take 5 more", |v| v["committed"] == 25);
+    // A working component again: it reloads and takes over.
+    std::fs::copy(sinkbox_test_artifacts::WELL_BEHAVED, s.path("e/sink.wasm.new")).unwrap();
+    std::fs::rename(s.path("e/sink.wasm.new"), s.path("e/sink.wasm")).unwrap();
+    wait_for(&s, port, "e/p", "a reload", |v| v["reloads"] == 1 && v["reload_error"].is_null());
+    assert_eq!(s.read("e/out/out.jsonl"), lines(25), "every record once across both reloads");
+}
