@@ -329,7 +329,7 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
 #[test]
 fn a_tenant_pauses_reloads_and_resets_its_pipelines_within_its_limits_and_is_accounted() {
     let s = Scratch::new("serve-control");
-    let n = 6_000;
+    let n = 9_000;
     std::fs::create_dir_all(s.path("c/out")).unwrap();
     std::fs::create_dir_all(s.path("elsewhere")).unwrap();
     s.write("c/orders.jsonl", &lines(n));
