@@ -87,7 +87,7 @@ pub struct Hosted {
     /// The tenant's file as last loaded: a change reloads the pipeline.
     policy: Mutex<Arc<Tenant>>,
     pub name: String,
-    pub file: PathBuf,
+    file: Mutex<PathBuf>,
     shown: Mutex<Shown>,
     /// The current run's control.
     control: Mutex<Control>,
@@ -143,6 +143,11 @@ pub struct View {
 }
 
 impl Hosted {
+    /// Its pipeline file (a tenant file may move it).
+    pub fn file(&self) -> PathBuf {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn policy(&self) -> Arc<Tenant> {
         self.policy.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -489,7 +494,11 @@ impl Host {
             match hosted.iter().find(|h| h.name == name) {
                 Some(h) => {
                     *h.policy.lock().unwrap_or_else(|p| p.into_inner()) = tenant.clone();
-                    if changed || h.file != *file {
+                    let moved = {
+                        let mut at = h.file.lock().unwrap_or_else(|p| p.into_inner());
+                        std::mem::replace(&mut *at, file.clone()) != *file
+                    };
+                    if changed || moved {
                         h.act(Action::Reload);
                     }
                 }
@@ -510,7 +519,7 @@ impl Host {
             tenant: tenant.name.clone(),
             policy: Mutex::new(tenant.clone()),
             name: name.to_string(),
-            file: file.to_path_buf(),
+            file: Mutex::new(file.to_path_buf()),
             shown: Mutex::new(Shown { state: "starting", ..Default::default() }),
             control: Mutex::default(),
             past: Mutex::default(),
@@ -644,8 +653,7 @@ async fn supervise(
         if !run {
             // Stopped, finished or failed: wait to be asked to start, or
             // for the files to change.
-            let watched =
-                current.as_ref().map_or_else(|| stamps(&[(hosted.file.clone(), None)]), |p| p.watched.clone());
+            let watched = current.as_ref().map_or_else(|| stamps(&[(hosted.file(), None)]), |p| p.watched.clone());
             let action = tokio::select! {
                 a = actions.recv() => a.unwrap_or(Action::Shutdown),
                 () = changed(&watched, watch) => Action::Reload,
@@ -665,11 +673,11 @@ async fn supervise(
             Some(p) => p,
             None => {
                 hosted.set_state("starting");
-                let (engine, of, file) = (engine.clone(), tenant.clone(), hosted.file.clone());
+                let (engine, of, file) = (engine.clone(), tenant.clone(), hosted.file());
                 match blocking(&gate, move || Prepared::load(&engine, &of, &file)).await {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::error!(tenant = %tenant.name, "pipeline {}: {e:#}", hosted.file.display());
+                        tracing::error!(tenant = %tenant.name, "pipeline {}: {e:#}", hosted.file().display());
                         hosted.fail(format!("{e:#}"));
                         run = false;
                         continue;
@@ -771,7 +779,7 @@ async fn supervise(
                 }
                 Action::Reload => {
                     hosted.set_state("reloading");
-                    let (engine, of, file) = (engine.clone(), hosted.policy(), hosted.file.clone());
+                    let (engine, of, file) = (engine.clone(), hosted.policy(), hosted.file());
                     match blocking(&gate, move || Prepared::load(&engine, &of, &file)).await {
                         Ok(new) => {
                             next = Some(new);
