@@ -120,7 +120,14 @@ struct Inner<T: 'static> {
     settings_hash: u64,
     /// Components embedded in the runtime, once linked, by origin.
     embedded: Mutex<HashMap<&'static str, InstancePre<T>>>,
+    /// Components loaded through the cache, by cache entry (their bytes'
+    /// hash): a thousand pipelines of one sink share one compiled copy,
+    /// its code mapped once. At most [`LOADED`] are kept.
+    loaded: Mutex<HashMap<PathBuf, Component>>,
 }
+
+/// Compiled components kept in memory for reuse, at most.
+const LOADED: usize = 256;
 
 /// A compiled, pre-linked component, ready to instantiate.
 pub struct Linked<T: 'static> {
@@ -177,7 +184,9 @@ impl<T: 'static> Engine<T> {
             spawn_ticker(&engine);
         }
         let embedded = Mutex::default();
-        Ok(Engine { inner: Arc::new(Inner { engine, linker, options, settings_hash, embedded }) })
+        Ok(Engine {
+            inner: Arc::new(Inner { engine, linker, options, settings_hash, embedded, loaded: Mutex::default() }),
+        })
     }
 
     /// The wasmtime engine, for stores.
@@ -357,14 +366,25 @@ impl<T: 'static> Engine<T> {
         let Some(path) = self.cache_path(bytes) else {
             return Ok((self.compile(bytes, origin)?, false, None));
         };
-        if let Some(component) = self.deserialize(&path) {
-            return Ok((component, true, Some(path)));
+        if let Some(component) = self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&path) {
+            return Ok((component.clone(), true, Some(path)));
         }
-        let component = self.compile(bytes, origin)?;
-        if let Err(e) = write_cache(&path, &component) {
-            tracing::warn!("cannot write the component cache {}: {e}", path.display());
+        let (component, cached) = match self.deserialize(&path) {
+            Some(component) => (component, true),
+            None => {
+                let component = self.compile(bytes, origin)?;
+                if let Err(e) = write_cache(&path, &component) {
+                    tracing::warn!("cannot write the component cache {}: {e}", path.display());
+                }
+                (component, false)
+            }
+        };
+        let mut loaded = self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.len() >= LOADED {
+            loaded.clear();
         }
-        Ok((component, false, Some(path)))
+        loaded.insert(path.clone(), component.clone());
+        Ok((component, cached, Some(path)))
     }
 }
 

@@ -94,6 +94,9 @@ pub struct LineSource {
 /// How often a followed file is looked at again at its end.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
+/// The read buffer of a followed file (a bulk read's is 256 KiB).
+const FOLLOW_BUFFER: usize = 16 << 10;
+
 impl LineSource {
     /// Reads `path`, resuming at `from` (a committed position) if given.
     ///
@@ -175,6 +178,12 @@ impl LineSource {
     /// stops. A file that shrinks below what was read stops it with an
     /// error.
     pub fn follow(mut self, every: Duration) -> LineSource {
+        // A followed file is mostly read a few lines at a time, and an
+        // idle pipeline should hold little: a smaller buffer than a bulk
+        // read's (nothing is buffered yet, so none is lost).
+        if self.reader.buffer().is_empty() {
+            self.reader = BufReader::with_capacity(FOLLOW_BUFFER, self.reader.into_inner());
+        }
         self.follow = Some(every);
         self.streaming = true;
         self.size = None;
@@ -368,13 +377,6 @@ impl LineSource {
     /// the pipeline is gone (false). Takes the loop's notes meanwhile.
     fn wait_for_more(&mut self, every: Duration) -> Result<bool> {
         loop {
-            if let Some(link) = self.link.clone() {
-                if link.closed() {
-                    return Ok(false);
-                }
-                link.take_notes(|note| super::handle::apply(self, note));
-            }
-            std::thread::sleep(every);
             let Some(path) = &self.path else { return Ok(true) };
             let len = std::fs::metadata(path).map_err(|e| self.fail(format!("cannot stat: {e}")))?.len();
             let read = self.byte + self.partial.len() as u64;
@@ -387,6 +389,13 @@ impl LineSource {
             if len > read {
                 return Ok(true);
             }
+            if let Some(link) = self.link.clone() {
+                if link.closed() {
+                    return Ok(false);
+                }
+                link.take_notes(|note| super::handle::apply(self, note));
+            }
+            std::thread::sleep(every);
         }
     }
 }
@@ -411,6 +420,14 @@ impl Source for LineSource {
     fn next_batch(&mut self, max: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
         if let Some(e) = self.failed.take() {
             return Err(e);
+        }
+        // Following a file at its end: wait before taking a batch's memory,
+        // so an idle pipeline holds none.
+        if let Some(every) = self.follow
+            && self.reader.buffer().is_empty()
+            && !self.wait_for_more(every)?
+        {
+            return Ok(None);
         }
         let mut records = BatchWriter::with_capacity(max.min(1 << 16) * 128);
         let mut malformed = Vec::new();
