@@ -258,6 +258,13 @@ impl<T: 'static> Engine<T> {
         Some(dir.join("files").join(hex))
     }
 
+    /// Forgets the compiled components kept in memory: the next load of
+    /// each reads the on-disk cache again (what a new process does).
+    /// Instances and pipelines holding one keep it.
+    pub fn forget_loaded(&self) {
+        self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// A compiled entry of the cache, or `None` if it is missing or unusable.
     fn deserialize(&self, path: &Path) -> Option<Component> {
         if !path.exists() {
