@@ -135,6 +135,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `path`'s file name without its extension, or `default` if it has none:
+/// what names a pipeline (or tenant, or sink) after its file.
+fn stem(path: &std::path::Path, default: &str) -> String {
+    path.file_stem().map_or_else(|| default.into(), |s| s.to_string_lossy().into_owned())
+}
+
 /// The engine the options ask for; `fuel` forces fuel metering on.
 fn engine(global: &Global, fuel: bool) -> anyhow::Result<Engine> {
     engine_with(global, fuel, sinkbox::Pooling::default())

@@ -18,7 +18,7 @@ pub struct ResetArgs {
 pub fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
     let file = PipelineFile::load(&args.pipeline)?;
     let base = args.pipeline.parent().map(Path::to_path_buf).unwrap_or_default();
-    let name = args.pipeline.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+    let name = super::stem(&args.pipeline, "pipeline");
     let state = file.state(&base, &name)?;
     let _lock = state.lock()?;
     super::print(&describe(&state.reset()?))?;

@@ -168,7 +168,7 @@ pub fn replay(global: &super::Global, args: ReplayArgs) -> anyhow::Result<ExitCo
         Some(path) => {
             let mut file = PipelineFile::load(path)?;
             let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            let stem = path.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            let stem = super::stem(path, "pipeline");
             let name = format!("replay-{}", file.pipeline.name.as_deref().unwrap_or(&stem));
             // Its own dead letters, unless told: never the pipeline's.
             file.pipeline.dead_letter.clone_from(&run.dead_letter);
@@ -225,7 +225,7 @@ pub fn run(global: &super::Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             let file = PipelineFile::load(path)?;
             let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            let name = path.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            let name = super::stem(path, "pipeline");
             (file, base, name)
         }
         None => quick_form(&args)?,
@@ -290,9 +290,10 @@ fn report(status: &Status, json: bool) -> anyhow::Result<()> {
 /// Builds the pipeline file the quick form stands for.
 fn quick_form(args: &RunArgs) -> anyhow::Result<(PipelineFile, PathBuf, String)> {
     let Some(component) = args.sink.clone() else { bail!("give a pipeline file or --sink") };
-    let stem = component.strip_prefix("builtin:").map(str::to_string).unwrap_or_else(|| {
-        Path::new(&component).file_stem().map_or_else(|| "sink".into(), |s| s.to_string_lossy().into_owned())
-    });
+    let stem = component
+        .strip_prefix("builtin:")
+        .map(str::to_string)
+        .unwrap_or_else(|| super::stem(Path::new(&component), "sink"));
     let name = quick_name(&stem);
     let source = match &args.input {
         Some(path) if path.as_os_str() != "-" => {

@@ -114,7 +114,7 @@ struct Shown {
     last: Option<Box<Status>>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Past {
     read: u64,
     committed: u64,
@@ -169,28 +169,21 @@ impl Hosted {
         // Held throughout: a run that ends moves its counters from its
         // control to `past` under this lock, so they count once.
         let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        let past = self.past.lock().unwrap_or_else(|p| p.into_inner());
-        let mut sinks = past.sinks.clone();
-        for s in control.sinks() {
-            sinks.entry(s.name.clone()).or_insert_with(|| SinkMetrics::new(&s.name)).merge(&s);
-        }
-        let mut partitions = past.partitions.clone();
-        for p in control.partitions() {
-            merge_partition(&mut partitions, &p);
-        }
+        let mut all = self.past.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        all.add(&control);
         let shown = self.shown();
         View {
             tenant: self.tenant.clone(),
             pipeline: self.name.clone(),
             state: shown.state,
-            read: past.read + control.read.load(Ordering::Relaxed),
-            committed: past.committed + control.committed.load(Ordering::Relaxed),
-            bytes: past.bytes + control.bytes.load(Ordering::Relaxed),
+            read: all.read,
+            committed: all.committed,
+            bytes: all.bytes,
             reloads: shown.reloads,
             error: shown.error.clone(),
             reload_error: shown.reload_error.clone(),
-            sinks: sinks.into_values().map(SinkMetrics::finish).collect(),
-            partitions: partitions.into_values().collect(),
+            sinks: all.sinks.into_values().map(SinkMetrics::finish).collect(),
+            partitions: all.partitions.into_values().collect(),
             status: shown.last.clone(),
         }
     }
@@ -199,16 +192,7 @@ impl Hosted {
     fn end_run(&self, status: Status) {
         let mut current = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let control = std::mem::take(&mut *current);
-        let mut past = self.past.lock().unwrap_or_else(|p| p.into_inner());
-        past.read += control.read.load(Ordering::Relaxed);
-        past.committed += control.committed.load(Ordering::Relaxed);
-        past.bytes += control.bytes.load(Ordering::Relaxed);
-        for s in control.sinks() {
-            past.sinks.entry(s.name.clone()).or_insert_with(|| SinkMetrics::new(&s.name)).merge(&s);
-        }
-        for p in control.partitions() {
-            merge_partition(&mut past.partitions, &p);
-        }
+        self.past.lock().unwrap_or_else(|p| p.into_inner()).add(&control);
         let mut shown = self.shown();
         shown.state = match &status.outcome {
             Outcome::Running => "running",
@@ -230,16 +214,27 @@ impl Hosted {
     }
 }
 
-fn merge_partition(into: &mut BTreeMap<(String, u32), PartitionStatus>, p: &PartitionStatus) {
-    let entry = into.entry((p.topic.clone(), p.partition)).or_insert_with(|| PartitionStatus {
-        topic: p.topic.clone(),
-        partition: p.partition,
-        ..Default::default()
-    });
-    entry.records += p.records;
-    entry.commits += p.commits;
-    entry.pauses += p.pauses;
-    entry.lag = p.lag;
+impl Past {
+    /// Adds a run's counters (its sinks and partitions by name).
+    fn add(&mut self, control: &Control) {
+        self.read += control.read.load(Ordering::Relaxed);
+        self.committed += control.committed.load(Ordering::Relaxed);
+        self.bytes += control.bytes.load(Ordering::Relaxed);
+        for s in control.sinks() {
+            self.sinks.entry(s.name.clone()).or_insert_with(|| SinkMetrics::new(&s.name)).merge(&s);
+        }
+        for p in control.partitions() {
+            let entry = self.partitions.entry((p.topic.clone(), p.partition)).or_insert_with(|| PartitionStatus {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                ..Default::default()
+            });
+            entry.records += p.records;
+            entry.commits += p.commits;
+            entry.pauses += p.pauses;
+            entry.lag = p.lag;
+        }
+    }
 }
 
 pub fn serve(global: &super::Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -352,7 +347,7 @@ fn check(engine: &Engine, path: &Path) -> anyhow::Result<ExitCode> {
         let mut reserved = Vec::new();
         let mut stems = Vec::new();
         for pipeline in &tenant.pipelines {
-            let stem = pipeline.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = super::stem(pipeline, "pipeline");
             if stems.contains(&stem) {
                 problems += 1;
                 say!(
@@ -364,9 +359,7 @@ fn check(engine: &Engine, path: &Path) -> anyhow::Result<ExitCode> {
             stems.push(stem);
             let checked = Prepared::load(engine, &tenant, pipeline).and_then(|p| {
                 p.loaded.state(&p.base, &p.stem)?;
-                let instances: u64 = p.sinks.iter().map(|s| u64::from(s.lanes.max(1))).sum();
-                let memory: u64 = p.sinks.iter().map(|s| u64::from(s.lanes.max(1)) * s.limits.memory_cap()).sum();
-                reserved.push(tenant.reserve(instances, memory)?);
+                reserved.push(p.reserve(&tenant)?);
                 Ok(())
             });
             match checked {
@@ -481,7 +474,7 @@ impl Host {
         let tenant = Arc::new(tenant);
         let mut names = Vec::new();
         for file in &tenant.pipelines {
-            let name = file.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+            let name = super::stem(file, "pipeline");
             if names.contains(&name) {
                 tracing::error!(
                     "tenant {}: a second pipeline named {name} ({}) is left out; pipeline file names must differ",
@@ -586,7 +579,7 @@ impl Prepared {
     fn load(engine: &Engine, tenant: &Tenant, file: &Path) -> anyhow::Result<Prepared> {
         let mut loaded = PipelineFile::load(file)?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let stem = file.file_stem().map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned());
+        let stem = super::stem(file, "pipeline");
         tenant.fit(&mut loaded, &base)?;
         let sinks = loaded.resolve_sinks(engine, &base)?;
         for spec in &sinks {
@@ -600,11 +593,18 @@ impl Prepared {
         Ok(Prepared { loaded: Arc::new(loaded), base, stem, sinks, watched })
     }
 
+    /// Takes what its sinks' instances need of the tenant's quotas: one
+    /// instance per lane, each with its memory limit.
+    fn reserve(&self, tenant: &Arc<Tenant>) -> anyhow::Result<Reservation> {
+        let lanes = |s: &SinkSpec| u64::from(s.lanes.max(1));
+        let instances = self.sinks.iter().map(lanes).sum();
+        let memory = self.sinks.iter().map(|s| lanes(s) * s.limits.memory_cap()).sum();
+        tenant.reserve(instances, memory)
+    }
+
     /// Takes the tenant's quotas and the pipeline's lock, opens its source.
     fn start(&self, engine: &Engine, tenant: &Arc<Tenant>) -> anyhow::Result<(Started, sinkbox::Pipeline)> {
-        let instances: u64 = self.sinks.iter().map(|s| u64::from(s.lanes.max(1))).sum();
-        let memory: u64 = self.sinks.iter().map(|s| u64::from(s.lanes.max(1)) * s.limits.memory_cap()).sum();
-        let reservation = tenant.reserve(instances, memory)?;
+        let reservation = self.reserve(tenant)?;
         let state = self.loaded.state(&self.base, &self.stem)?;
         let lock = state.lock()?;
         let pipeline = self.loaded.build_with(engine, &self.base, &self.stem, self.sinks.clone())?;
@@ -677,7 +677,7 @@ async fn supervise(
                 match blocking(&gate, move || Prepared::load(&engine, &of, &file)).await {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::error!(tenant = %tenant.name, "pipeline {}: {e:#}", hosted.file().display());
+                        tracing::error!("pipeline {}: {e:#}", hosted.file().display());
                         hosted.fail(format!("{e:#}"));
                         run = false;
                         continue;
@@ -693,7 +693,7 @@ async fn supervise(
         let (held, pipeline) = match started {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(tenant = %tenant.name, pipeline = %hosted.name, "{e:#}");
+                tracing::error!("{e:#}");
                 if let Some(old) = previous.take() {
                     current = Some(roll_back(&hosted, old, format!("{e:#}")));
                     continue;
@@ -706,7 +706,7 @@ async fn supervise(
         if std::mem::take(&mut reset) {
             match held.state.reset() {
                 Ok(done) => {
-                    tracing::info!(tenant = %tenant.name, pipeline = %hosted.name, "reset: {}", done.offsets.display())
+                    tracing::info!("reset: {}", done.offsets.display())
                 }
                 Err(e) => {
                     hosted.fail(format!("cannot reset: {e}"));
@@ -787,7 +787,7 @@ async fn supervise(
                         }
                         Err(e) => {
                             let e = format!("{e:#}");
-                            tracing::error!(tenant = %tenant.name, pipeline = %hosted.name, "reload refused, the running version goes on: {e}");
+                            tracing::error!("reload refused, the running version goes on: {e}");
                             let mut shown = hosted.shown();
                             shown.reload_error = Some(e);
                             shown.state = if control.paused() { "paused" } else { "running" };
@@ -807,10 +807,9 @@ async fn supervise(
             Ended::Run(status) => status,
         };
         drop(held);
-        let failed_at_once =
-            matches!(status.outcome, Outcome::Failed(_)) && control.committed.load(Ordering::Relaxed) == 0;
-        let error = match &status.outcome {
-            Outcome::Failed(e) => Some(e.clone()),
+        // Failed before its first commit: what a roll-back needs.
+        let failed_at_once = match &status.outcome {
+            Outcome::Failed(e) if control.committed.load(Ordering::Relaxed) == 0 => Some(e.clone()),
             _ => None,
         };
         hosted.end_run(*status);
@@ -823,7 +822,7 @@ async fn supervise(
             run = true;
             continue;
         }
-        if let (true, Some(old), Some(e)) = (failed_at_once, previous.take(), error) {
+        if let (Some(e), Some(old)) = (failed_at_once, previous.take()) {
             current = Some(roll_back(&hosted, old, e));
             run = true;
             continue;
@@ -844,8 +843,6 @@ fn stamps(watched: &[Watched]) -> Vec<Watched> {
 /// reloads it.
 fn roll_back(hosted: &Hosted, old: Prepared, error: String) -> Prepared {
     tracing::error!(
-        tenant = %hosted.tenant,
-        pipeline = %hosted.name,
         "the reloaded version failed before its first commit; rolling back to the previous version: {error}"
     );
     let mut shown = hosted.shown();

@@ -184,7 +184,7 @@ pub fn load(file: &Path) -> anyhow::Result<Tenant> {
     let text = std::fs::read_to_string(file).context("cannot read it")?;
     let parsed: TenantFile = toml::from_str(&text)?;
     let base = absolute(file.parent().unwrap_or(Path::new("")));
-    let stem = file.file_stem().map_or_else(|| "tenant".into(), |s| s.to_string_lossy().into_owned());
+    let stem = super::super::stem(file, "tenant");
     let name = parsed.tenant.name.unwrap_or(stem);
     sinkbox::config::check_name("tenant", &name).map_err(anyhow::Error::msg)?;
     let token = match (parsed.tenant.token, parsed.tenant.token_file) {
