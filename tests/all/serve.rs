@@ -280,6 +280,16 @@ fn tenants_run_side_by_side_and_see_only_their_own_pipelines() {
 
 const TOKEN_C: &str = "tenant-c-token-0123456789";
 
+/// Waits until serve (started in `s`) listens on `port`; fails after 30 s
+/// with its log.
+fn listening(s: &Scratch, port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "serve listens; log:\n{}", s.read("log.txt"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls one pipeline's view until `done` holds; fails after 60 s with
 /// the last view and serve's log.
 fn wait_for(
@@ -363,11 +373,7 @@ fn a_tenant_pauses_reloads_and_resets_its_pipelines_within_its_limits_and_is_acc
     );
     let port = free_port();
     let _serving = Serving::start(&s, port, &["--watch", "200ms"]);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "serve listens; log:\n{}", s.read("log.txt"));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    listening(&s, port);
 
     // The tenant's ceilings and grants refuse what asks for more.
     let greedy = wait_for(&s, port, "c/greedy", "a refusal", |v| v["state"] == "failed");
@@ -581,11 +587,7 @@ fn a_component_file_replaced_in_place_reloads_and_a_broken_one_rolls_back() {
     );
     let port = free_port();
     let _serving = Serving::start(&s, port, &["--watch", "100ms"]);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "serve listens; log:\n{}", s.read("log.txt"));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    listening(&s, port);
     wait_for(&s, port, "e/p", "the first 20 records", |v| v["committed"] == 20);
     // The same file, new bytes: a component that panics in open. The
     // running version is rolled back to, from the compiled component it
