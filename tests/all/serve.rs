@@ -299,16 +299,25 @@ fn wait_for(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
+    poll(s, &format!("{path}: {what}"), || {
         let (code, body) = http(port, "GET", &format!("/v1/pipelines/{path}"), Some(TOKEN_C));
         let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if code == 200 && done(&view) {
-            return view;
-        }
+        if code == 200 && done(&view) { Ok(view) } else { Err(format!("view {code} {body}")) }
+    })
+}
+
+/// Calls `look` every 50 ms until it gives a value; fails after 60 s with
+/// `what`, what `look` saw last and serve's log.
+fn poll<T>(s: &Scratch, what: &str, mut look: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        let seen = match look() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "{path}: {what} within 60 s; last view {code} {body}\nlog:\n{}",
+            "{what} within 60 s; last {seen}\nlog:\n{}",
             s.read("log.txt")
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -506,20 +515,11 @@ fn a_tenant_file_that_changes_is_applied_while_serve_runs() {
     let port = free_port();
     let mut serving = Serving::start(&s, port, &["--watch", "100ms", "--operator-token-file", "op.token"]);
     let until = |what: &str, token: &str, done: &dyn Fn(u16, &Views) -> bool| {
-        let start = Instant::now();
-        loop {
+        poll(&s, what, || {
             let (code, views) =
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() { listed(port, token) } else { (0, vec![]) };
-            if done(code, &views) {
-                return views;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{what} within 60 s; last {code} {views:?}\nlog:\n{}",
-                s.read("log.txt")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            if done(code, &views) { Ok(views) } else { Err(format!("{code} {views:?}")) }
+        })
     };
     let state = |views: &Views, name: &str| -> Option<(String, u64)> {
         views
