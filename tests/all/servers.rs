@@ -10,9 +10,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1. The listener is dropped before the port is
-/// used, so a race with another process is possible but rare.
+/// A free TCP port on 127.0.0.1, never the same twice in one process.
+///
+/// The port is only checked, not held, until a server binds it. Ports are
+/// therefore taken below the kernel's ephemeral range: a test's own
+/// listener on port 0 (an `HttpReceiver`, a client's socket) cannot get one
+/// handed out here while its server is still starting, which made a test
+/// talk to another test's listener. Where the ephemeral range leaves no
+/// room below it, the kernel picks (the old way).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(1024);
+    let (low, span) = (10_000u32, ephemeral_low.saturating_sub(10_000));
+    if span >= 1_000 {
+        // Another run's ports are likely still in TIME_WAIT: start elsewhere.
+        let offset = std::process::id() % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = u16::try_from(low + (offset + n) % span).unwrap_or(0);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
