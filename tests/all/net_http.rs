@@ -523,11 +523,12 @@ pub(crate) fn seaweedfs(dir: &std::path::Path) -> (crate::servers::Server, [u16;
     let (port, ports) = (crate::servers::free_port(), crate::servers::seaweedfs_ports());
     let command = crate::servers::seaweedfs_command(dir, port, ports, S3_ACCESS_KEY, S3_SECRET_KEY);
     let server = crate::servers::Server::start("seaweedfs", command, port, dir);
-    s3_wait_ready(port);
+    s3_wait_ready(&server);
     (server, ports)
 }
 
-fn s3_wait_ready(port: u16) {
+fn s3_wait_ready(server: &crate::servers::Server) {
+    let port = server.port;
     let start = Instant::now();
     loop {
         let (status, body) = s3_request(port, "PUT", "/events/ready", &[], b"ok");
@@ -536,8 +537,9 @@ fn s3_wait_ready(port: u16) {
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "seaweedfs is not ready: {status} {}",
-            String::from_utf8_lossy(&body)
+            "seaweedfs is not ready: {status} {}\nthe end of its log:\n{}",
+            String::from_utf8_lossy(&body),
+            crate::servers::tail(&server.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sinkbox_test_artifacts as programs;
 
 use crate::serve::{Serving, http};
-use crate::servers::free_port;
+use crate::servers::{free_port, tail};
 use crate::{Scratch, lines};
 
 const OPERATOR: &str = "operator-token-0123456789";
@@ -165,12 +165,6 @@ grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
 {extra}
 "#
     )
-}
-
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A value from `/proc/PID/status`, in bytes (`VmHWM`: the most resident

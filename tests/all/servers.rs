@@ -41,6 +41,12 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Waits until `port` on 127.0.0.1 accepts connections, or panics after
 /// `limit` naming `what`.
 pub fn wait_for_port(port: u16, what: &str, limit: Duration) {
@@ -497,6 +503,10 @@ pub fn seaweedfs_command(dir: &Path, s3_port: u16, ports: [u16; 7], access_key: 
         .arg(format!("-volume.port={volume}"))
         .arg(format!("-volume.port.grpc={volume_grpc}"))
         .arg("-volume.max=20")
+        // By default volumes turn read-only below 1% of the disk free (2.5
+        // GB of CI's 252 GB disk, and every PUT fails with InternalError);
+        // the tests write megabytes.
+        .arg("-volume.minFreeSpace=64MiB")
         .arg(format!("-filer.port={filer}"))
         .arg(format!("-filer.port.grpc={filer_grpc}"))
         .arg("-s3")
