@@ -13,7 +13,9 @@
 //! seconds and peak RSS are the child's own (`getrusage`), so the broker's
 //! share of the two cores is not counted.
 //!
-//! `SINKBOX_KAFKA_BENCH_RECORDS` changes the record count.
+//! `SINKBOX_KAFKA_BENCH_RECORDS` changes the record count,
+//! `SINKBOX_KAFKA_BENCH_ROUNDS` the rounds, and `SINKBOX_KAFKA_BENCH_QUIX=0`
+//! skips Quix Streams.
 
 #[path = "../../tests/all/servers.rs"]
 #[allow(dead_code)]
@@ -244,6 +246,9 @@ print(json.dumps({"records": int(count), "active": active, "peak_rss_kib": peak}
 /// A Python with Quix Streams 3.28, installing it with pip if needed; or
 /// why not.
 fn quix_python() -> Result<PathBuf, String> {
+    if std::env::var("SINKBOX_KAFKA_BENCH_QUIX").is_ok_and(|v| v == "0") {
+        return Err("SINKBOX_KAFKA_BENCH_QUIX=0".into());
+    }
     let python = PathBuf::from("python3");
     let has = |python: &Path| {
         Command::new(python)
@@ -307,6 +312,7 @@ fn main() {
     }
     let records: u64 =
         std::env::var("SINKBOX_KAFKA_BENCH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let rounds: usize = std::env::var("SINKBOX_KAFKA_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(ROUNDS);
     let dir = std::env::temp_dir().join(format!("sinkbox-kafka-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     let broker = servers::Tansu::start();
@@ -323,7 +329,7 @@ fn main() {
     if quix.is_ok() {
         samples.push(("Quix Streams 3.28.1, CSVSink", Vec::new()));
     }
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (i, (name, list)) in samples.iter_mut().enumerate() {
             let sample = match i {
                 0 => bench.sinkbox(),
@@ -351,7 +357,7 @@ fn main() {
         Err(why) => format!("Quix Streams skipped: {why}."),
     };
     let report = format!(
-        "## Kafka -> CSV (`cargo bench -p sinkbox --bench kafka`)\n\n{records} JSON values of ~108 bytes on a {PARTITIONS}-partition topic of a tansu broker on 127.0.0.1 (sharing the 2 cores). Medians of {ROUNDS} interleaved rounds, each contender a child process with a fresh consumer group; records/s from the first record to the last flush; CPU seconds and peak RSS of the child alone.\n\n{table}\nsinkbox / raw consume loop: {:.0}% (target 70%). {quix_line}\n",
+        "## Kafka -> CSV (`cargo bench -p sinkbox --bench kafka`)\n\n{records} JSON values of ~108 bytes on a {PARTITIONS}-partition topic of a tansu broker on 127.0.0.1 (sharing the 2 cores). Medians of {rounds} interleaved rounds, each contender a child process with a fresh consumer group; records/s from the first record to the last flush; CPU seconds and peak RSS of the child alone.\n\n{table}\nsinkbox / raw consume loop: {:.0}% (target 70%). {quix_line}\n",
         100.0 * sinkbox_rate / raw_rate
     );
     print!("{report}");

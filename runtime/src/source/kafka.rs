@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -60,6 +61,9 @@ struct Context {
     lag: Lag,
     revoke_within: Duration,
     state: Mutex<Shared>,
+    /// Set by the rebalance callbacks: the source stops polling to look at
+    /// [`Shared`] (read per message, so not behind the lock).
+    rebalanced: AtomicBool,
 }
 
 /// What the callbacks tell the source.
@@ -209,6 +213,7 @@ impl ConsumerContext for Context {
             shared.events.retain(|e| !matches!(e, SourceEvent::Assigned(_)));
             shared.revoked.extend(parts.iter().cloned());
         }
+        self.rebalanced.store(true, Ordering::Release);
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(link) = link else { return };
         let owned = self.shared().assigned.clone();
@@ -255,6 +260,7 @@ impl ConsumerContext for Context {
                 let mut shared = self.shared();
                 shared.assigned.extend(parts.iter().cloned());
                 shared.events.push_back(SourceEvent::Assigned(parts));
+                self.rebalanced.store(true, Ordering::Release);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!("kafka: rebalance failed: {e}"),
@@ -298,7 +304,9 @@ impl Held {
     fn take(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> (u32, usize) {
         let (topic, partition) = (message.topic(), u32::try_from(message.partition()).unwrap_or(0));
         let offset = u64::try_from(message.offset()).unwrap_or(0);
-        self.at_end.remove(&message.partition());
+        if !self.at_end.is_empty() {
+            self.at_end.remove(&message.partition());
+        }
         match self.next.iter_mut().find(|(id, _)| id.partition == partition && id.topic == topic) {
             Some((_, next)) if offset < *next => {
                 self.reread += 1;
@@ -464,6 +472,7 @@ impl KafkaSource {
             lag: Lag::default(),
             revoke_within,
             state: Mutex::new(Shared::default()),
+            rebalanced: AtomicBool::new(false),
         };
         config
             .create_with_context(context)
@@ -568,7 +577,46 @@ impl KafkaSource {
         !shared.assigned.is_empty()
             && shared.events.is_empty()
             && self.pending.partitions.is_empty()
-            && shared.assigned.iter().all(|p| self.pending.at_end.contains(&(p.partition as i32)))
+            && shared.assigned.iter().all(|p| self.read_to_end(p))
+    }
+
+    /// Whether `id` was read up to the end the broker last reported: its
+    /// high watermark from the last fetch, or else librdkafka's
+    /// end-of-partition event (a partition nothing was read from). The
+    /// watermark says so as soon as the last record is taken; the event
+    /// only after a fetch that found nothing more, which the broker may
+    /// hold for `fetch.wait.max.ms`.
+    fn read_to_end(&self, id: &PartitionId) -> bool {
+        let next = self.pending.next.iter().find(|(p, _)| p == id).map(|(_, next)| *next);
+        let by_watermark = next.zip(self.cached_high(id)).is_some_and(|(next, high)| next >= high);
+        by_watermark || self.pending.at_end.contains(&i32::try_from(id.partition).unwrap_or(i32::MAX))
+    }
+
+    /// `id`'s high watermark as of the last fetch response, from
+    /// librdkafka's cache (no request to the broker); `None` if it has none.
+    fn cached_high(&self, id: &PartitionId) -> Option<u64> {
+        use rdkafka::bindings::{rd_kafka_get_watermark_offsets, rd_kafka_resp_err_t};
+        let topic = std::ffi::CString::new(id.topic.as_str()).ok()?;
+        let partition = i32::try_from(id.partition).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client handle lives as long as `self.consumer`; the
+        // topic is a NUL-terminated string and both out-pointers are live
+        // locals, all outliving the call, which only reads librdkafka's
+        // cache.
+        let err = unsafe {
+            rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &raw mut low,
+                &raw mut high,
+            )
+        };
+        if err != rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return None;
+        }
+        // RD_KAFKA_OFFSET_INVALID (negative) when nothing was fetched yet.
+        u64::try_from(high).ok()
     }
 }
 
@@ -641,7 +689,7 @@ impl Source for KafkaSource {
                     }
                     Err(e) => self.consumer.context().error(e, "while consuming"),
                 }
-                if !self.consumer.context().shared().events.is_empty() {
+                if self.consumer.context().rebalanced.swap(false, Ordering::AcqRel) {
                     break;
                 }
             }

@@ -5,7 +5,6 @@
 //! and copies from the value into the line. Only strings with escapes are
 //! decoded into a temporary, so the hot path does not allocate.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use serde::de::IgnoredAny;
@@ -19,9 +18,9 @@ pub enum Encoder {
     Csv {
         /// Field names, in column order.
         columns: Vec<String>,
-        /// Per column, the byte range of its raw JSON in the current value;
-        /// reused across records.
-        cells: Vec<Option<Range<usize>>>,
+        /// Per column, the byte range of its raw JSON in the current value
+        /// and whether it is a string with escapes; reused across records.
+        cells: Vec<Option<(Range<usize>, bool)>>,
     },
 }
 
@@ -39,7 +38,7 @@ impl Encoder {
                 if i > 0 {
                     out.push(b',');
                 }
-                csv_cell(column, out);
+                csv_cell(column.as_bytes(), out);
             }
             out.push(b'\n');
         }
@@ -60,28 +59,37 @@ impl Encoder {
                 Ok(())
             }
             Encoder::Csv { columns, cells } => {
-                let text = std::str::from_utf8(value).map_err(|e| format!("value is not a JSON object: {e}"))?;
                 cells.iter_mut().for_each(|c| *c = None);
-                crate::scan::object(value, |key, escaped, range| {
-                    let key: Cow<'_, str> = if escaped {
+                // Fields usually come in column order: the column after the
+                // last one found is tried first.
+                let mut next = 0;
+                let ascii = crate::scan::object(value, |field| {
+                    let found = if field.key_escaped {
                         // Rare: compare the decoded key.
-                        let quoted = format!("\"{}\"", String::from_utf8_lossy(key));
-                        serde_json::from_str(&quoted).unwrap_or_default()
+                        let quoted = format!("\"{}\"", String::from_utf8_lossy(field.key));
+                        let key: String = serde_json::from_str(&quoted).unwrap_or_default();
+                        columns.iter().position(|c| *c == key)
+                    } else if columns.get(next).is_some_and(|c| c.as_bytes() == field.key) {
+                        Some(next)
                     } else {
-                        String::from_utf8_lossy(key)
+                        columns.iter().position(|c| c.as_bytes() == field.key)
                     };
-                    if let Some(i) = columns.iter().position(|c| *c == key) {
-                        cells[i] = Some(range);
+                    if let Some(i) = found {
+                        cells[i] = Some((field.value, field.value_escaped));
+                        next = i + 1;
                     }
                 })
                 .map_err(|e| format!("value is not a JSON object: {e}"))?;
+                if !ascii {
+                    std::str::from_utf8(value).map_err(|e| format!("value is not a JSON object: {e}"))?;
+                }
                 let start = out.len();
                 for (i, cell) in cells.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
-                    if let Some(range) = cell
-                        && let Err(e) = raw_cell(&text[range.clone()], out)
+                    if let Some((range, escaped)) = cell
+                        && let Err(e) = raw_cell(&value[range.clone()], *escaped, out)
                     {
                         out.truncate(start);
                         return Err(format!("field \"{}\": {e}", columns[i]));
@@ -94,32 +102,49 @@ impl Encoder {
     }
 }
 
-/// Writes a field's raw JSON as a CSV cell: strings unquoted (and decoded
-/// only if they hold escapes), `null` empty, numbers and booleans as written,
-/// objects and arrays as their JSON text.
-fn raw_cell(raw: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    match raw.as_bytes().first() {
+/// Writes a field's raw JSON (valid, as the scanner checked) as a CSV cell:
+/// strings unquoted (and decoded only if they hold escapes), `null` empty,
+/// numbers and booleans as written, objects and arrays as their JSON text.
+fn raw_cell(raw: &[u8], escaped: bool, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    match raw.first() {
+        Some(b'"') if escaped => {
+            let decoded: String = serde_json::from_slice(raw)?;
+            csv_cell(decoded.as_bytes(), out);
+        }
         Some(b'"') => {
             let inner = &raw[1..raw.len() - 1];
-            if inner.contains('\\') {
-                let decoded: Cow<'_, str> = serde_json::from_str(raw)?;
-                csv_cell(&decoded, out);
-            } else {
+            if has_comma(inner) {
+                // Without escapes a body holds no quote or line break.
                 csv_cell(inner, out);
+            } else {
+                out.extend_from_slice(inner);
             }
         }
         Some(b'n') => {} // null
-        _ => csv_cell(raw, out),
+        // Objects and arrays may hold commas, quotes and line breaks.
+        Some(b'{' | b'[') => csv_cell(raw, out),
+        // Numbers, true and false hold none.
+        _ => out.extend_from_slice(raw),
     }
     Ok(())
 }
 
+/// Whether `text` holds a comma, eight bytes at a time.
+fn has_comma(text: &[u8]) -> bool {
+    let mut chunks = text.chunks_exact(8);
+    let found = chunks.by_ref().any(|c| {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or_default()) ^ 0x2c2c_2c2c_2c2c_2c2c;
+        w.wrapping_sub(0x0101_0101_0101_0101) & !w & 0x8080_8080_8080_8080 != 0
+    });
+    found || chunks.remainder().contains(&b',')
+}
+
 /// Writes one CSV cell, quoted when it holds a comma, quote or line break
 /// (RFC 4180).
-fn csv_cell(text: &str, out: &mut Vec<u8>) {
-    if text.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+fn csv_cell(text: &[u8], out: &mut Vec<u8>) {
+    if text.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
         out.push(b'"');
-        for b in text.bytes() {
+        for &b in text {
             if b == b'"' {
                 out.push(b'"');
             }
@@ -127,7 +152,7 @@ fn csv_cell(text: &str, out: &mut Vec<u8>) {
         }
         out.push(b'"');
     } else {
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(text);
     }
 }
 
@@ -176,5 +201,20 @@ mod tests {
         let mut header = Vec::new();
         e.header(&mut header);
         assert_eq!(header, b"id,name,tags,ok\n");
+    }
+
+    #[test]
+    fn csv_fields_in_any_order_escaped_keys_and_utf8() {
+        let e = &mut Encoder::csv(vec!["id".into(), "name".into(), "ok".into()]);
+        check(e, r#"{"ok":false,"name":"x","id":2}"#, Ok("2,x,false\n"));
+        check(e, r#"{"n\u0061me":"é, ü","id":3,"id":4}"#, Ok("4,\"é, ü\",\n"));
+        check(e, r#"{"id":{"a":[1,"b"]}}"#, Ok("\"{\"\"a\"\":[1,\"\"b\"\"]}\",,\n"));
+        // Not UTF-8, in a chosen field or not.
+        for bad in [&b"{\"name\":\"\xff\"}"[..], &b"{\"other\":\"\xc3\"}"[..]] {
+            let mut out = Vec::new();
+            let err = e.encode(bad, &mut out).unwrap_err();
+            assert!(err.starts_with("value is not a JSON object"), "{err}");
+            assert!(out.is_empty());
+        }
     }
 }

@@ -2,20 +2,33 @@
 //!
 //! It checks the whole value is well-formed JSON (RFC 8259) and reports the
 //! byte range of each top-level field's raw value, without allocating. String
-//! bodies are skipped eight bytes at a time: in a sandbox every loop
-//! iteration pays a deadline check (and a fuel update when fuel is on), so
-//! fewer iterations is what makes sandboxed parsing cheap.
+//! bodies and digits are skipped eight bytes at a time: in a sandbox every
+//! loop iteration pays a deadline check (and a fuel update when fuel is on),
+//! so fewer iterations is what makes sandboxed parsing cheap. It does not
+//! check UTF-8 itself, but says whether any byte needs it.
 
 use std::ops::Range;
 
 /// Nesting deeper than this is refused rather than risking the stack.
 const MAX_DEPTH: u32 = 128;
 
-/// Scans `text` as one JSON object; calls `field(key, raw_value_range)` for
-/// each top-level field. `key` is the raw key without its quotes (escapes
-/// still escaped); `escaped` says whether it holds any.
-pub fn object(text: &[u8], mut field: impl FnMut(&[u8], bool, Range<usize>)) -> Result<(), String> {
-    let mut s = Scanner { s: text, i: 0 };
+/// One top-level field of an object.
+pub struct Field<'a> {
+    /// The raw key without its quotes, escapes still escaped.
+    pub key: &'a [u8],
+    /// Whether the key holds escapes.
+    pub key_escaped: bool,
+    /// The byte range of the raw value.
+    pub value: Range<usize>,
+    /// Whether the value is a string that holds escapes.
+    pub value_escaped: bool,
+}
+
+/// Scans `text` as one JSON object and calls `field` for each top-level
+/// field. Returns whether `text` is all ASCII; if not, the caller checks
+/// it is UTF-8 (only string bodies can hold other bytes).
+pub fn object(text: &[u8], mut field: impl FnMut(Field<'_>)) -> Result<bool, String> {
+    let mut s = Scanner { s: text, i: 0, high: 0 };
     s.ws();
     if s.peek() != Some(b'{') {
         return Err(s.error("expected `{`"));
@@ -37,8 +50,8 @@ pub fn object(text: &[u8], mut field: impl FnMut(&[u8], bool, Range<usize>)) -> 
             s.i += 1;
             s.ws();
             let start = s.i;
-            s.value(1)?;
-            field(&text[key], escaped, start..s.i);
+            let value_escaped = if s.peek() == Some(b'"') { s.string()?.1 } else { s.value(1).map(|()| false)? };
+            field(Field { key: &text[key], key_escaped: escaped, value: start..s.i, value_escaped });
             s.ws();
             match s.peek() {
                 Some(b',') => {
@@ -57,12 +70,15 @@ pub fn object(text: &[u8], mut field: impl FnMut(&[u8], bool, Range<usize>)) -> 
     if s.i != text.len() {
         return Err(s.error("trailing characters"));
     }
-    Ok(())
+    Ok(s.high & HIGHS == 0)
 }
 
 struct Scanner<'a> {
     s: &'a [u8],
     i: usize,
+    /// The bytes of string bodies (and a few past them), or-ed: a high bit
+    /// set means some byte may not be ASCII.
+    high: u64,
 }
 
 impl Scanner<'_> {
@@ -87,10 +103,13 @@ impl Scanner<'_> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Eight bytes at a time while none is `"`, `\` or a control byte.
+            // Eight bytes at a time to the first `"`, `\` or control byte.
             while let Some(chunk) = self.s.get(self.i..self.i + 8) {
                 let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-                if has_byte(w, b'"') || has_byte(w, b'\\') || has_below(w, 0x20) {
+                self.high |= w;
+                let stops = byte_mask(w, b'"') | byte_mask(w, b'\\') | below_mask(w, 0x20);
+                if stops != 0 {
+                    self.i += first(stops);
                     break;
                 }
                 self.i += 8;
@@ -118,7 +137,10 @@ impl Scanner<'_> {
                     }
                 }
                 Some(c) if c < 0x20 => return Err(self.error("control character in string")),
-                Some(_) => self.i += 1,
+                Some(c) => {
+                    self.high |= u64::from(c);
+                    self.i += 1;
+                }
             }
         }
     }
@@ -214,24 +236,46 @@ impl Scanner<'_> {
     }
 
     fn digits(&mut self) {
+        // Eight bytes at a time to the first byte that is not a digit.
+        while let Some(chunk) = self.s.get(self.i..self.i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            let stops = below_mask(w, b'0') | above_mask(w, b'9');
+            if stops != 0 {
+                self.i += first(stops);
+                return;
+            }
+            self.i += 8;
+        }
         while let Some(b'0'..=b'9') = self.peek() {
             self.i += 1;
         }
     }
 }
 
-/// Whether any byte of `w` equals `b` (the classic SWAR zero-byte test).
-fn has_byte(w: u64, b: u8) -> bool {
-    has_zero(w ^ (u64::from(b) * 0x0101_0101_0101_0101))
+// SWAR tests on eight bytes at once: each mask has the high bit of a byte
+// set where the byte matches. Only the lowest set byte is exact (a borrow
+// or carry may flag bytes above a match), which is all [`first`] uses.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Bytes of `w` equal to `b`.
+fn byte_mask(w: u64, b: u8) -> u64 {
+    below_mask(w ^ (u64::from(b) * ONES), 1)
 }
 
-fn has_zero(w: u64) -> bool {
-    w.wrapping_sub(0x0101_0101_0101_0101) & !w & 0x8080_8080_8080_8080 != 0
+/// Bytes of `w` below `n` (`n` <= 128).
+fn below_mask(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(u64::from(n) * ONES) & !w & HIGHS
 }
 
-/// Whether any byte of `w` is below `n` (n <= 128).
-fn has_below(w: u64, n: u8) -> bool {
-    w.wrapping_sub(u64::from(n) * 0x0101_0101_0101_0101) & !w & 0x8080_8080_8080_8080 != 0
+/// Bytes of `w` above `n` (`n` < 128).
+fn above_mask(w: u64, n: u8) -> u64 {
+    (w.wrapping_add(u64::from(127 - n) * ONES) | w) & HIGHS
+}
+
+/// The index of the lowest byte set in a non-zero mask.
+fn first(mask: u64) -> usize {
+    (mask.trailing_zeros() / 8) as usize
 }
 
 #[cfg(test)]
@@ -240,8 +284,8 @@ mod tests {
 
     fn fields(text: &str) -> Result<Vec<(String, String)>, String> {
         let mut out = Vec::new();
-        object(text.as_bytes(), |k, _, r| {
-            out.push((String::from_utf8_lossy(k).into_owned(), text[r].to_string()));
+        object(text.as_bytes(), |f| {
+            out.push((String::from_utf8_lossy(f.key).into_owned(), text[f.value].to_string()));
         })?;
         Ok(out)
     }
@@ -289,17 +333,39 @@ mod tests {
     }
 
     #[test]
-    fn swar_tests_find_every_position() {
-        for pos in 0..8 {
-            let mut bytes = [b'a'; 8];
-            bytes[pos] = b'"';
-            assert!(has_byte(u64::from_le_bytes(bytes), b'"'));
-            bytes[pos] = 0x1f;
-            assert!(has_below(u64::from_le_bytes(bytes), 0x20));
+    fn swar_masks_find_the_first_match_for_every_byte_and_position() {
+        let slow = |bytes: [u8; 8], hit: &dyn Fn(u8) -> bool| bytes.iter().position(|&b| hit(b));
+        let fast = |mask: u64| (mask != 0).then(|| first(mask));
+        // Every byte value at every position, over a background that
+        // matches nothing and one that matches everywhere above it.
+        for background in [b'a', 0xff, 0x00, b'"', b'5'] {
+            for pos in 0..8 {
+                for b in 0..=255u8 {
+                    let mut bytes = [background; 8];
+                    bytes[pos] = b;
+                    let w = u64::from_le_bytes(bytes);
+                    assert_eq!(fast(byte_mask(w, b'"')), slow(bytes, &|c| c == b'"'), "{bytes:?}");
+                    assert_eq!(fast(byte_mask(w, b'\\')), slow(bytes, &|c| c == b'\\'), "{bytes:?}");
+                    assert_eq!(fast(below_mask(w, 0x20)), slow(bytes, &|c| c < 0x20), "{bytes:?}");
+                    let digit = below_mask(w, b'0') | above_mask(w, b'9');
+                    assert_eq!(fast(digit), slow(bytes, &|c| !c.is_ascii_digit()), "{bytes:?}");
+                }
+            }
         }
-        assert!(!has_byte(u64::from_le_bytes(*b"abcdefgh"), b'"'));
-        assert!(!has_below(u64::from_le_bytes(*b"abcdefgh"), 0x20));
-        // Bytes >= 0x80 (UTF-8) are neither quotes nor control bytes.
-        assert!(!has_below(u64::from_le_bytes([0xc3, 0xa9, b'a', b'b', 0xe2, 0x82, 0xac, b'c']), 0x20));
+    }
+
+    #[test]
+    fn numbers_and_strings_of_every_length_end_where_they_end() {
+        for n in 1..20 {
+            let digits: String = (0..n).map(|i| char::from(b'1' + (i % 9) as u8)).collect();
+            let body: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            let text =
+                format!(r#"{{"n":{digits},"s":"{body}","e":"{body}\"{body}","f":-{digits}.{digits}e+{digits}}}"#);
+            let got = fields(&text).unwrap();
+            assert_eq!(got[0].1, digits);
+            assert_eq!(got[1].1, format!("\"{body}\""));
+            assert_eq!(got[2].1, format!("\"{body}\\\"{body}\""));
+            assert_eq!(got[3].1, format!("-{digits}.{digits}e+{digits}"));
+        }
     }
 }
