@@ -445,12 +445,16 @@ fn replay_reads_an_offset_range_without_touching_the_group() {
     let s = Scratch::new("kafka-replay");
     let broker = Tansu::start();
     broker.create_topic("again", 3);
-    produce(&broker.brokers(), "again", 3, 0..300);
+    produce(&broker.brokers(), "again", 3, 0..15_000);
     std::fs::create_dir_all(s.path("out")).unwrap();
     std::fs::create_dir_all(s.path("replayed")).unwrap();
     let toml = file_pipeline(&broker.brokers(), "again", "g", "stop_at_end = true");
     s.write("p.toml", &toml);
-    s.write("r.toml", &toml.replace("host = \"out\"", "host = \"replayed\""));
+    // Small batches, so what the replay read shows in its position.
+    s.write(
+        "r.toml",
+        &toml.replace("host = \"out\"", "host = \"replayed\"").replace("batch_size = 500", "batch_size = 10"),
+    );
     let sinkbox = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_sinkbox"))
             .args(["--cache-dir", concat!(env!("CARGO_TARGET_TMPDIR"), "/component-cache")])
@@ -458,20 +462,36 @@ fn replay_reads_an_offset_range_without_touching_the_group() {
             .current_dir(&s.dir)
             .output()
             .expect("sinkbox runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     };
     sinkbox(&["run", "p.toml", "--no-progress"]);
-    assert_eq!(ids_in(&s.path("out")).len(), 300);
-    sinkbox(&["replay", "--pipeline", "r.toml", "--from", "10", "--to", "20", "--no-progress"]);
-    // Offsets 10..20 of each partition: ids 3 × offset + partition.
+    assert_eq!(ids_in(&s.path("out")).len(), 15_000);
+    let (status, log) =
+        sinkbox(&["replay", "--pipeline", "r.toml", "--from", "4000", "--to", "4010", "--no-progress", "--json"]);
+    // Offsets 4000..4010 of each partition: ids 3 × offset + partition.
     let replayed: Vec<u64> = ids_in(&s.path("replayed")).into_keys().collect();
     let expected: Vec<u64> = {
-        let mut ids: Vec<u64> = (10..20).flat_map(|o| (0..3).map(move |p| 3 * o + p)).collect();
+        let mut ids: Vec<u64> = (4000..4010).flat_map(|o| (0..3).map(move |p| 3 * o + p)).collect();
         ids.sort_unstable();
         ids
     };
     assert_eq!(replayed, expected);
+    // It started at offset 4000 by assignment, and stopped at 4010 rather
+    // than reading each partition's 5,000 records to the end.
+    assert!(log.contains("from offset 4000 (an offset range: no group is joined)"), "{log}");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("--json status");
+    let position = status["position"].as_str().expect("position");
+    for partition in 0..3 {
+        let offset: u64 = position
+            .split(&format!("again[{partition}] offset "))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("partition {partition} in {position:?}"));
+        assert_eq!(offset, 4010, "{position}");
+    }
     // The pipeline's group still has its offsets, each partition's end.
     let group: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", broker.brokers()).set("group.id", "g").create().expect("consumer");
@@ -481,7 +501,7 @@ fn replay_reads_an_offset_range_without_touching_the_group() {
     }
     let committed = group.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
     let offsets: Vec<Offset> = committed.elements().iter().map(|e| e.offset()).collect();
-    assert_eq!(offsets, [Offset::Offset(100); 3]);
+    assert_eq!(offsets, [Offset::Offset(5_000); 3]);
 }
 
 /// `validate` checks a kafka source's settings by making a consumer that

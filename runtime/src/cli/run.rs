@@ -199,9 +199,9 @@ pub fn replay(global: &super::Global, args: ReplayArgs) -> anyhow::Result<ExitCo
 }
 
 /// A pipeline's source, as a replay of `from..to` reads it: a file cut to
-/// the range; a Kafka topic read from the start of every partition by a
-/// group of its own (the pipeline's group is never joined or committed
-/// to) until its end.
+/// the range; a Kafka topic read by assignment from `from` (0: each
+/// partition's start) in every partition, until `to` or its end; no group
+/// is joined or committed to, the pipeline's least of all.
 fn replayed(source: SourceSection, from: Option<u64>, to: Option<u64>) -> anyhow::Result<SourceSection> {
     Ok(match source {
         SourceSection::File { path, format, follow, .. } => SourceSection::File { path, format, from, to, follow },
@@ -210,7 +210,7 @@ fn replayed(source: SourceSection, from: Option<u64>, to: Option<u64>) -> anyhow
             kafka.group = format!("sinkbox-replay-{}-{}", std::process::id(), nanos.as_nanos());
             kafka.start = sinkbox::config::KafkaStart::Earliest;
             kafka.stop_at_end = true;
-            (kafka.from, kafka.to) = (from, to);
+            (kafka.from, kafka.to) = (Some(from.unwrap_or(0)), to);
             SourceSection::Kafka(kafka)
         }
         SourceSection::Stdin { .. } => {

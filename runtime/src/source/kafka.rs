@@ -296,6 +296,8 @@ struct Held {
     below_floor: Option<(PartitionId, u64, u64)>,
     /// Partition numbers librdkafka reported at their end (`stop_at_end`).
     at_end: BTreeSet<i32>,
+    /// The end of an offset range: records from it on are not taken.
+    to: Option<u64>,
 }
 
 impl Held {
@@ -333,6 +335,9 @@ impl Held {
                     return (0, 0);
                 }
             }
+        }
+        if self.to.is_some_and(|to| offset >= to) {
+            return (0, 0);
         }
         let index = match self.partitions.iter().position(|(id, _)| id.partition == partition && id.topic == topic) {
             Some(index) => index,
@@ -389,6 +394,9 @@ pub struct KafkaSource {
     /// The last checkpoint committed, committed again (synchronously) when
     /// the source closes.
     last_committed: Option<Position>,
+    /// Whether the partitions were assigned by the group (or by an offset
+    /// range, which joins no group and commits nothing).
+    grouped: bool,
 }
 
 impl KafkaSource {
@@ -402,13 +410,20 @@ impl KafkaSource {
         if let Some(start) = start {
             consumer.context().shared().raise_floor(start);
         }
-        let topics: Vec<&str> = section.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| Error::Config(format!("[source] kafka: cannot subscribe to {topics:?}: {e}")))?;
+        let grouped = section.from.is_none() && section.to.is_none();
+        let describe = if grouped {
+            let topics: Vec<&str> = section.topics.iter().map(String::as_str).collect();
+            consumer
+                .subscribe(&topics)
+                .map_err(|e| Error::Config(format!("[source] kafka: cannot subscribe to {topics:?}: {e}")))?;
+            format!("kafka {} (group {}) at {}", section.topics.join(","), section.group, section.brokers)
+        } else {
+            Self::assign_range(&consumer, section)?;
+            format!("kafka {} (no group) at {}", section.topics.join(","), section.brokers)
+        };
         Ok(KafkaSource {
             consumer,
-            describe: format!("kafka {} (group {}) at {}", section.topics.join(","), section.group, section.brokers),
+            describe,
             stop_at_end: section.stop_at_end,
             pending: Held {
                 value: section.value,
@@ -418,11 +433,48 @@ impl KafkaSource {
                 floor: Vec::new(),
                 below_floor: None,
                 at_end: BTreeSet::new(),
+                to: section.to,
             },
             handed: BTreeMap::new(),
             ready: VecDeque::new(),
             last_committed: None,
+            grouped,
         })
+    }
+
+    /// An offset range (a replay) is read by assignment rather than by
+    /// joining a group: every partition of the topics, from `from` (each
+    /// partition's start if absent), so the records below it are never
+    /// fetched and no group rebalances or keeps offsets of the replay.
+    fn assign_range(consumer: &BaseConsumer<Context>, section: &KafkaSection) -> Result<()> {
+        let fail = |what: String| Error::Source { source_name: format!("kafka at {}", section.brokers), what };
+        let from = section.from.map_or(Offset::Beginning, |f| Offset::Offset(i64::try_from(f).unwrap_or(i64::MAX)));
+        let mut list = TopicPartitionList::new();
+        for topic in &section.topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(30))
+                .map_err(|e| fail(format!("cannot read the partitions of topic {topic:?}: {e}")))?;
+            let found = metadata.topics().iter().find(|t| t.name() == topic);
+            let partitions = match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions(),
+                _ => return Err(fail(format!("topic {topic:?} does not exist"))),
+            };
+            for p in partitions {
+                list.add_partition_offset(topic, p.id(), from)
+                    .map_err(|e| fail(format!("cannot read {topic}[{}] from {from:?}: {e}", p.id())))?;
+            }
+        }
+        consumer.assign(&list).map_err(|e| fail(format!("cannot assign the partitions: {e}")))?;
+        let parts = parts_of(&list);
+        tracing::info!(
+            "kafka: reading {} from offset {} (an offset range: no group is joined)",
+            parts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            section.from.unwrap_or(0)
+        );
+        let mut shared = consumer.context().shared();
+        shared.assigned.extend(parts.iter().cloned());
+        shared.events.push_back(SourceEvent::Assigned(parts));
+        Ok(())
     }
 
     /// Checks the section's settings by making a consumer that joins no
@@ -589,7 +641,8 @@ impl KafkaSource {
     fn read_to_end(&self, id: &PartitionId) -> bool {
         let next = self.pending.next.iter().find(|(p, _)| p == id).map(|(_, next)| *next);
         let by_watermark = next.zip(self.cached_high(id)).is_some_and(|(next, high)| next >= high);
-        by_watermark || self.pending.at_end.contains(&i32::try_from(id.partition).unwrap_or(i32::MAX))
+        let past_range = next.zip(self.pending.to).is_some_and(|(next, to)| next >= to);
+        by_watermark || past_range || self.pending.at_end.contains(&i32::try_from(id.partition).unwrap_or(i32::MAX))
     }
 
     /// `id`'s high watermark as of the last fetch response, from
@@ -707,6 +760,9 @@ impl Source for KafkaSource {
     }
 
     fn committed(&mut self, position: &Position) -> Result<()> {
+        if !self.grouped {
+            return Ok(());
+        }
         let owned = {
             let mut shared = self.consumer.context().shared();
             shared.raise_floor(position);
