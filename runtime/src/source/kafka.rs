@@ -640,9 +640,10 @@ impl KafkaSource {
     /// hold for `fetch.wait.max.ms`.
     fn read_to_end(&self, id: &PartitionId) -> bool {
         let next = self.pending.next.iter().find(|(p, _)| p == id).map(|(_, next)| *next);
-        let by_watermark = next.zip(self.cached_high(id)).is_some_and(|(next, high)| next >= high);
-        let past_range = next.zip(self.pending.to).is_some_and(|(next, to)| next >= to);
-        by_watermark || past_range || self.pending.at_end.contains(&i32::try_from(id.partition).unwrap_or(i32::MAX))
+        let reached = |end: Option<u64>| next.zip(end).is_some_and(|(next, end)| next >= end);
+        reached(self.pending.to)
+            || reached(self.cached_high(id))
+            || self.pending.at_end.contains(&i32::try_from(id.partition).unwrap_or(i32::MAX))
     }
 
     /// `id`'s high watermark as of the last fetch response, from

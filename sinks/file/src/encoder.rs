@@ -132,10 +132,9 @@ fn raw_cell(raw: &[u8], escaped: bool, out: &mut Vec<u8>) -> Result<(), serde_js
 /// Whether `text` holds a comma, eight bytes at a time.
 fn has_comma(text: &[u8]) -> bool {
     let mut chunks = text.chunks_exact(8);
-    let found = chunks.by_ref().any(|c| {
-        let w = u64::from_le_bytes(c.try_into().unwrap_or_default()) ^ 0x2c2c_2c2c_2c2c_2c2c;
-        w.wrapping_sub(0x0101_0101_0101_0101) & !w & 0x8080_8080_8080_8080 != 0
-    });
+    let found = chunks
+        .by_ref()
+        .any(|c| crate::scan::byte_mask(u64::from_le_bytes(c.try_into().unwrap_or_default()), b',') != 0);
     found || chunks.remainder().contains(&b',')
 }
 

@@ -259,7 +259,7 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// Bytes of `w` equal to `b`.
-fn byte_mask(w: u64, b: u8) -> u64 {
+pub(crate) fn byte_mask(w: u64, b: u8) -> u64 {
     below_mask(w ^ (u64::from(b) * ONES), 1)
 }
 
