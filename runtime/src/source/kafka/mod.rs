@@ -19,15 +19,17 @@
 //! with no value (a tombstone) reaches the sinks with an empty value and the
 //! header [`TOMBSTONE_HEADER`].
 
+mod queue;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings::rd_kafka_resp_err_t;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sinkbox_format::BatchWriter;
@@ -37,6 +39,7 @@ use super::{
 };
 use crate::config::{KafkaSection, KafkaValue};
 use crate::error::{Error, Result};
+use queue::{FetchQueue, Fetched, Target};
 
 /// Header that marks a record whose Kafka value was null (a tombstone).
 pub const TOMBSTONE_HEADER: &str = "sinkbox.tombstone";
@@ -64,6 +67,9 @@ struct Context {
     /// Set by the rebalance callbacks: the source stops polling to look at
     /// [`Shared`] (read per message, so not behind the lock).
     rebalanced: AtomicBool,
+    /// The source's fetch queue, where assigned partitions are forwarded;
+    /// cleared before the queue is destroyed.
+    fetch: Mutex<Option<Target>>,
 }
 
 /// What the callbacks tell the source.
@@ -205,7 +211,17 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(list) = rebalance else { return };
+        let list = match rebalance {
+            Rebalance::Revoke(list) => list,
+            Rebalance::Assign(list) => {
+                // Before librdkafka starts fetching them.
+                if let Some(target) = *self.fetch.lock().unwrap_or_else(|p| p.into_inner()) {
+                    queue::forward(target, &parts_of(list));
+                }
+                return;
+            }
+            Rebalance::Error(_) => return,
+        };
         let parts = parts_of(list);
         {
             let mut shared = self.shared();
@@ -277,11 +293,18 @@ struct Pending {
     bytes: u64,
 }
 
-/// Records read and not yet handed to the loop, per partition.
+/// Records read and not yet taken by the loop, per partition.
 struct Held {
     value: KafkaValue,
     /// A few partitions: a list, searched without building a key.
     partitions: Vec<(PartitionId, Pending)>,
+    /// Batches handed over, waiting for the loop.
+    ready: VecDeque<SourceEvent>,
+    /// Per partition: the offset after the last record handed over.
+    handed: BTreeMap<PartitionId, u64>,
+    /// A partition's pending records are handed over as a batch once they
+    /// reach this many records or bytes (what the loop asked for last).
+    max: (usize, usize),
     /// Per partition assigned: the offset after the last record read. A
     /// record below it is one the consumer reads again (librdkafka reset its
     /// position, e.g. after a broker restart): it is dropped, since an
@@ -300,51 +323,56 @@ struct Held {
     to: Option<u64>,
 }
 
+/// Whether `id` names `topic` and `partition`.
+fn names(id: &PartitionId, topic: &[u8], partition: u32) -> bool {
+    id.partition == partition && id.topic.as_bytes() == topic
+}
+
 impl Held {
-    /// Appends one message to its partition's pending batch; returns that
-    /// batch's size in records and bytes.
-    fn take(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> (u32, usize) {
+    /// Appends one message to its partition's pending records, and hands
+    /// them over once they are a full batch.
+    fn take(&mut self, message: &Fetched<'_>) {
         let (topic, partition) = (message.topic(), u32::try_from(message.partition()).unwrap_or(0));
         let offset = u64::try_from(message.offset()).unwrap_or(0);
         if !self.at_end.is_empty() {
             self.at_end.remove(&message.partition());
         }
-        match self.next.iter_mut().find(|(id, _)| id.partition == partition && id.topic == topic) {
-            Some((_, next)) if offset < *next => {
+        let id = || PartitionId { topic: String::from_utf8_lossy(topic).into_owned(), partition };
+        match self.next.iter_mut().find(|(id, _)| names(id, topic, partition)) {
+            Some((id, next)) if offset < *next => {
                 self.reread += 1;
                 if self.reread == 1 || self.reread.is_power_of_two() {
                     tracing::info!(
-                        "kafka: {topic}[{partition}] offset {offset} was read before (the consumer rewound); \
+                        "kafka: {id} offset {offset} was read before (the consumer rewound); \
                          skipping records read again ({} so far)",
                         self.reread
                     );
                 }
-                return (0, 0);
+                return;
             }
             Some((_, next)) => *next = offset + 1,
             None => {
                 // The first record since the partition was assigned: it
                 // starts where the group says, unless this process already
                 // committed further.
-                let floor = self.floor.iter().find(|(id, _)| id.partition == partition && id.topic == topic);
+                let floor = self.floor.iter().find(|(id, _)| names(id, topic, partition));
                 let floor = floor.map_or(0, |(_, f)| *f);
-                self.next.push((PartitionId { topic: topic.to_string(), partition }, floor.max(offset + 1)));
+                self.next.push((id(), floor.max(offset + 1)));
                 if offset < floor {
                     self.reread += 1;
-                    self.below_floor = Some((PartitionId { topic: topic.to_string(), partition }, offset, floor));
-                    return (0, 0);
+                    self.below_floor = Some((id(), offset, floor));
+                    return;
                 }
             }
         }
         if self.to.is_some_and(|to| offset >= to) {
-            return (0, 0);
+            return;
         }
-        let index = match self.partitions.iter().position(|(id, _)| id.partition == partition && id.topic == topic) {
+        let index = match self.partitions.iter().position(|(id, _)| names(id, topic, partition)) {
             Some(index) => index,
             None => {
-                let id = PartitionId { topic: topic.to_string(), partition };
                 let records = BatchWriter::with_capacity(64 << 10);
-                self.partitions.push((id, Pending { records, malformed: Vec::new(), next: offset, bytes: 0 }));
+                self.partitions.push((id(), Pending { records, malformed: Vec::new(), next: offset, bytes: 0 }));
                 self.partitions.len() - 1
             }
         };
@@ -360,37 +388,72 @@ impl Held {
                 offset,
                 raw: value.to_vec(),
                 reason: format!(
-                    "{}[{}] offset {offset}: the value is not JSON ({e}); [source] value = \"json\"",
-                    message.topic(),
-                    message.partition()
+                    "{}[{partition}] offset {offset}: the value is not JSON ({e}); [source] value = \"json\"",
+                    String::from_utf8_lossy(topic)
                 ),
             });
-            return (pending.records.len(), pending.records.bytes());
-        }
-        let headers = message.headers();
-        let count = headers.map_or(0, |h| h.count()) + usize::from(payload.is_none());
-        pending.records.begin(offset, message.timestamp().to_millis(), key, payload.unwrap_or_default(), count);
-        if let Some(headers) = headers {
-            for header in headers.iter() {
-                pending.records.header(header.key.as_bytes(), header.value.unwrap_or_default());
+        } else {
+            let headers = message.headers();
+            let count = headers.count() + usize::from(payload.is_none());
+            pending.records.begin(offset, message.timestamp(), key, payload.unwrap_or_default(), count);
+            for (name, value) in (0..headers.count()).filter_map(|i| headers.get(i)) {
+                pending.records.header(name, value.unwrap_or_default());
+            }
+            if payload.is_none() {
+                pending.records.header(TOMBSTONE_HEADER.as_bytes(), b"");
             }
         }
-        if payload.is_none() {
-            pending.records.header(TOMBSTONE_HEADER.as_bytes(), b"");
+        let (max, max_bytes) = self.max;
+        if pending.records.len() as usize + pending.malformed.len() >= max || pending.records.bytes() >= max_bytes {
+            self.hand(index);
         }
-        (pending.records.len(), pending.records.bytes())
+    }
+
+    /// Hands the pending records of the `index`th partition to the loop as
+    /// a batch.
+    fn hand(&mut self, index: usize) {
+        let (id, pending) = self.partitions.swap_remove(index);
+        self.handed.insert(id.clone(), pending.next);
+        let end = Position {
+            partitions: self
+                .handed
+                .iter()
+                .map(|(p, next)| PartitionPosition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    next_offset: *next,
+                    byte: None,
+                    stream: None,
+                })
+                .collect(),
+        };
+        self.ready.push_back(SourceEvent::Batch(SourceBatch {
+            topic: id.topic,
+            partition: id.partition,
+            records: pending.records,
+            malformed: pending.malformed,
+            end,
+            bytes: pending.bytes,
+        }));
+    }
+
+    /// Hands every partition's pending records to the loop.
+    fn hand_all(&mut self) {
+        while !self.partitions.is_empty() {
+            self.hand(0);
+        }
     }
 }
 
 /// A Kafka consumer in a group.
 pub struct KafkaSource {
+    /// Where the assigned partitions' messages arrive; always `Some` until
+    /// the source is dropped, which destroys it before the consumer.
+    fetch: Option<FetchQueue>,
     consumer: BaseConsumer<Context>,
     describe: String,
     stop_at_end: bool,
     pending: Held,
-    /// Per partition: the offset after the last record handed to the loop.
-    handed: BTreeMap<PartitionId, u64>,
-    ready: VecDeque<SourceEvent>,
     /// The last checkpoint committed, committed again (synchronously) when
     /// the source closes.
     last_committed: Option<Position>,
@@ -407,6 +470,9 @@ impl KafkaSource {
     /// skips to it.
     pub fn new(section: &KafkaSection, start: Option<&Position>) -> Result<KafkaSource> {
         let consumer = Self::consumer(section)?;
+        // SAFETY: the consumer outlives the queue (see `fetch`).
+        let fetch = unsafe { FetchQueue::new(consumer.client().native_ptr()) };
+        *consumer.context().fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(fetch.target());
         if let Some(start) = start {
             consumer.context().shared().raise_floor(start);
         }
@@ -422,12 +488,16 @@ impl KafkaSource {
             format!("kafka {} (no group) at {}", section.topics.join(","), section.brokers)
         };
         Ok(KafkaSource {
+            fetch: Some(fetch),
             consumer,
             describe,
             stop_at_end: section.stop_at_end,
             pending: Held {
                 value: section.value,
                 partitions: Vec::new(),
+                ready: VecDeque::new(),
+                handed: BTreeMap::new(),
+                max: (usize::MAX, usize::MAX),
                 next: Vec::new(),
                 reread: 0,
                 floor: Vec::new(),
@@ -435,8 +505,6 @@ impl KafkaSource {
                 at_end: BTreeSet::new(),
                 to: section.to,
             },
-            handed: BTreeMap::new(),
-            ready: VecDeque::new(),
             last_committed: None,
             grouped,
         })
@@ -464,8 +532,11 @@ impl KafkaSource {
                     .map_err(|e| fail(format!("cannot read {topic}[{}] from {from:?}: {e}", p.id())))?;
             }
         }
-        consumer.assign(&list).map_err(|e| fail(format!("cannot assign the partitions: {e}")))?;
         let parts = parts_of(&list);
+        if let Some(target) = *consumer.context().fetch.lock().unwrap_or_else(|p| p.into_inner()) {
+            queue::forward(target, &parts);
+        }
+        consumer.assign(&list).map_err(|e| fail(format!("cannot assign the partitions: {e}")))?;
         tracing::info!(
             "kafka: reading {} from offset {} (an offset range: no group is joined)",
             parts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -525,6 +596,7 @@ impl KafkaSource {
             revoke_within,
             state: Mutex::new(Shared::default()),
             rebalanced: AtomicBool::new(false),
+            fetch: Mutex::new(None),
         };
         config
             .create_with_context(context)
@@ -541,8 +613,9 @@ impl KafkaSource {
         for p in revoked {
             self.pending.partitions.retain(|(id, _)| *id != p);
             self.pending.next.retain(|(id, _)| *id != p);
-            self.handed.remove(&p);
-            self.ready
+            self.pending.handed.remove(&p);
+            self.pending
+                .ready
                 .retain(|e| !matches!(e, SourceEvent::Batch(b) if b.topic == p.topic && b.partition == p.partition));
         }
     }
@@ -595,32 +668,60 @@ impl KafkaSource {
         }
     }
 
-    /// Hands `id`'s pending records to the loop as a batch.
-    fn hand(&mut self, id: &PartitionId) {
-        let Some(index) = self.pending.partitions.iter().position(|(p, _)| p == id) else { return };
-        let (_, pending) = self.pending.partitions.swap_remove(index);
-        self.handed.insert(id.clone(), pending.next);
-        let end = Position {
-            partitions: self
-                .handed
-                .iter()
-                .map(|(p, next)| PartitionPosition {
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                    next_offset: *next,
-                    byte: None,
-                    stream: None,
-                })
-                .collect(),
-        };
-        self.ready.push_back(SourceEvent::Batch(SourceBatch {
-            topic: id.topic.clone(),
-            partition: id.partition,
-            records: pending.records,
-            malformed: pending.malformed,
-            end,
-            bytes: pending.bytes,
-        }));
+    /// Reads until a partition has a full batch or nothing more is waiting
+    /// (waiting up to [`POLL`] for the first message), then hands over what
+    /// is held.
+    fn poll(&mut self) -> Result<()> {
+        let mut wait = POLL;
+        loop {
+            // The group's events (rebalances, errors), and any message that
+            // reached the consumer's own queue rather than the fetch queue.
+            while let Some(polled) = self.consumer.poll(Duration::ZERO) {
+                match polled {
+                    // SAFETY: the message lives until the end of this arm.
+                    Ok(message) => self.pending.take(&unsafe { Fetched::from_raw(message.ptr()) }),
+                    Err(KafkaError::PartitionEOF(partition)) => {
+                        self.pending.at_end.insert(partition);
+                    }
+                    Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                        return Err(Error::Source { source_name: self.describe.clone(), what: e.to_string() });
+                    }
+                    Err(e) => self.consumer.context().error(e, "while consuming"),
+                }
+            }
+            if self.consumer.context().rebalanced.swap(false, Ordering::AcqRel) {
+                break;
+            }
+            let Some(fetch) = self.fetch.as_mut() else { break };
+            let (pending, context) = (&mut self.pending, self.consumer.context());
+            let mut fatal = None;
+            let read = fetch.read(wait, |message| match message.error() {
+                None => pending.take(&message),
+                Some(rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF) => {
+                    pending.at_end.insert(message.partition());
+                }
+                Some(rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FATAL) => {
+                    fatal =
+                        Some(KafkaError::MessageConsumptionFatal(rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FATAL.into()));
+                }
+                Some(code) => context.error(KafkaError::MessageConsumption(code.into()), "while consuming"),
+            });
+            wait = Duration::ZERO;
+            if let Some(e) = fatal {
+                return Err(Error::Source { source_name: self.describe.clone(), what: e.to_string() });
+            }
+            if let Some((id, offset, floor)) = self.pending.below_floor.take() {
+                self.check_floor(&id, offset, floor)?;
+            }
+            if read == 0 || !self.pending.ready.is_empty() {
+                break;
+            }
+        }
+        self.forget_revoked();
+        if self.pending.ready.is_empty() {
+            self.pending.hand_all();
+        }
+        Ok(())
     }
 
     /// Whether every assigned partition was read to its end.
@@ -702,7 +803,7 @@ impl Source for KafkaSource {
             if let Some(event) = self.consumer.context().shared().events.pop_front() {
                 return Ok(Some(event));
             }
-            if let Some(event) = self.ready.pop_front() {
+            if let Some(event) = self.pending.ready.pop_front() {
                 return Ok(Some(event));
             }
             if self.stop_at_end && self.at_end() {
@@ -715,48 +816,8 @@ impl Source for KafkaSource {
                 }
                 return Ok(None);
             }
-            // Poll until one partition has a full batch or nothing more is
-            // waiting; then hand over what is held.
-            let mut wait = POLL;
-            let mut full = None;
-            while full.is_none() {
-                let Some(polled) = self.consumer.poll(wait) else { break };
-                wait = Duration::ZERO;
-                match polled {
-                    Ok(message) => {
-                        let (records, bytes) = self.pending.take(&message);
-                        if let Some((id, offset, floor)) = self.pending.below_floor.take() {
-                            self.check_floor(&id, offset, floor)?;
-                        }
-                        if records as usize >= max || bytes >= max_bytes {
-                            full = Some(PartitionId {
-                                topic: message.topic().to_string(),
-                                partition: u32::try_from(message.partition()).unwrap_or(0),
-                            });
-                        }
-                    }
-                    Err(KafkaError::PartitionEOF(partition)) => {
-                        self.pending.at_end.insert(partition);
-                    }
-                    Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
-                        return Err(Error::Source { source_name: self.describe.clone(), what: e.to_string() });
-                    }
-                    Err(e) => self.consumer.context().error(e, "while consuming"),
-                }
-                if self.consumer.context().rebalanced.swap(false, Ordering::AcqRel) {
-                    break;
-                }
-            }
-            self.forget_revoked();
-            match full {
-                Some(id) => self.hand(&id),
-                None => {
-                    let ids: Vec<PartitionId> = self.pending.partitions.iter().map(|(id, _)| id.clone()).collect();
-                    for id in ids {
-                        self.hand(&id);
-                    }
-                }
-            }
+            self.pending.max = (max, max_bytes);
+            self.poll()?;
         }
     }
 
@@ -800,6 +861,9 @@ impl Drop for KafkaSource {
             tracing::warn!("kafka: {e}");
         }
         *self.consumer.context().link.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // The fetch queue goes before the consumer (librdkafka requires it).
+        *self.consumer.context().fetch.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        drop(self.fetch.take());
     }
 }
 
