@@ -9,6 +9,8 @@ use std::ops::Range;
 
 use serde::de::IgnoredAny;
 
+use crate::scan::{put, same};
+
 /// An output line format.
 #[derive(Debug, Clone)]
 pub enum Encoder {
@@ -69,10 +71,10 @@ impl Encoder {
                         let quoted = format!("\"{}\"", String::from_utf8_lossy(field.key));
                         let key: String = serde_json::from_str(&quoted).unwrap_or_default();
                         columns.iter().position(|c| *c == key)
-                    } else if columns.get(next).is_some_and(|c| c.as_bytes() == field.key) {
+                    } else if columns.get(next).is_some_and(|c| same(c.as_bytes(), field.key)) {
                         Some(next)
                     } else {
-                        columns.iter().position(|c| c.as_bytes() == field.key)
+                        columns.iter().position(|c| same(c.as_bytes(), field.key))
                     };
                     if let Some(i) = found {
                         cells[i] = Some((field.value, field.value_escaped));
@@ -117,14 +119,14 @@ fn raw_cell(raw: &[u8], escaped: bool, out: &mut Vec<u8>) -> Result<(), serde_js
                 // Without escapes a body holds no quote or line break.
                 csv_cell(inner, out);
             } else {
-                out.extend_from_slice(inner);
+                put(out, inner);
             }
         }
         Some(b'n') => {} // null
         // Objects and arrays may hold commas, quotes and line breaks.
         Some(b'{' | b'[') => csv_cell(raw, out),
         // Numbers, true and false hold none.
-        _ => out.extend_from_slice(raw),
+        _ => put(out, raw),
     }
     Ok(())
 }

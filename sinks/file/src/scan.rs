@@ -82,6 +82,7 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
@@ -90,6 +91,7 @@ impl Scanner<'_> {
         format!("{what} at byte {}", self.i)
     }
 
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.i += 1;
@@ -98,6 +100,7 @@ impl Scanner<'_> {
 
     /// At a `"`: skips the string; returns the body's range and whether it
     /// holds escapes.
+    #[inline(always)]
     fn string(&mut self) -> Result<(Range<usize>, bool), String> {
         self.i += 1;
         let start = self.i;
@@ -198,7 +201,7 @@ impl Scanner<'_> {
     }
 
     fn literal(&mut self, word: &[u8]) -> Result<(), String> {
-        if self.s.get(self.i..self.i + word.len()) == Some(word) {
+        if self.s.get(self.i..self.i + word.len()).is_some_and(|w| same(w, word)) {
             self.i += word.len();
             Ok(())
         } else {
@@ -206,6 +209,7 @@ impl Scanner<'_> {
         }
     }
 
+    #[inline(always)]
     fn number(&mut self) -> Result<(), String> {
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -235,6 +239,7 @@ impl Scanner<'_> {
         Ok(())
     }
 
+    #[inline(always)]
     fn digits(&mut self) {
         // Eight bytes at a time to the first byte that is not a digit.
         while let Some(chunk) = self.s.get(self.i..self.i + 8) {
@@ -259,21 +264,74 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// Bytes of `w` equal to `b`.
+#[inline(always)]
 pub(crate) fn byte_mask(w: u64, b: u8) -> u64 {
     below_mask(w ^ (u64::from(b) * ONES), 1)
 }
 
 /// Bytes of `w` below `n` (`n` <= 128).
+#[inline(always)]
 fn below_mask(w: u64, n: u8) -> u64 {
     w.wrapping_sub(u64::from(n) * ONES) & !w & HIGHS
 }
 
 /// Bytes of `w` above `n` (`n` < 128).
+#[inline(always)]
 fn above_mask(w: u64, n: u8) -> u64 {
     (w.wrapping_add(u64::from(127 - n) * ONES) | w) & HIGHS
 }
 
+/// Whether `a` and `b` hold the same bytes, compared eight at a time.
+///
+/// Slice equality calls `memcmp`, which wasm has no instruction for: the
+/// guest's copy compares byte by byte, behind a call. Keys and literals
+/// are short, so two overlapping words (or a few bytes) settle it.
+#[inline(always)]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or_default());
+    match n {
+        0 => true,
+        1..4 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => (0..n - 8).step_by(8).all(|at| word(a, at) == word(b, at)) && word(a, n - 8) == word(b, n - 8),
+    }
+}
+
+/// Appends `bytes` to `out`. Like `extend_from_slice`, without its
+/// `memcpy` call for short slices: in wasm that becomes a `memory.copy`,
+/// which wasmtime runs as a call out of the guest.
+#[inline(always)]
+pub(crate) fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len();
+    let word = |at: usize| -> [u8; 8] { bytes[at..at + 8].try_into().unwrap_or_default() };
+    let half = |at: usize| -> [u8; 4] { bytes[at..at + 4].try_into().unwrap_or_default() };
+    match n {
+        0..4 => bytes.iter().for_each(|&b| out.push(b)),
+        // Overlapping head and tail: the tail rewrites the head's last bytes.
+        4..8 => {
+            let len = out.len();
+            out.extend_from_slice(&half(0));
+            out.truncate(len + n - 4);
+            out.extend_from_slice(&half(n - 4));
+        }
+        8..=32 => {
+            out.reserve(n);
+            let len = out.len();
+            (0..n - 8).step_by(8).for_each(|at| out.extend_from_slice(&word(at)));
+            out.truncate(len + n - 8);
+            out.extend_from_slice(&word(n - 8));
+        }
+        _ => out.extend_from_slice(bytes),
+    }
+}
+
 /// The index of the lowest byte set in a non-zero mask.
+#[inline(always)]
 fn first(mask: u64) -> usize {
     (mask.trailing_zeros() / 8) as usize
 }
@@ -351,6 +409,25 @@ mod tests {
                     assert_eq!(fast(digit), slow(bytes, &|c| !c.is_ascii_digit()), "{bytes:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn same_and_put_agree_with_the_slice_operations_at_every_length() {
+        let text: Vec<u8> = (0..80u8).map(|i| b'a' + i % 26).collect();
+        for n in 0..text.len() {
+            let a = &text[..n];
+            let mut b = a.to_vec();
+            assert!(same(a, &b), "{n}");
+            for at in 0..n {
+                b[at] ^= 1;
+                assert!(!same(a, &b), "{n} {at}");
+                b[at] ^= 1;
+            }
+            assert!(!same(a, &text[..n + 1]), "{n}");
+            let mut out = b"prefix".to_vec();
+            put(&mut out, a);
+            assert_eq!(out, [b"prefix".as_slice(), a].concat(), "{n}");
         }
     }
 
