@@ -26,7 +26,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::bindings::rd_kafka_resp_err_t;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -104,6 +103,31 @@ const FLOOR_CHECK: Duration = Duration::from_secs(15);
 impl Context {
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forwards `parts` to the source's fetch queue; called before they are
+    /// assigned, so before librdkafka starts fetching them.
+    fn forward(&self, parts: &[PartitionId]) {
+        if let Some(target) = *self.fetch.lock().unwrap_or_else(|p| p.into_inner()) {
+            queue::forward(target, parts);
+        }
+    }
+
+    /// What an error read from either queue does: an end of partition is
+    /// noted, a fatal error is returned (it ends the source), any other is
+    /// logged (librdkafka retries).
+    fn consumption_error(&self, pending: &mut Held, error: KafkaError) -> Option<KafkaError> {
+        match error {
+            KafkaError::PartitionEOF(partition) => {
+                pending.at_end.insert(partition);
+                None
+            }
+            e @ KafkaError::MessageConsumptionFatal(_) => Some(e),
+            e => {
+                self.error(e, "while consuming");
+                None
+            }
+        }
     }
 }
 
@@ -214,10 +238,7 @@ impl ConsumerContext for Context {
         let list = match rebalance {
             Rebalance::Revoke(list) => list,
             Rebalance::Assign(list) => {
-                // Before librdkafka starts fetching them.
-                if let Some(target) = *self.fetch.lock().unwrap_or_else(|p| p.into_inner()) {
-                    queue::forward(target, &parts_of(list));
-                }
+                self.forward(&parts_of(list));
                 return;
             }
             Rebalance::Error(_) => return,
@@ -533,9 +554,7 @@ impl KafkaSource {
             }
         }
         let parts = parts_of(&list);
-        if let Some(target) = *consumer.context().fetch.lock().unwrap_or_else(|p| p.into_inner()) {
-            queue::forward(target, &parts);
-        }
+        consumer.context().forward(&parts);
         consumer.assign(&list).map_err(|e| fail(format!("cannot assign the partitions: {e}")))?;
         tracing::info!(
             "kafka: reading {} from offset {} (an offset range: no group is joined)",
@@ -676,35 +695,31 @@ impl KafkaSource {
         loop {
             // The group's events (rebalances, errors), and any message that
             // reached the consumer's own queue rather than the fetch queue.
-            while let Some(polled) = self.consumer.poll(Duration::ZERO) {
+            let mut fatal = None;
+            while fatal.is_none()
+                && let Some(polled) = self.consumer.poll(Duration::ZERO)
+            {
                 match polled {
                     // SAFETY: the message lives until the end of this arm.
                     Ok(message) => self.pending.take(&unsafe { Fetched::from_raw(message.ptr()) }),
-                    Err(KafkaError::PartitionEOF(partition)) => {
-                        self.pending.at_end.insert(partition);
-                    }
-                    Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
-                        return Err(Error::Source { source_name: self.describe.clone(), what: e.to_string() });
-                    }
-                    Err(e) => self.consumer.context().error(e, "while consuming"),
+                    Err(e) => fatal = fatal.or(self.consumer.context().consumption_error(&mut self.pending, e)),
                 }
+            }
+            if let Some(e) = fatal {
+                return Err(Error::Source { source_name: self.describe.clone(), what: e.to_string() });
             }
             if self.consumer.context().rebalanced.swap(false, Ordering::AcqRel) {
                 break;
             }
             let Some(fetch) = self.fetch.as_mut() else { break };
             let (pending, context) = (&mut self.pending, self.consumer.context());
-            let mut fatal = None;
             let read = fetch.read(wait, |message| match message.error() {
                 None => pending.take(&message),
-                Some(rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF) => {
-                    pending.at_end.insert(message.partition());
+                Some(e) => {
+                    if let Some(e) = context.consumption_error(pending, e) {
+                        fatal.get_or_insert(e);
+                    }
                 }
-                Some(rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FATAL) => {
-                    fatal =
-                        Some(KafkaError::MessageConsumptionFatal(rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FATAL.into()));
-                }
-                Some(code) => context.error(KafkaError::MessageConsumption(code.into()), "while consuming"),
             });
             wait = Duration::ZERO;
             if let Some(e) = fatal {

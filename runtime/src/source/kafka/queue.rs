@@ -19,6 +19,8 @@ use rdkafka::bindings::{
     rd_kafka_resp_err_t, rd_kafka_t, rd_kafka_timestamp_type_t, rd_kafka_topic_name,
 };
 
+use rdkafka::error::KafkaError;
+
 use super::PartitionId;
 
 /// Most messages taken from the queue in one call.
@@ -170,10 +172,17 @@ impl<'a> Fetched<'a> {
         unsafe { &*self.raw }
     }
 
-    /// librdkafka's error code: an error or event rather than a record.
-    pub fn error(&self) -> Option<rd_kafka_resp_err_t> {
-        let err = self.message().err;
-        (err != rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then_some(err)
+    /// The error or event this message carries rather than a record, as
+    /// `BaseConsumer::poll` would return it.
+    pub fn error(&self) -> Option<KafkaError> {
+        match self.message().err {
+            rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => None,
+            rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => Some(KafkaError::PartitionEOF(self.partition())),
+            code @ rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FATAL => {
+                Some(KafkaError::MessageConsumptionFatal(code.into()))
+            }
+            code => Some(KafkaError::MessageConsumption(code.into())),
+        }
     }
 
     /// The topic's name, as bytes (Kafka topic names are ASCII).
