@@ -8,10 +8,19 @@
 //! own: its lanes flush (concurrently), and once they all answered, dead
 //! letters are synced, then the partition's position and its lanes'
 //! snapshots are committed to the offset store, and the source hears of it
-//! ([`Source::committed`]). The loop does not wait for a flush: other
-//! partitions keep flowing meanwhile, and flushes that end together are
-//! committed together. Each lane keeps the open checkpoint's batches it
-//! took, so a replay never needs the source to rewind.
+//! ([`Source::committed`]). Each lane keeps the open checkpoint's batches
+//! it took, so a replay never needs the source to rewind.
+//!
+//! The loop does not wait for a flush, nor for the offset store. A
+//! partition's next checkpoint closes at its own boundary while the
+//! previous one still flushes (its lanes take the commands in order), and
+//! its flushes commit in order, up to [`FLUSHES_AHEAD`] of them or
+//! `checkpoint_bytes` in flight; then the loop waits. Flushes that end
+//! together commit together, and the offset store is written on a blocking
+//! thread: a commit that ends while the previous write is still under way
+//! joins the next write (positions and snapshots are cumulative). What a
+//! commit reports (counts, the source's note, the observer) happens only
+//! once its write is durable.
 //!
 //! A lane that waits before a replay (backpressure, a retry's backoff)
 //! holds up only its partition: the loop keeps that partition's batches
@@ -60,7 +69,7 @@ pub use offsets::{Committed, OffsetStore, Snapshots};
 pub use policy::{Batching, OnError, RetryPolicy};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
 
 use self::lane::{Command, Flushed, Lane, LaneEnd, Shared};
 use crate::bindings::{Batch, Context};
@@ -195,12 +204,16 @@ impl Pipeline {
             shared: shared.clone(),
             control,
             batching,
-            offsets,
+            offsets: offsets.map(Arc::new),
+            submitted: start.position.clone(),
             committed: start.position,
             snapshots: start.snapshots,
+            writing: None,
+            queued: None,
             lanes: BTreeMap::new(),
             open: BTreeMap::new(),
             flushes: JoinSet::new(),
+            flushed: BTreeMap::new(),
             ended: Vec::new(),
             workers: BTreeMap::new(),
             notifier: None,
@@ -219,6 +232,8 @@ impl Pipeline {
                 run.notifier = source.notifier();
                 run.lag = source.lag();
                 let result = run.run(&mut source).await;
+                // What flushed is committed, also when the run failed.
+                let result = result.and(run.sync_commits().await);
                 run.close_all().await;
                 // The source takes its last notes until every notifier is
                 // gone.
@@ -366,15 +381,28 @@ struct PartitionCheckpoint {
     records: u64,
     bytes: u64,
     started: Option<Instant>,
-    /// The previous checkpoint's flush has not ended yet.
-    flushing: bool,
+    /// Flushes of earlier checkpoints started and not yet committed, and
+    /// their bytes.
+    flushing: u32,
+    flushing_bytes: u64,
+    /// The number of the next flush to start, and to commit.
+    next_flush: u64,
+    next_commit: u64,
     /// The source was asked to pause this partition.
     paused: bool,
 }
 
+/// How many flushes of one partition may be in flight.
+pub const FLUSHES_AHEAD: u32 = 4;
+
+/// The most commands a lane's queue holds.
+pub const LANE_AHEAD: usize = 32;
+
 /// A partition's flush, once every lane answered.
 struct PartitionFlushed {
     partition: PartitionId,
+    /// Its number among the partition's flushes.
+    number: u64,
     end: PartitionPosition,
     records: u64,
     bytes: u64,
@@ -393,15 +421,27 @@ struct Run<'a> {
     shared: Arc<Shared>,
     control: &'a Control,
     batching: Batching,
-    offsets: Option<OffsetStore>,
+    offsets: Option<Arc<OffsetStore>>,
+    /// What is durable in the offset store.
     committed: Position,
+    /// What flushed: the position of the last write started or queued.
+    /// The snapshots are always of it.
+    submitted: Position,
     snapshots: Snapshots,
+    /// The offset-store write under way, the position it writes, and what
+    /// it commits.
+    writing: Option<(JoinHandle<Result<()>>, Position, Commits)>,
+    /// Commits that flushed while a write was under way: the next write.
+    queued: Option<Commits>,
     /// Per partition: its lanes, sink by sink, lane by lane.
     lanes: BTreeMap<PartitionId, Vec<LaneHandle>>,
     /// Per partition: its open checkpoint.
     open: BTreeMap<PartitionId, PartitionCheckpoint>,
-    /// Flushes in flight, one at most per partition.
+    /// Flushes in flight.
     flushes: JoinSet<PartitionFlushed>,
+    /// Flushes that ended before an earlier flush of their partition, by
+    /// partition and number.
+    flushed: BTreeMap<(PartitionId, u64), PartitionFlushed>,
     /// Lanes that ended: their sink and metrics.
     ended: Vec<(usize, LaneStatus)>,
     /// Per sink: lanes opened so far (the next worker index).
@@ -423,10 +463,42 @@ struct Run<'a> {
     malformed: u64,
 }
 
+/// Checkpoints committed in one write of the offset store.
+#[derive(Default)]
+struct Commits {
+    checkpoints: u64,
+    records: u64,
+    bytes: u64,
+    /// When the earliest of their flushes started.
+    started: Option<Instant>,
+    partitions: Vec<PartitionId>,
+}
+
+impl Commits {
+    fn merge(&mut self, other: Commits) {
+        self.checkpoints += other.checkpoints;
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.started = self.started.into_iter().chain(other.started).min();
+        self.partitions.extend(other.partitions);
+    }
+}
+
+/// Waits for the offset-store write under way, if any (else forever).
+async fn written(
+    writing: &mut Option<(JoinHandle<Result<()>>, Position, Commits)>,
+) -> std::result::Result<Result<()>, JoinError> {
+    match writing {
+        Some((task, _, _)) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What woke the loop.
 enum Wake {
     Event(Option<Result<SourceEvent>>),
-    Flushed(std::result::Result<PartitionFlushed, tokio::task::JoinError>),
+    Flushed(std::result::Result<PartitionFlushed, JoinError>),
+    Durable(std::result::Result<Result<()>, JoinError>),
     Tick,
 }
 
@@ -467,6 +539,7 @@ impl Run<'_> {
             let wake = tokio::select! {
                 event = source.next(), if throttled.is_none() => Wake::Event(event),
                 Some(flushed) = self.flushes.join_next() => Wake::Flushed(flushed),
+                written = written(&mut self.writing) => Wake::Durable(written),
                 () = tokio::time::sleep(wait) => Wake::Tick,
                 _ = state.changed() => Wake::Tick,
                 _ = paused.changed() => Wake::Tick,
@@ -475,6 +548,10 @@ impl Run<'_> {
                 Wake::Tick => continue,
                 Wake::Flushed(flushed) => {
                     bounded(self.control, self.committed.to_string(), self.commit(flushed)).await?;
+                    continue;
+                }
+                Wake::Durable(written) => {
+                    self.durable(written)?;
                     continue;
                 }
                 Wake::Event(None) => {
@@ -590,7 +667,7 @@ impl Run<'_> {
             records += open.records;
             bytes += open.bytes;
             // A partition's interval runs from the end of its last flush.
-            if let Some(started) = open.started.filter(|_| !open.flushing) {
+            if let Some(started) = open.started.filter(|_| open.flushing == 0) {
                 oldest = Some(oldest.map_or(started, |o| o.min(started)));
             }
         }
@@ -606,16 +683,16 @@ impl Run<'_> {
         if self.lanes.values().flatten().any(|h| !h.backlog.is_empty()) {
             return HAND_OVER_EVERY;
         }
-        let open = self.open.iter().filter(|(id, o)| o.end.is_some() && !o.flushing && !self.waiting(id));
+        let open = self.open.iter().filter(|(id, o)| o.end.is_some() && o.flushing == 0 && !self.waiting(id));
         let oldest = open.filter_map(|(_, o)| o.started).min();
         oldest.map_or(Duration::from_secs(3600), |t| self.batching.commit_interval.saturating_sub(t.elapsed()))
     }
 
-    /// Closes the open checkpoint: waits for the flushes still in flight
-    /// (but those of partitions whose sinks wait before a replay), then
-    /// starts the flush of every partition.
+    /// Closes the open checkpoint: starts the flush of every partition,
+    /// once no partition (but those whose sinks wait before a replay) has
+    /// [`FLUSHES_AHEAD`] flushes or `checkpoint_bytes` in flight.
     async fn close_checkpoint(&mut self) -> Result<()> {
-        while !self.flushes.is_empty() && self.open.iter().any(|(id, o)| o.flushing && !self.waiting(id)) {
+        while !self.flushes.is_empty() && self.flushes_behind() {
             tokio::select! {
                 Some(flushed) = self.flushes.join_next() => self.commit(flushed).await?,
                 // A flush may turn into a wait (backpressure at flush).
@@ -625,16 +702,35 @@ impl Run<'_> {
         self.start_flushes().await
     }
 
-    /// Starts the flush of every partition with an open checkpoint and no
-    /// flush in flight. Its lanes' answers come back through `flushes`.
+    /// Whether the flushes in flight hold back the next checkpoint.
+    fn flushes_behind(&self) -> bool {
+        let live = self.open.iter().filter(|(id, o)| o.flushing > 0 && !self.waiting(id));
+        let (bytes, most) = live.fold((0, 0), |(b, m), (_, o)| (b + o.flushing_bytes, m.max(o.flushing)));
+        most >= FLUSHES_AHEAD || bytes >= self.batching.checkpoint_bytes
+    }
+
+    /// Starts the flush of every partition with an open checkpoint and
+    /// fewer than [`FLUSHES_AHEAD`] flushes in flight. Its lanes' answers
+    /// come back through `flushes`.
     async fn start_flushes(&mut self) -> Result<()> {
-        let due: Vec<PartitionId> =
-            self.open.iter().filter(|(_, o)| !o.flushing && o.end.is_some()).map(|(id, _)| id.clone()).collect();
+        let due: Vec<PartitionId> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.flushing < FLUSHES_AHEAD && o.end.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
         for partition in due {
             let Some(open) = self.open.get_mut(&partition) else { continue };
             let Some(end) = open.end.take() else { continue };
-            let (records, bytes) = (open.records, open.bytes);
-            *open = PartitionCheckpoint { flushing: true, paused: open.paused, ..Default::default() };
+            let (records, bytes, number) = (open.records, open.bytes, open.next_flush);
+            *open = PartitionCheckpoint {
+                flushing: open.flushing + 1,
+                flushing_bytes: open.flushing_bytes + bytes,
+                next_flush: number + 1,
+                next_commit: open.next_commit,
+                paused: open.paused,
+                ..Default::default()
+            };
             let started = Instant::now();
             let lanes = self.lanes.get(&partition).map_or(0, Vec::len);
             let mut replies = Vec::new();
@@ -648,41 +744,48 @@ impl Run<'_> {
                 for (index, rx) in replies {
                     answers.push((index, rx.await));
                 }
-                PartitionFlushed { partition, end, records, bytes, started, replies: answers }
+                PartitionFlushed { partition, number, end, records, bytes, started, replies: answers }
             });
         }
         Ok(())
     }
 
-    /// Commits `first` with the other flushes of its checkpoint: the lanes'
-    /// snapshots and the partitions' positions, in one write to the offset
-    /// store.
-    async fn commit(&mut self, first: std::result::Result<PartitionFlushed, tokio::task::JoinError>) -> Result<()> {
+    /// Commits `first` with the other flushes that have ended, each after
+    /// the earlier flushes of its partition: the lanes' snapshots and the
+    /// partitions' positions, in one write to the offset store.
+    async fn commit(&mut self, first: std::result::Result<PartitionFlushed, JoinError>) -> Result<()> {
         let mut done = vec![first];
-        // Flushes of one checkpoint commit together, in one write of the
-        // offset store, but for those of partitions whose sinks wait
-        // before a replay: those commit on their own, later.
-        loop {
-            while let Some(more) = self.flushes.try_join_next() {
-                done.push(more);
-            }
-            let ended: Vec<&PartitionId> = done.iter().filter_map(|d| d.as_ref().ok()).map(|d| &d.partition).collect();
-            let behind = self.open.iter().any(|(id, o)| o.flushing && !ended.contains(&id) && !self.waiting(id));
-            if !behind || self.flushes.is_empty() {
-                break;
-            }
-            tokio::select! {
-                Some(more) = self.flushes.join_next() => done.push(more),
-                // A flush may turn into a wait (backpressure at flush).
-                () = tokio::time::sleep(HAND_OVER_EVERY) => {}
-            }
+        while let Some(more) = self.flushes.try_join_next() {
+            done.push(more);
         }
-        let mut end = self.committed.clone();
-        let (mut records, mut bytes, mut started) = (0, 0, Instant::now());
-        let mut partitions = Vec::new();
         for flushed in done {
             let flushed = flushed
                 .map_err(|e| Error::Task { what: "a checkpoint's flush failed".into(), source: Some(Box::new(e)) })?;
+            self.flushed.insert((flushed.partition.clone(), flushed.number), flushed);
+        }
+        // In key order, a partition's flushes come by number: one pass
+        // takes every flush whose earlier ones have committed.
+        let mut ready = Vec::new();
+        let keys: Vec<(PartitionId, u64)> = self.flushed.keys().cloned().collect();
+        for key in keys {
+            let Some(open) = self.open.get_mut(&key.0).filter(|o| o.next_commit == key.1) else { continue };
+            let Some(flushed) = self.flushed.remove(&key) else { continue };
+            open.next_commit += 1;
+            open.flushing -= 1;
+            open.flushing_bytes -= flushed.bytes;
+            // Its next checkpoint's interval runs from here: batches it
+            // took while its flushes were in flight (a retry, a slow
+            // destination) do not make it due early.
+            if open.flushing == 0 && open.started.is_some() {
+                open.started = Some(Instant::now());
+            }
+            ready.push(flushed);
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let mut commits = Commits { checkpoints: 1, ..Default::default() };
+        for flushed in ready {
             let mut snapshots = Vec::new();
             for (index, reply) in flushed.replies {
                 match reply {
@@ -694,36 +797,67 @@ impl Run<'_> {
             for f in snapshots {
                 self.snapshots.set(f.key, f.snapshot);
             }
-            match end
-                .partitions
-                .iter_mut()
-                .find(|p| p.topic == flushed.end.topic && p.partition == flushed.end.partition)
-            {
+            let end = &flushed.end;
+            let partitions = &mut self.submitted.partitions;
+            match partitions.iter_mut().find(|p| p.topic == end.topic && p.partition == end.partition) {
                 Some(p) => *p = flushed.end,
-                None => end.partitions.push(flushed.end),
+                None => partitions.push(flushed.end),
             }
-            records += flushed.records;
-            bytes += flushed.bytes;
-            started = started.min(flushed.started);
-            if let Some(open) = self.open.get_mut(&flushed.partition) {
-                open.flushing = false;
-                // Its next checkpoint's interval runs from here: batches it
-                // took while this flush was in flight (a retry, a slow
-                // destination) do not make it due early.
-                if open.started.is_some() {
-                    open.started = Some(Instant::now());
-                }
+            commits.merge(Commits {
+                checkpoints: 0,
+                records: flushed.records,
+                bytes: flushed.bytes,
+                started: Some(flushed.started),
+                partitions: vec![flushed.partition],
+            });
+        }
+        self.submit(commits);
+        Ok(())
+    }
+
+    /// Writes `commits` (with every position and snapshot flushed so far)
+    /// to the offset store, or, while a write is under way, queues them for
+    /// the next.
+    fn submit(&mut self, commits: Commits) {
+        if self.writing.is_some() {
+            self.queued.get_or_insert_default().merge(commits);
+            return;
+        }
+        let (position, snapshots) = (self.submitted.clone(), self.snapshots.clone());
+        let (dead_letters, store) = (self.shared.dead_letters.clone(), self.offsets.clone());
+        let source = self.source_name.clone();
+        let written = position.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // Dead letters first: a committed offset never points past a
+            // rejected record that is not on disk.
+            dead_letters.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
+            match store {
+                Some(store) => store.commit(&source, &written, &snapshots),
+                None => Ok(()),
             }
-            partitions.push(flushed.partition);
+        });
+        self.writing = Some((task, position, commits));
+    }
+
+    /// The write under way ended: reports what it committed, and starts
+    /// the next.
+    fn durable(&mut self, written: std::result::Result<Result<()>, JoinError>) -> Result<()> {
+        let Some((_, end, commits)) = self.writing.take() else { return Ok(()) };
+        written
+            .map_err(|e| Error::Task { what: "writing the offset store failed".into(), source: Some(Box::new(e)) })??;
+        if let Some(next) = self.queued.take() {
+            self.submit(next);
         }
-        self.shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
-        if let Some(store) = &self.offsets {
-            store.commit(&self.source_name, &end, &self.snapshots)?;
+        *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
+        self.committed = end;
+        if commits.checkpoints == 0 {
+            // Only first snapshots (see `assign`): no checkpoint to report.
+            return Ok(());
         }
-        self.control.committed.fetch_add(records, Ordering::Relaxed);
-        self.checkpoints += 1;
+        self.control.committed.fetch_add(commits.records, Ordering::Relaxed);
+        self.checkpoints += commits.checkpoints;
         self.last_commit = Some(Instant::now());
-        for partition in &partitions {
+        for partition in &commits.partitions {
             if let Some(p) = self.partitions.get_mut(partition) {
                 p.commits += 1;
             }
@@ -731,30 +865,37 @@ impl Run<'_> {
         for quota in self.sinks.iter().filter_map(|s| s.grants.quota.as_ref()) {
             quota.measure();
         }
-        tracing::debug!(pipeline = %self.pipeline, "committed {end}");
+        tracing::debug!(pipeline = %self.pipeline, "committed {}", self.committed);
         let lanes = self.shared.live.lanes();
         *self.shared.live.partitions.lock().unwrap_or_else(|p| p.into_inner()) = self.partition_status(&lanes);
         if let Some(observer) = &self.shared.observer {
             let report = CheckpointReport {
                 pipeline: self.pipeline.clone(),
-                records,
-                bytes,
-                latency: started.elapsed(),
+                records: commits.records,
+                bytes: commits.bytes,
+                latency: commits.started.map_or(Duration::ZERO, |s| s.elapsed()),
                 sinks: self.control.sinks(),
             };
             observer.committed(&report);
         }
         if let Some(notifier) = &self.notifier {
-            notifier.committed(&end);
+            notifier.committed(&self.committed);
         }
-        *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
-        self.committed = end;
+        Ok(())
+    }
+
+    /// Waits until every commit is durable.
+    async fn sync_commits(&mut self) -> Result<()> {
+        while self.writing.is_some() {
+            let written = written(&mut self.writing).await;
+            self.durable(written)?;
+        }
         Ok(())
     }
 
     /// Delivers every kept batch and commits every partition's open
-    /// checkpoint, waiting for the lanes: at the end of the input, a stop,
-    /// or a revocation.
+    /// checkpoint, waiting for the lanes and the offset store: at the end
+    /// of the input, a stop, or a revocation.
     async fn settle(&mut self) -> Result<()> {
         loop {
             self.start_flushes().await?;
@@ -771,7 +912,7 @@ impl Run<'_> {
             self.hand_over().await?;
             match self.flushes.join_next().await {
                 Some(flushed) => self.commit(flushed).await?,
-                None => return Ok(()),
+                None => return self.sync_commits().await,
             }
         }
     }
@@ -880,7 +1021,7 @@ impl Run<'_> {
                     };
                     let snapshot = self.snapshots.get(&key).cloned();
                     let state = Lane::new(spec.clone(), key, context, snapshot, self.shared.clone());
-                    let (commands, rx) = mpsc::channel(4);
+                    let (commands, rx) = mpsc::channel(self.lane_ahead());
                     let (opened_tx, opened) = oneshot::channel();
                     let waiting = state.waiting();
                     // In the caller's span: `serve` names the tenant and
@@ -924,11 +1065,20 @@ impl Run<'_> {
             for flushed in first {
                 self.snapshots.set(flushed.key, flushed.snapshot);
             }
-            if let Some(store) = &self.offsets {
-                store.commit(&self.source_name, &self.committed, &self.snapshots)?;
-            }
+            self.submit(Commits::default());
+            self.sync_commits().await?;
         }
         Ok(())
+    }
+
+    /// How many commands a lane's queue holds: batches up to about
+    /// `checkpoint_bytes`, at least 4 and at most [`LANE_AHEAD`]. A source
+    /// hands over a fetch of one partition at a time (a Kafka consumer up to
+    /// 1 MiB), so a short queue would hold the loop on that partition's
+    /// lanes while the others idle.
+    fn lane_ahead(&self) -> usize {
+        let batches = self.batching.checkpoint_bytes / self.batching.batch_bytes.max(1) as u64;
+        usize::try_from(batches).unwrap_or(LANE_AHEAD).clamp(4, LANE_AHEAD)
     }
 
     /// How many lanes sink `index` has once `new_parts` more partitions

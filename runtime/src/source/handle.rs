@@ -25,6 +25,12 @@ pub enum Note {
     Resume(Vec<PartitionId>),
 }
 
+/// How many events (batches, at most `batch_bytes` each) the source reads
+/// ahead of the loop. A Kafka fetch is up to 1 MiB of one partition, about
+/// 8 batches of small records: a shorter queue stalls the source while the
+/// loop routes one partition's fetch.
+pub const SOURCE_AHEAD: usize = 16;
+
 /// The async side of a source running on its own thread. Reading a source
 /// may block (stdin, a file on a slow disk, a broker poll), so it never runs
 /// on the executor; the bounded channel between them applies backpressure
@@ -162,7 +168,7 @@ impl SourceHandle {
         let size = source.size_hint();
         let close_grace = source.close_grace();
         let lag = source.lag();
-        let (tx, events) = mpsc::channel::<Result<SourceEvent>>(4);
+        let (tx, events) = mpsc::channel::<Result<SourceEvent>>(SOURCE_AHEAD);
         let (notes, notes_rx) = std_mpsc::channel::<Note>();
         let link = SourceLink(Arc::new(LinkState {
             events: Mutex::new(Some(tx)),
