@@ -403,6 +403,53 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
 }
 
 #[test]
+fn a_cooperative_rebalance_moves_one_partition_and_loses_nothing() {
+    let broker = Tansu::start();
+    broker.create_topic("coop", 3);
+    let (a, b) = (Scratch::new("kafka-coop-a"), Scratch::new("kafka-coop-b"));
+    let settings = "settings = { \"session.timeout.ms\" = 6000, \"heartbeat.interval.ms\" = 500, \
+                    \"partition.assignment.strategy\" = \"cooperative-sticky\" }";
+    for s in [&a, &b] {
+        std::fs::create_dir_all(s.path("out")).unwrap();
+        s.write("p.toml", &file_pipeline(&broker.brokers(), "coop", "group", settings));
+    }
+    produce(&broker.brokers(), "coop", 3, 0..30_000);
+    let mut first = spawn_run(&a.dir);
+    first.wait_until(&a, Duration::from_secs(60), "process A reads", || !ids_in(&a.path("out")).is_empty());
+    // B joins: A gives up one partition only, committing what it read of it.
+    let mut second = spawn_run(&b.dir);
+    second.wait_until(&b, Duration::from_secs(60), "B is assigned a partition", || {
+        b.read("log.txt").contains("kafka: assigned")
+    });
+    produce(&broker.brokers(), "coop", 3, 30_000..60_000);
+    second.wait_until(&b, Duration::from_secs(60), "both processes read everything", || {
+        ids_in(&a.path("out")).len() + ids_in(&b.path("out")).len() >= 60_000
+    });
+    assert_eq!(first.interrupt().code(), Some(130), "A's log:\n{}", a.read("log.txt"));
+    assert_eq!(second.interrupt().code(), Some(130), "B's log:\n{}", b.read("log.txt"));
+    let log_a = a.read("log.txt");
+    assert!(log_a.contains("kafka: giving up 1 partition(s)"), "{log_a}");
+    assert!(!log_a.contains("giving up 3"), "A keeps two partitions: {log_a}");
+    assert!(!log_a.contains("uncommitted"), "{log_a}");
+    let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
+    assert!(!in_b.is_empty(), "B was given a partition; its log:\n{}", b.read("log.txt"));
+    // B's partition is one A held: A wrote the first part of it, B the rest.
+    let b_files: Vec<_> = std::fs::read_dir(b.path("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".jsonl"))
+        .collect();
+    assert_eq!(b_files.len(), 1, "{b_files:?}");
+    let mut both = in_a.clone();
+    for (id, n) in &in_b {
+        *both.entry(*id).or_insert(0) += n;
+    }
+    assert_eq!(both.len(), 60_000, "every record reached a destination");
+    assert!(both.values().all(|&n| n == 1), "a revocation commits before it moves a partition: nothing twice");
+}
+
+#[test]
 fn the_pipeline_waits_for_a_broker_that_restarts_and_loses_nothing() {
     // Topics and committed offsets on S3 (SeaweedFS), so they survive the
     // restart.

@@ -26,9 +26,10 @@
 //! holds up only its partition: the loop keeps that partition's batches
 //! for it (up to `checkpoint_bytes` per lane, then it waits) and asks the
 //! source to pause the partition ([`Source::pause`]) until the lane takes
-//! them, while the other partitions go on. The end of the input, a stop
-//! request and a revocation settle every partition: every held batch is
-//! delivered and every partition committed.
+//! them, while the other partitions go on. The end of the input and a stop
+//! request settle every partition: every held batch is delivered and every
+//! partition committed. A revocation settles the revoked partitions only
+//! (a cooperative rebalance moves some, and the others keep flowing).
 //!
 //! Recovery is per lane: a lane whose sink fails is aborted (or its
 //! instance replaced) and replays its own held batches; other lanes, of the
@@ -517,7 +518,7 @@ impl Run<'_> {
                 return Err(self.interrupted());
             }
             if now == FINISH {
-                return bounded(self.control, self.committed.to_string(), self.settle()).await;
+                return bounded(self.control, self.committed.to_string(), self.settle(None)).await;
             }
             if *paused.borrow_and_update() {
                 self.pause(&mut paused).await?;
@@ -555,10 +556,10 @@ impl Run<'_> {
                     continue;
                 }
                 Wake::Event(None) => {
-                    return bounded(self.control, self.committed.to_string(), self.settle()).await;
+                    return bounded(self.control, self.committed.to_string(), self.settle(None)).await;
                 }
                 Wake::Event(Some(Err(e))) => {
-                    bounded(self.control, self.committed.to_string(), self.settle()).await?;
+                    bounded(self.control, self.committed.to_string(), self.settle(None)).await?;
                     return Err(e);
                 }
                 Wake::Event(Some(Ok(SourceEvent::Assigned(parts)))) => {
@@ -566,7 +567,7 @@ impl Run<'_> {
                     continue;
                 }
                 Wake::Event(Some(Ok(SourceEvent::Revoked(parts)))) => {
-                    bounded(self.control, self.committed.to_string(), self.settle()).await?;
+                    bounded(self.control, self.committed.to_string(), self.settle(Some(&parts))).await?;
                     bounded(self.control, self.committed.to_string(), self.revoke(parts)).await?;
                     if let Some(notifier) = &self.notifier {
                         notifier.revoked(&self.committed);
@@ -629,7 +630,7 @@ impl Run<'_> {
     /// A pause: commits every open checkpoint, pauses the source's
     /// partitions, and waits for a resume or a stop.
     async fn pause(&mut self, paused: &mut watch::Receiver<bool>) -> Result<()> {
-        bounded(self.control, self.committed.to_string(), self.settle()).await?;
+        bounded(self.control, self.committed.to_string(), self.settle(None)).await?;
         let parts: Vec<PartitionId> = self.lanes.keys().cloned().collect();
         if let Some(notifier) = &self.notifier {
             notifier.pause(parts.clone());
@@ -699,7 +700,7 @@ impl Run<'_> {
                 () = tokio::time::sleep(HAND_OVER_EVERY) => {}
             }
         }
-        self.start_flushes().await
+        self.start_flushes(None).await
     }
 
     /// Whether the flushes in flight hold back the next checkpoint.
@@ -709,14 +710,14 @@ impl Run<'_> {
         most >= FLUSHES_AHEAD || bytes >= self.batching.checkpoint_bytes
     }
 
-    /// Starts the flush of every partition with an open checkpoint and
-    /// fewer than [`FLUSHES_AHEAD`] flushes in flight. Its lanes' answers
-    /// come back through `flushes`.
-    async fn start_flushes(&mut self) -> Result<()> {
+    /// Starts the flush of every partition (or of `only` these) with an
+    /// open checkpoint and fewer than [`FLUSHES_AHEAD`] flushes in flight.
+    /// Its lanes' answers come back through `flushes`.
+    async fn start_flushes(&mut self, only: Option<&[PartitionId]>) -> Result<()> {
         let due: Vec<PartitionId> = self
             .open
             .iter()
-            .filter(|(_, o)| o.flushing < FLUSHES_AHEAD && o.end.is_some())
+            .filter(|(id, o)| o.flushing < FLUSHES_AHEAD && o.end.is_some() && only.is_none_or(|p| p.contains(id)))
             .map(|(id, _)| id.clone())
             .collect();
         for partition in due {
@@ -893,13 +894,15 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Delivers every kept batch and commits every partition's open
-    /// checkpoint, waiting for the lanes and the offset store: at the end
-    /// of the input, a stop, or a revocation.
-    async fn settle(&mut self) -> Result<()> {
+    /// Delivers every kept batch and commits the open checkpoint of every
+    /// partition, or of `only` these, waiting for the lanes and the offset
+    /// store: at the end of the input, a stop, or a revocation (other
+    /// partitions' flushes that end meanwhile commit too).
+    async fn settle(&mut self, only: Option<&[PartitionId]>) -> Result<()> {
+        let chosen = |id: &PartitionId| only.is_none_or(|o| o.contains(id));
         loop {
-            self.start_flushes().await?;
-            let parts: Vec<PartitionId> = self.lanes.keys().cloned().collect();
+            self.start_flushes(only).await?;
+            let parts: Vec<PartitionId> = self.lanes.keys().filter(|p| chosen(p)).cloned().collect();
             for partition in parts {
                 let lanes = self.lanes.get(&partition).map_or(0, Vec::len);
                 for index in 0..lanes {
@@ -910,6 +913,10 @@ impl Run<'_> {
                 }
             }
             self.hand_over().await?;
+            let open = self.open.iter().any(|(id, o)| chosen(id) && (o.flushing > 0 || o.end.is_some()));
+            if !open {
+                return self.sync_commits().await;
+            }
             match self.flushes.join_next().await {
                 Some(flushed) => self.commit(flushed).await?,
                 None => return self.sync_commits().await,
