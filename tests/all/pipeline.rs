@@ -88,6 +88,24 @@ fn without(input: &str, offsets: &[usize]) -> String {
 }
 
 #[test]
+fn slow_flushes_overlap_the_next_checkpoints_which_stay_commit_every_long() {
+    // Each flush spins 30 ms; the loop closes the next checkpoints (up to
+    // four flushes in flight) meanwhile, and commits them in order.
+    let (s, input) = scratch_with_input("slow-flushes", 500);
+    let spec = Spec {
+        component: programs::SLOW_FLUSH,
+        config: "out = \"/out/out.jsonl\", sleep_ms = 30",
+        ..Default::default()
+    };
+    let (status, result) = s.run(&spec.toml());
+    result.unwrap();
+    assert_eq!(s.read("out/out.jsonl"), input);
+    assert_eq!(committed_offset(&s), Some(500));
+    assert_eq!((status.read, status.committed, status.checkpoints), (500, 500, 10));
+    assert_eq!(status.partitions.iter().map(|p| p.commits).sum::<u64>(), 10);
+}
+
+#[test]
 fn well_behaved_sink_writes_every_record_once_and_commits_all() {
     let (s, input) = scratch_with_input("well-behaved", 123);
     let (status, result) = s.run(&Spec { component: programs::WELL_BEHAVED, ..Default::default() }.toml());

@@ -215,6 +215,8 @@ impl Pipeline {
             open: BTreeMap::new(),
             flushes: JoinSet::new(),
             flushed: BTreeMap::new(),
+            closing: BTreeMap::new(),
+            next_checkpoint: 0,
             ended: Vec::new(),
             workers: BTreeMap::new(),
             notifier: None,
@@ -404,6 +406,8 @@ struct PartitionFlushed {
     partition: PartitionId,
     /// Its number among the partition's flushes.
     number: u64,
+    /// The checkpoint it belongs to (see `Run::closing`).
+    checkpoint: u64,
     end: PartitionPosition,
     records: u64,
     bytes: u64,
@@ -443,6 +447,10 @@ struct Run<'a> {
     /// Flushes that ended before an earlier flush of their partition, by
     /// partition and number.
     flushed: BTreeMap<(PartitionId, u64), PartitionFlushed>,
+    /// Per checkpoint closed (numbered from 0): its partitions' flushes
+    /// not yet committed.
+    closing: BTreeMap<u64, u32>,
+    next_checkpoint: u64,
     /// Lanes that ended: their sink and metrics.
     ended: Vec<(usize, LaneStatus)>,
     /// Per sink: lanes opened so far (the next worker index).
@@ -464,9 +472,10 @@ struct Run<'a> {
     malformed: u64,
 }
 
-/// Checkpoints committed in one write of the offset store.
+/// Flushes committed in one write of the offset store.
 #[derive(Default)]
 struct Commits {
+    /// The checkpoints they complete.
     checkpoints: u64,
     records: u64,
     bytes: u64,
@@ -720,6 +729,7 @@ impl Run<'_> {
             .filter(|(id, o)| o.flushing < FLUSHES_AHEAD && o.end.is_some() && only.is_none_or(|p| p.contains(id)))
             .map(|(id, _)| id.clone())
             .collect();
+        let checkpoint = self.next_checkpoint;
         for partition in due {
             let Some(open) = self.open.get_mut(&partition) else { continue };
             let Some(end) = open.end.take() else { continue };
@@ -745,8 +755,12 @@ impl Run<'_> {
                 for (index, rx) in replies {
                     answers.push((index, rx.await));
                 }
-                PartitionFlushed { partition, number, end, records, bytes, started, replies: answers }
+                PartitionFlushed { partition, number, checkpoint, end, records, bytes, started, replies: answers }
             });
+            *self.closing.entry(checkpoint).or_default() += 1;
+        }
+        if self.closing.contains_key(&checkpoint) {
+            self.next_checkpoint += 1;
         }
         Ok(())
     }
@@ -785,7 +799,7 @@ impl Run<'_> {
         if ready.is_empty() {
             return Ok(());
         }
-        let mut commits = Commits { checkpoints: 1, ..Default::default() };
+        let mut commits = Commits::default();
         for flushed in ready {
             let mut snapshots = Vec::new();
             for (index, reply) in flushed.replies {
@@ -804,8 +818,16 @@ impl Run<'_> {
                 Some(p) => *p = flushed.end,
                 None => partitions.push(flushed.end),
             }
+            // A checkpoint is committed once the flushes of all its
+            // partitions are.
+            let left = self.closing.entry(flushed.checkpoint).or_insert(1);
+            *left -= 1;
+            let checkpoints = u64::from(*left == 0);
+            if *left == 0 {
+                self.closing.remove(&flushed.checkpoint);
+            }
             commits.merge(Commits {
-                checkpoints: 0,
+                checkpoints,
                 records: flushed.records,
                 bytes: flushed.bytes,
                 started: Some(flushed.started),
@@ -851,7 +873,7 @@ impl Run<'_> {
         }
         *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = end.to_string();
         self.committed = end;
-        if commits.checkpoints == 0 {
+        if commits.partitions.is_empty() {
             // Only first snapshots (see `assign`): no checkpoint to report.
             return Ok(());
         }
