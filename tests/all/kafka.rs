@@ -341,34 +341,70 @@ fn spawn_run(dir: &std::path::Path) -> Running {
         .expect("sinkbox starts")
 }
 
+/// Two `sinkbox run` processes, A and B, in one group on a 3-partition
+/// topic.
+struct TwoProcesses {
+    broker: Tansu,
+    a: Scratch,
+    b: Scratch,
+    first: Running,
+    second: Running,
+}
+
+impl TwoProcesses {
+    /// A reads 30,000 records alone, B joins (A gives partitions up,
+    /// committing what it read of them), 30,000 more are produced, and
+    /// the two have read all 60,000 between them. `settings` are the
+    /// source's librdkafka settings.
+    fn start(topic: &str, settings: &str) -> TwoProcesses {
+        let broker = Tansu::start();
+        broker.create_topic(topic, 3);
+        let (a, b) = (Scratch::new(&format!("kafka-{topic}-a")), Scratch::new(&format!("kafka-{topic}-b")));
+        let settings =
+            format!("settings = {{ \"session.timeout.ms\" = 6000, \"heartbeat.interval.ms\" = 500{settings} }}");
+        for s in [&a, &b] {
+            std::fs::create_dir_all(s.path("out")).unwrap();
+            s.write("p.toml", &file_pipeline(&broker.brokers(), topic, "group", &settings));
+        }
+        produce(&broker.brokers(), topic, 3, 0..30_000);
+        let mut first = spawn_run(&a.dir);
+        first.wait_until(&a, Duration::from_secs(60), "process A reads", || !ids_in(&a.path("out")).is_empty());
+        let mut second = spawn_run(&b.dir);
+        second.wait_until(&b, Duration::from_secs(60), "B is assigned partitions", || {
+            b.read("log.txt").contains("kafka: assigned")
+        });
+        produce(&broker.brokers(), topic, 3, 30_000..60_000);
+        let mut two = TwoProcesses { broker, a, b, first, second };
+        two.wait_for(60_000);
+        two
+    }
+
+    /// Waits until A's and B's outputs hold `n` records between them.
+    fn wait_for(&mut self, n: usize) {
+        let (a, b) = (&self.a, &self.b);
+        self.second.wait_until(b, Duration::from_secs(90), &format!("A and B wrote {n} records"), || {
+            let mut all = ids_in(&a.path("out"));
+            all.extend(ids_in(&b.path("out")));
+            all.len() >= n
+        });
+    }
+
+    /// How often each id is in A's and B's outputs together.
+    fn ids(&self) -> BTreeMap<u64, u32> {
+        let mut both = ids_in(&self.a.path("out"));
+        for (id, n) in ids_in(&self.b.path("out")) {
+            *both.entry(id).or_insert(0) += n;
+        }
+        both
+    }
+}
+
 #[test]
 fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
-    let broker = Tansu::start();
-    broker.create_topic("shared", 3);
-    let (a, b) = (Scratch::new("kafka-group-a"), Scratch::new("kafka-group-b"));
-    let settings = "settings = { \"session.timeout.ms\" = 6000, \"heartbeat.interval.ms\" = 500 }";
-    for s in [&a, &b] {
-        std::fs::create_dir_all(s.path("out")).unwrap();
-        s.write("p.toml", &file_pipeline(&broker.brokers(), "shared", "group", settings));
-    }
-    produce(&broker.brokers(), "shared", 3, 0..30_000);
-    let mut first = spawn_run(&a.dir);
-    first.wait_until(&a, Duration::from_secs(60), "process A reads", || !ids_in(&a.path("out")).is_empty());
-    // B joins: A gives up partitions, committing what it read of them.
-    let mut second = spawn_run(&b.dir);
-    second.wait_until(&b, Duration::from_secs(60), "B is assigned partitions", || {
-        b.read("log.txt").contains("kafka: assigned")
-    });
-    produce(&broker.brokers(), "shared", 3, 30_000..60_000);
-    second.wait_until(&b, Duration::from_secs(60), "both processes read", || {
-        ids_in(&a.path("out")).len() + ids_in(&b.path("out")).len() >= 60_000
-    });
-    let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
-    assert!(!in_b.is_empty(), "B was given partitions; its log:\n{}", b.read("log.txt"));
-    let mut both = in_a.clone();
-    for (id, n) in &in_b {
-        *both.entry(*id).or_insert(0) += n;
-    }
+    let mut two = TwoProcesses::start("shared", "");
+    let (a, b) = (&two.a, &two.b);
+    assert!(!ids_in(&b.path("out")).is_empty(), "B was given partitions; its log:\n{}", b.read("log.txt"));
+    let both = two.ids();
     assert_eq!(both.len(), 60_000, "every record so far");
     assert!(both.values().all(|&n| n == 1), "a rebalance commits before it moves partitions: nothing twice");
     let log_a = a.read("log.txt");
@@ -376,23 +412,14 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
     assert!(!log_a.contains("uncommitted"), "{log_a}");
 
     // A dies; B takes its partitions over from A's last commit.
-    first.0.kill().expect("kill -9");
-    first.0.wait().expect("reap");
-    produce(&broker.brokers(), "shared", 3, 60_000..90_000);
-    second.wait_until(&b, Duration::from_secs(90), "B reads everything after the kill", || {
-        let mut all = ids_in(&a.path("out"));
-        for id in ids_in(&b.path("out")).keys() {
-            all.entry(*id).or_insert(1);
-        }
-        all.len() >= 90_000
-    });
-    let status = second.interrupt();
+    two.first.0.kill().expect("kill -9");
+    two.first.0.wait().expect("reap");
+    produce(&two.broker.brokers(), "shared", 3, 60_000..90_000);
+    two.wait_for(90_000);
+    let status = two.second.interrupt();
+    let b = &two.b;
     assert_eq!(status.code(), Some(130), "B exits as interrupted; its log:\n{}", b.read("log.txt"));
-    let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
-    let mut both = in_a.clone();
-    for (id, n) in &in_b {
-        *both.entry(*id).or_insert(0) += n;
-    }
+    let both = two.ids();
     assert_eq!(both.len(), 90_000, "every record reached a destination");
     // Twice only what A wrote in its last, uncommitted checkpoint: at most
     // one checkpoint (2,000 records, plus a batch) per partition.
@@ -404,35 +431,16 @@ fn two_processes_share_the_partitions_and_one_takes_over_after_a_kill_9() {
 
 #[test]
 fn a_cooperative_rebalance_moves_one_partition_and_loses_nothing() {
-    let broker = Tansu::start();
-    broker.create_topic("coop", 3);
-    let (a, b) = (Scratch::new("kafka-coop-a"), Scratch::new("kafka-coop-b"));
-    let settings = "settings = { \"session.timeout.ms\" = 6000, \"heartbeat.interval.ms\" = 500, \
-                    \"partition.assignment.strategy\" = \"cooperative-sticky\" }";
-    for s in [&a, &b] {
-        std::fs::create_dir_all(s.path("out")).unwrap();
-        s.write("p.toml", &file_pipeline(&broker.brokers(), "coop", "group", settings));
-    }
-    produce(&broker.brokers(), "coop", 3, 0..30_000);
-    let mut first = spawn_run(&a.dir);
-    first.wait_until(&a, Duration::from_secs(60), "process A reads", || !ids_in(&a.path("out")).is_empty());
     // B joins: A gives up one partition only, committing what it read of it.
-    let mut second = spawn_run(&b.dir);
-    second.wait_until(&b, Duration::from_secs(60), "B is assigned a partition", || {
-        b.read("log.txt").contains("kafka: assigned")
-    });
-    produce(&broker.brokers(), "coop", 3, 30_000..60_000);
-    second.wait_until(&b, Duration::from_secs(60), "both processes read everything", || {
-        ids_in(&a.path("out")).len() + ids_in(&b.path("out")).len() >= 60_000
-    });
-    assert_eq!(first.interrupt().code(), Some(130), "A's log:\n{}", a.read("log.txt"));
-    assert_eq!(second.interrupt().code(), Some(130), "B's log:\n{}", b.read("log.txt"));
+    let mut two = TwoProcesses::start("coop", ", \"partition.assignment.strategy\" = \"cooperative-sticky\"");
+    assert_eq!(two.first.interrupt().code(), Some(130), "A's log:\n{}", two.a.read("log.txt"));
+    assert_eq!(two.second.interrupt().code(), Some(130), "B's log:\n{}", two.b.read("log.txt"));
+    let (a, b) = (&two.a, &two.b);
     let log_a = a.read("log.txt");
     assert!(log_a.contains("kafka: giving up 1 partition(s)"), "{log_a}");
     assert!(!log_a.contains("giving up 3"), "A keeps two partitions: {log_a}");
     assert!(!log_a.contains("uncommitted"), "{log_a}");
-    let (in_a, in_b) = (ids_in(&a.path("out")), ids_in(&b.path("out")));
-    assert!(!in_b.is_empty(), "B was given a partition; its log:\n{}", b.read("log.txt"));
+    assert!(!ids_in(&b.path("out")).is_empty(), "B was given a partition; its log:\n{}", b.read("log.txt"));
     // B's partition is one A held: A wrote the first part of it, B the rest.
     let b_files: Vec<_> = std::fs::read_dir(b.path("out"))
         .unwrap()
@@ -441,10 +449,7 @@ fn a_cooperative_rebalance_moves_one_partition_and_loses_nothing() {
         .filter(|n| n.to_string_lossy().ends_with(".jsonl"))
         .collect();
     assert_eq!(b_files.len(), 1, "{b_files:?}");
-    let mut both = in_a.clone();
-    for (id, n) in &in_b {
-        *both.entry(*id).or_insert(0) += n;
-    }
+    let both = two.ids();
     assert_eq!(both.len(), 60_000, "every record reached a destination");
     assert!(both.values().all(|&n| n == 1), "a revocation commits before it moves a partition: nothing twice");
 }
