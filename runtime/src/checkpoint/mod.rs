@@ -384,9 +384,7 @@ struct PartitionCheckpoint {
     records: u64,
     bytes: u64,
     started: Option<Instant>,
-    /// Flushes of earlier checkpoints started and not yet committed, and
-    /// their bytes.
-    flushing: u32,
+    /// The bytes of the flushes started and not yet committed.
     flushing_bytes: u64,
     /// The number of the next flush to start, and to commit.
     next_flush: u64,
@@ -395,8 +393,15 @@ struct PartitionCheckpoint {
     paused: bool,
 }
 
+impl PartitionCheckpoint {
+    /// Flushes of earlier checkpoints started and not yet committed.
+    fn flushing(&self) -> u64 {
+        self.next_flush - self.next_commit
+    }
+}
+
 /// How many flushes of one partition may be in flight.
-pub const FLUSHES_AHEAD: u32 = 4;
+pub const FLUSHES_AHEAD: u64 = 4;
 
 /// The most commands a lane's queue holds.
 pub const LANE_AHEAD: usize = 32;
@@ -433,9 +438,9 @@ struct Run<'a> {
     /// The snapshots are always of it.
     submitted: Position,
     snapshots: Snapshots,
-    /// The offset-store write under way, the position it writes, and what
-    /// it commits.
-    writing: Option<(JoinHandle<Result<()>>, Position, Commits)>,
+    /// The offset-store write under way (it ends with the position it
+    /// wrote), and what it commits.
+    writing: Option<(JoinHandle<Result<Position>>, Commits)>,
     /// Commits that flushed while a write was under way: the next write.
     queued: Option<Commits>,
     /// Per partition: its lanes, sink by sink, lane by lane.
@@ -496,10 +501,10 @@ impl Commits {
 
 /// Waits for the offset-store write under way, if any (else forever).
 async fn written(
-    writing: &mut Option<(JoinHandle<Result<()>>, Position, Commits)>,
-) -> std::result::Result<Result<()>, JoinError> {
+    writing: &mut Option<(JoinHandle<Result<Position>>, Commits)>,
+) -> std::result::Result<Result<Position>, JoinError> {
     match writing {
-        Some((task, _, _)) => task.await,
+        Some((task, _)) => task.await,
         None => std::future::pending().await,
     }
 }
@@ -508,7 +513,7 @@ async fn written(
 enum Wake {
     Event(Option<Result<SourceEvent>>),
     Flushed(std::result::Result<PartitionFlushed, JoinError>),
-    Durable(std::result::Result<Result<()>, JoinError>),
+    Durable(std::result::Result<Result<Position>, JoinError>),
     Tick,
 }
 
@@ -677,7 +682,7 @@ impl Run<'_> {
             records += open.records;
             bytes += open.bytes;
             // A partition's interval runs from the end of its last flush.
-            if let Some(started) = open.started.filter(|_| open.flushing == 0) {
+            if let Some(started) = open.started.filter(|_| open.flushing() == 0) {
                 oldest = Some(oldest.map_or(started, |o| o.min(started)));
             }
         }
@@ -693,7 +698,7 @@ impl Run<'_> {
         if self.lanes.values().flatten().any(|h| !h.backlog.is_empty()) {
             return HAND_OVER_EVERY;
         }
-        let open = self.open.iter().filter(|(id, o)| o.end.is_some() && o.flushing == 0 && !self.waiting(id));
+        let open = self.open.iter().filter(|(id, o)| o.end.is_some() && o.flushing() == 0 && !self.waiting(id));
         let oldest = open.filter_map(|(_, o)| o.started).min();
         oldest.map_or(Duration::from_secs(3600), |t| self.batching.commit_interval.saturating_sub(t.elapsed()))
     }
@@ -714,8 +719,8 @@ impl Run<'_> {
 
     /// Whether the flushes in flight hold back the next checkpoint.
     fn flushes_behind(&self) -> bool {
-        let live = self.open.iter().filter(|(id, o)| o.flushing > 0 && !self.waiting(id));
-        let (bytes, most) = live.fold((0, 0), |(b, m), (_, o)| (b + o.flushing_bytes, m.max(o.flushing)));
+        let live = self.open.iter().filter(|(id, o)| o.flushing() > 0 && !self.waiting(id));
+        let (bytes, most) = live.fold((0, 0), |(b, m), (_, o)| (b + o.flushing_bytes, m.max(o.flushing())));
         most >= FLUSHES_AHEAD || bytes >= self.batching.checkpoint_bytes
     }
 
@@ -726,7 +731,7 @@ impl Run<'_> {
         let due: Vec<PartitionId> = self
             .open
             .iter()
-            .filter(|(id, o)| o.flushing < FLUSHES_AHEAD && o.end.is_some() && only.is_none_or(|p| p.contains(id)))
+            .filter(|(id, o)| o.flushing() < FLUSHES_AHEAD && o.end.is_some() && only.is_none_or(|p| p.contains(id)))
             .map(|(id, _)| id.clone())
             .collect();
         let checkpoint = self.next_checkpoint;
@@ -735,7 +740,6 @@ impl Run<'_> {
             let Some(end) = open.end.take() else { continue };
             let (records, bytes, number) = (open.records, open.bytes, open.next_flush);
             *open = PartitionCheckpoint {
-                flushing: open.flushing + 1,
                 flushing_bytes: open.flushing_bytes + bytes,
                 next_flush: number + 1,
                 next_commit: open.next_commit,
@@ -786,12 +790,11 @@ impl Run<'_> {
             let Some(open) = self.open.get_mut(&key.0).filter(|o| o.next_commit == key.1) else { continue };
             let Some(flushed) = self.flushed.remove(&key) else { continue };
             open.next_commit += 1;
-            open.flushing -= 1;
             open.flushing_bytes -= flushed.bytes;
             // Its next checkpoint's interval runs from here: batches it
             // took while its flushes were in flight (a retry, a slow
             // destination) do not make it due early.
-            if open.flushing == 0 && open.started.is_some() {
+            if open.flushing() == 0 && open.started.is_some() {
                 open.started = Some(Instant::now());
             }
             ready.push(flushed);
@@ -849,24 +852,23 @@ impl Run<'_> {
         let (position, snapshots) = (self.submitted.clone(), self.snapshots.clone());
         let (dead_letters, store) = (self.shared.dead_letters.clone(), self.offsets.clone());
         let source = self.source_name.clone();
-        let written = position.clone();
         let task = tokio::task::spawn_blocking(move || {
             // Dead letters first: a committed offset never points past a
             // rejected record that is not on disk.
             dead_letters.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
-            match store {
-                Some(store) => store.commit(&source, &written, &snapshots),
-                None => Ok(()),
+            if let Some(store) = store {
+                store.commit(&source, &position, &snapshots)?;
             }
+            Ok(position)
         });
-        self.writing = Some((task, position, commits));
+        self.writing = Some((task, commits));
     }
 
     /// The write under way ended: reports what it committed, and starts
     /// the next.
-    fn durable(&mut self, written: std::result::Result<Result<()>, JoinError>) -> Result<()> {
-        let Some((_, end, commits)) = self.writing.take() else { return Ok(()) };
-        written
+    fn durable(&mut self, written: std::result::Result<Result<Position>, JoinError>) -> Result<()> {
+        let Some((_, commits)) = self.writing.take() else { return Ok(()) };
+        let end = written
             .map_err(|e| Error::Task { what: "writing the offset store failed".into(), source: Some(Box::new(e)) })??;
         if let Some(next) = self.queued.take() {
             self.submit(next);
@@ -935,7 +937,7 @@ impl Run<'_> {
                 }
             }
             self.hand_over().await?;
-            let open = self.open.iter().any(|(id, o)| chosen(id) && (o.flushing > 0 || o.end.is_some()));
+            let open = self.open.iter().any(|(id, o)| chosen(id) && (o.flushing() > 0 || o.end.is_some()));
             if !open {
                 return self.sync_commits().await;
             }
